@@ -1,0 +1,32 @@
+// The fastgan op library: every schema lives here, in the one TORCH_LIBRARY block of the namespace.
+// Kernels are attached per device in their own files (TORCH_LIBRARY_IMPL(fastgan, CPU/CUDA, m)); fakes and
+// autograd are attached from Python (fastgan/ops/norm_kernels.py). The math is documented in
+// fastgan/ops/instance_norm_ref.py, which every kernel is tested against.
+#include <Python.h>
+#include <torch/library.h>
+
+#ifndef FASTGAN_CUDA_ARCHS
+#define FASTGAN_CUDA_ARCHS ""
+#endif
+
+TORCH_LIBRARY(fastgan, m) {
+  // Instance-norm family: per-(n, c) plane statistics with a per-(n, c) affine (instance norm, AdaIN).
+  m.def("instance_norm_fwd(Tensor x, Tensor scale, Tensor shift, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "instance_norm_bwd(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, Tensor scale, float eps) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "instance_norm_dbwd(Tensor ggx, Tensor ggscale, Tensor ggshift, Tensor grad_y, Tensor x, Tensor mean, "
+      "Tensor rstd, Tensor scale, float eps) -> (Tensor, Tensor, Tensor)");
+}
+
+// A plain Python module so `import fastgan._C` loads the library and registers the ops above.
+// CUDA_ARCHS records what the CUDA kernels were compiled for (empty in a CPU-only build).
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastgan compiled ops", -1, nullptr};
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr) {
+    PyModule_AddStringConstant(module, "CUDA_ARCHS", FASTGAN_CUDA_ARCHS);
+  }
+  return module;
+}

@@ -1,0 +1,45 @@
+"""``python -m fastgan info``: versions, and which implementation of each op is live on each device."""
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from . import __version__, _backend
+
+# Kernel op name -> user-facing op it serves.
+OPS = {"instance_norm_fwd": "instance_norm"}
+
+
+def report() -> str:
+    lines = [
+        f"fastgan {__version__}",
+        f"python {platform.python_version()}, torch {torch.__version__}, CUDA (torch) {torch.version.cuda}",
+        f"CUDA device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}",
+    ]
+    if _backend.triton_available():
+        import triton
+
+        lines.append(f"triton {triton.__version__}" + (" (TRITON_INTERPRET=1)" if _backend.triton_interpret() else ""))
+    else:
+        lines.append("triton: not installed (GPU ops fall back to CUDA C++ or the reference)")
+    err = _backend.extension_error()
+    lines.append("compiled extension fastgan._C: " + ("loaded" if err is None else f"NOT loaded ({err})"))
+    archs = _backend.built_cuda_archs()
+    lines.append(f"CUDA archs built: {' '.join(archs) if archs else 'none (CPU-only build)'}")
+    lines.append("live implementations (first = automatic choice):")
+    for kernel_op, name in OPS.items():
+        cpu = ", ".join(_backend.live_impls(kernel_op, "cpu"))
+        cuda = ", ".join(_backend.live_impls(kernel_op, "cuda")) if torch.cuda.is_available() else "no CUDA device"
+        lines.append(f"  {name:<16} cpu: {cpu:<22} cuda: {cuda}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    del parser  # no options
+
+
+def run(args) -> int:
+    del args
+    print(report())
+    return 0

@@ -1,0 +1,9 @@
+"""fastgan's ops. Each has a plain-PyTorch reference, CPU C++, Triton and CUDA C++ implementations."""
+from .. import _backend
+from . import norm_kernels
+from .instance_norm import instance_norm, instance_norm_stats
+from .instance_norm_ref import instance_norm_reference
+
+norm_kernels.register_compiled()
+
+__all__ = ["instance_norm", "instance_norm_stats", "instance_norm_reference"]

@@ -1,0 +1,34 @@
+"""Test setup shared by every test file.
+
+TRITON_INTERPRET must be set before anything imports the module defining @triton.jit kernels, so it is set here,
+at the top of the first file pytest imports. Tests run against the *installed* fastgan (see README); the header
+says which files and which backends were picked up, and FASTGAN_REQUIRE_EXT=1 (set by CI) turns a missing
+compiled extension into a failure instead of a silent fallback to the reference.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import fastgan  # noqa: E402
+from fastgan import _backend  # noqa: E402
+
+
+def pytest_report_header(config):
+    live = {d: _backend.live_impls("instance_norm_fwd", d) for d in ("cpu", "cuda")}
+    return [
+        f"fastgan {fastgan.__version__} from {os.path.dirname(fastgan.__file__)}",
+        f"torch {torch.__version__}; live instance_norm impls: cpu={live['cpu']} cuda={live['cuda']}",
+        f"extension error: {_backend.extension_error()}",
+    ]
+
+
+def pytest_sessionstart(session):
+    if os.environ.get("FASTGAN_REQUIRE_EXT") == "1" and _backend.extension_error() is not None:
+        raise pytest.UsageError(f"FASTGAN_REQUIRE_EXT=1 but fastgan._C did not load: {_backend.extension_error()}")
+
+
+def devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -1,0 +1,166 @@
+"""fastgan.ops.instance_norm against its float64 reference, for every implementation that runs here."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastgan
+from fastgan import _backend
+from fastgan.ops._layout import is_channels_last, layout_strides
+from fastgan.ops.instance_norm_ref import instance_norm_reference
+
+from conftest import devices
+from tolerance import assert_rule
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def live(device: str) -> list[str]:
+    return _backend.live_impls("instance_norm_fwd", device)
+
+
+def impl_params():
+    """(device, impl) pairs for every live implementation; the Triton interpreter only gets small shapes."""
+    return [pytest.param(d, i, id=f"{d}-{i}") for d in devices() for i in live(d)]
+
+
+def _to_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        perm = (0,) + tuple(range(2, x.dim())) + (1,)
+        inv = [0] * x.dim()
+        for i, p in enumerate(perm):
+            inv[p] = i
+        return x.permute(perm).contiguous().permute(inv)
+    if layout == "strided":  # neither layout: a slice of a wider tensor
+        wide = torch.cat([x, torch.randn_like(x)], dim=-1)
+        return wide[..., : x.shape[-1]]
+    return x.contiguous()
+
+
+SHAPES = [(1, 1, 1, 1), (2, 3, 7, 13), (1, 4, 5), (2, 3, 3, 5, 7), (3, 1, 8, 8), (1, 6, 1, 1), (2, 5, 1)]
+BIG_SHAPES = [(1, 2, 65, 65), (2, 20, 9, 11)]  # a plane longer than one CPU chunk; C past one channel tile
+
+
+def sample_inputs(device, dtype, small_only=False, affine=(True, False)):
+    """Fresh random (x, weight, bias) for each shape, layout and affine setting; never zeros."""
+    shapes = SHAPES if small_only else SHAPES + BIG_SHAPES
+    for shape in shapes:
+        for layout in ("contiguous", "channels_last", "strided"):
+            for aff in affine:
+                x = _to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
+                w = torch.randn(shape[1], device=device, dtype=dtype) if aff else None
+                b = torch.randn(shape[1], device=device, dtype=dtype) if aff else None
+                yield f"{shape}-{layout}-{'affine' if aff else 'plain'}", x, w, b
+
+
+def eager_instance_norm(x, weight=None, bias=None):
+    """Eager PyTorch in x's dtype: F.instance_norm, or for 1-element planes (which it refuses) the same formula."""
+    if x[0, 0].numel() > 1:
+        return F.instance_norm(x, weight=weight, bias=bias)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    y = (x - x.mean(dim=tuple(range(2, x.dim())), keepdim=True)) * torch.rsqrt(torch.tensor(1e-5, dtype=x.dtype))
+    y = y * weight.reshape(shape) if weight is not None else y
+    return y + bias.reshape(shape) if bias is not None else y
+
+
+def _ref64(x, w, b):
+    return instance_norm_reference(x.double(), None if w is None else w.double(), None if b is None else b.double())
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+def test_forward_matches_reference(device, impl, dtype):
+    for name, x, w, b in sample_inputs(device, dtype, small_only=impl == "triton"):
+        y = fastgan.ops.instance_norm(x, w, b, impl=impl)
+        assert y.dtype == x.dtype and y.shape == x.shape, name
+        assert y.stride() == layout_strides(x.shape, is_channels_last(x)), f"{name}: layout not preserved"
+        assert_rule(y, eager_instance_norm(x, w, b), _ref64(x, w, b), f"{impl} {dtype} {name}")
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_matches_reference(device, impl, dtype):
+    for name, x, w, b in sample_inputs(device, dtype, small_only=True, affine=(True,)):
+        gy = torch.randn_like(x)
+        grads = {}
+        for key, fn, cast in (
+            ("ours", lambda *a: fastgan.ops.instance_norm(*a, impl=impl), lambda t: t),
+            ("eager", eager_instance_norm, lambda t: t),
+            ("ref", lambda *a: instance_norm_reference(*a), lambda t: t.double()),
+        ):
+            ins = [cast(t).detach().requires_grad_() for t in (x, w, b)]
+            grads[key] = torch.autograd.grad(fn(*ins), ins, cast(gy))
+        for i, what in enumerate(("grad x", "grad weight", "grad bias")):
+            assert_rule(grads["ours"][i], grads["eager"][i], grads["ref"][i], f"{impl} {dtype} {name} {what}")
+
+
+def _penalty_grads(fn, x, w, gy):
+    """Gradients of a WGAN-GP-like penalty ||d<y, gy>/dx||^2 w.r.t. x and weight: a double backward."""
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    (gx,) = torch.autograd.grad((fn(x, w) * gy).sum(), x, create_graph=True)
+    # A 1-element plane normalises to a constant, so its gradient graph may not reach x: zeros then.
+    return torch.autograd.grad(gx.square().sum(), (x, w), allow_unused=True, materialize_grads=True)
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_double_backward_matches_reference(device, impl, dtype):
+    for name, x, w, _ in sample_inputs(device, dtype, small_only=True, affine=(True,)):
+        gy = torch.randn_like(x)
+        ours = _penalty_grads(lambda a, b: fastgan.ops.instance_norm(a, b, impl=impl), x, w, gy)
+        eager = _penalty_grads(lambda a, b: eager_instance_norm(a, b), x, w, gy)
+        ref = _penalty_grads(lambda a, b: instance_norm_reference(a, b), x.double(), w.double(), gy.double())
+        for o, e, r, what in zip(ours, eager, ref, ("x", "weight")):
+            assert_rule(o, e, r, f"{impl} {dtype} {name} penalty grad {what}")
+
+
+GRADCHECK_SHAPES = [((2, 3, 3, 4), "contiguous"), ((2, 3, 3, 4), "channels_last"), ((1, 2, 5), "contiguous")]
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+@pytest.mark.parametrize("shape,layout", GRADCHECK_SHAPES)
+def test_gradcheck_and_gradgradcheck_float64(device, impl, shape, layout):
+    x = _to_layout(torch.randn(shape, device=device, dtype=torch.float64), layout).requires_grad_()
+    w = torch.randn(shape[1], device=device, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(shape[1], device=device, dtype=torch.float64, requires_grad=True)
+    fn = lambda *a: fastgan.ops.instance_norm(*a, impl=impl)  # noqa: E731
+    fast = impl == "triton"  # the interpreter is slow: random projections instead of full Jacobians
+    assert torch.autograd.gradcheck(fn, (x, w, b), fast_mode=fast)
+    assert torch.autograd.gradgradcheck(fn, (x, w, b), fast_mode=fast)
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+def test_third_order_matches_reference(device, impl):
+    def third(fn, x, w):
+        x = x.clone().requires_grad_()
+        (g1,) = torch.autograd.grad((fn(x, w) ** 2).sum(), x, create_graph=True)
+        (g2,) = torch.autograd.grad((g1 ** 2).sum(), x, create_graph=True)
+        return torch.autograd.grad((g2 * torch.linspace(-1, 1, g2.numel(), dtype=g2.dtype).view_as(g2)).sum(), x)[0]
+
+    x = torch.randn(2, 3, 4, 5, device=device, dtype=torch.float64)
+    w = torch.randn(3, device=device, dtype=torch.float64)
+    ours = third(lambda a, b: fastgan.ops.instance_norm(a, b, impl=impl), x, w)
+    ref = third(lambda a, b: instance_norm_reference(a, b), x, w)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_mean_offset(device, impl, dtype):
+    x = torch.randn(2, 3, 16, 16, device=device, dtype=torch.float64) * 3 + 1e4
+    x = x.to(dtype)
+    for layout in ("contiguous", "channels_last"):
+        xl = _to_layout(x, layout)
+        ref = instance_norm_reference(xl.double())
+        assert_rule(fastgan.ops.instance_norm(xl, impl=impl), F.instance_norm(xl), ref, f"{impl} {layout} +1e4")
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+def test_nan_in_gives_nan_out_for_that_plane(device, impl):
+    x = torch.randn(2, 3, 5, 5, device=device)
+    x[1, 2, 3, 4] = float("nan")
+    y = fastgan.ops.instance_norm(x, impl=impl)
+    assert torch.isnan(y[1, 2]).all()
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    mask[1, 2] = False
+    assert torch.isfinite(y[mask]).all()

@@ -1,0 +1,160 @@
+"""Instance norm: op registration (opcheck, compile), errors, backend choice and the nn modules."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastgan
+from fastgan import _backend
+from fastgan.ops.norm_kernels import kernel_ops
+
+from conftest import devices
+
+
+def kernel_impls(device):
+    return [i for i in _backend.live_impls("instance_norm_fwd", device) if i != "ref"]
+
+
+def impl_params():
+    return [pytest.param(d, i, id=f"{d}-{i}") for d in devices() for i in kernel_impls(d)]
+
+
+def _op_samples(device):
+    """Arguments for the three kernel ops, contiguous and channels_last, float32 and float64."""
+    for dtype in (torch.float32, torch.float64):
+        for cl in (False, True):
+            x = torch.randn(2, 3, 4, 5, device=device, dtype=dtype)
+            if cl:
+                x = x.to(memory_format=torch.channels_last)
+            scale = torch.randn(2, 3, device=device, dtype=dtype)
+            shift = torch.randn(2, 3, device=device, dtype=dtype)
+            yield x, scale, shift
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+def test_opcheck_kernel_ops(device, impl):
+    ops = kernel_ops(impl)
+    for x, scale, shift in _op_samples(device):
+        x.requires_grad_()
+        scale.requires_grad_()
+        shift.requires_grad_()
+        torch.library.opcheck(ops.fwd, (x, scale, shift, 1e-5))
+        with torch.no_grad():
+            _, mean, rstd = ops.fwd(x, scale, shift, 1e-5)
+        gy = torch.randn_like(x, requires_grad=True)
+        torch.library.opcheck(ops.bwd, (gy, x, mean, rstd, scale, 1e-5))
+        ggx = torch.randn_like(x, requires_grad=True)
+        uw, ub = torch.randn_like(scale), torch.randn_like(shift)
+        torch.library.opcheck(ops.dbwd, (ggx, uw, ub, gy, x, mean, rstd, scale, 1e-5))
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = fastgan.nn.InstanceNorm2d(8, affine=True)
+
+    def forward(self, x):
+        return F.leaky_relu(self.norm(self.conv(x)), 0.2)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_compile_fullgraph_forward_and_backward(device):
+    torch._dynamo.reset()
+    model = _Block().to(device)
+    x = torch.randn(2, 3, 9, 11, device=device, requires_grad=True)
+    compiled = torch.compile(model, fullgraph=True)
+    y_eager = model(x)
+    y_comp = compiled(x)
+    torch.testing.assert_close(y_comp, y_eager, rtol=1e-4, atol=1e-5)
+    (g_eager,) = torch.autograd.grad(y_eager.square().sum(), x)
+    (g_comp,) = torch.autograd.grad(y_comp.square().sum(), x)
+    torch.testing.assert_close(g_comp, g_eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+def test_compile_fullgraph_each_impl(device, impl):
+    if impl == "triton" and device == "cpu":
+        pytest.skip("Triton under the interpreter cannot be compiled (BUILD-FACTS); compile is tested on the GPU")
+    torch._dynamo.reset()
+    fn = torch.compile(lambda t, w: fastgan.ops.instance_norm(t, w, impl=impl), fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
+    w = torch.randn(4, device=device, requires_grad=True)
+    torch.testing.assert_close(fn(x, w), F.instance_norm(x, weight=w), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("impl", ["ref"] + kernel_impls("cpu"))
+def test_bad_input_gives_clear_errors(impl):
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="3-D, 4-D or 5-D"):
+        fastgan.ops.instance_norm(torch.randn(2, 3), impl=impl)
+    with pytest.raises(ValueError, match=r"weight must have shape \(3,\)"):
+        fastgan.ops.instance_norm(x, torch.randn(4), impl=impl)
+    with pytest.raises(ValueError, match="bias is on meta but x is on cpu"):
+        fastgan.ops.instance_norm(x, torch.randn(3), torch.randn(3, device="meta"), impl=impl)
+    with pytest.raises(TypeError, match="must be float16, bfloat16, float32 or float64"):
+        fastgan.ops.instance_norm(torch.ones(2, 3, 4, 4, dtype=torch.int64), impl=impl)
+    with pytest.raises(ValueError, match="empty"):
+        fastgan.ops.instance_norm(torch.randn(0, 3, 4, 4), impl=impl)
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        fastgan.ops.instance_norm(x, eps=-1.0, impl=impl)
+
+
+@pytest.mark.skipif("cpp" not in kernel_impls("cpu"), reason="compiled extension not loaded")
+def test_compiled_op_checks_its_arguments():
+    x = torch.randn(2, 3, 4, 4)
+    ops = torch.ops.fastgan
+    with pytest.raises(RuntimeError, match=r"scale must have shape \(2, 3\)"):
+        ops.instance_norm_fwd(x, torch.ones(3), torch.zeros(2, 3), 1e-5)
+    with pytest.raises(RuntimeError, match="shift must be Float for Half input"):
+        ops.instance_norm_fwd(x.half(), torch.ones(2, 3), torch.zeros(2, 3, dtype=torch.half), 1e-5)
+    with pytest.raises(RuntimeError, match="grad_y must have x's shape"):
+        ops.instance_norm_bwd(torch.randn(2, 3, 4), x, torch.ones(2, 3), torch.ones(2, 3), torch.ones(2, 3), 1e-5)
+    with pytest.raises(RuntimeError, match="must be 3-D, 4-D or 5-D"):
+        ops.instance_norm_fwd(torch.randn(2, 3), torch.ones(2, 3), torch.zeros(2, 3), 1e-5)
+
+
+def test_impl_selection_and_pinning():
+    x = torch.randn(2, 3, 4, 4)
+    assert _backend.select("instance_norm_fwd", x.device) == kernel_impls("cpu")[0] if kernel_impls("cpu") else "ref"
+    with fastgan.use_impl("ref"):
+        assert _backend.select("instance_norm_fwd", x.device) == "ref"
+    with pytest.raises(RuntimeError, match="impl='cuda' of instance_norm_fwd cannot run on a cpu tensor"):
+        fastgan.ops.instance_norm(x, impl="cuda")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        fastgan.ops.instance_norm(x, impl="fast")
+
+
+def test_info_command_lists_backends(capsys):
+    from fastgan.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "instance_norm" in out and "torch" in out and "cpu:" in out
+
+
+# ---------------------------------------------------------------------------------------------- modules
+@pytest.mark.parametrize("cls_name,shape", [("InstanceNorm1d", (3, 5, 17)), ("InstanceNorm2d", (3, 5, 7, 6)),
+                                            ("InstanceNorm3d", (2, 5, 3, 4, 5))])
+@pytest.mark.parametrize("affine,track", [(False, False), (True, False), (True, True), (False, True)])
+def test_modules_are_drop_in(cls_name, shape, affine, track):
+    ours = getattr(fastgan.nn, cls_name)(5, affine=affine, track_running_stats=track, momentum=0.3)
+    theirs = getattr(nn, cls_name)(5, affine=affine, track_running_stats=track, momentum=0.3)
+    assert isinstance(ours, getattr(nn, cls_name))
+    if affine:
+        with torch.no_grad():
+            theirs.weight.normal_()
+            theirs.bias.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for step in range(2):  # two training steps move the running stats twice
+        x = torch.randn(shape) * 2 + 1
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    for k, v in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    ours.eval()
+    theirs.eval()
+    x = torch.randn(shape)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours(x[0]), theirs(x[0]), rtol=1e-5, atol=1e-5)  # unbatched input
