@@ -111,21 +111,33 @@ void for_each_plane(const PlaneShape& s, int nbuf, Body body) {
 }
 
 // ------------------------------------------------------------------------- channels-last (per-sample chunks)
-// For each sample: partial(n, r0, r1, out) per row chunk in parallel (out: nvals*C doubles), then finish(n, parts,
-// chunks) serially, then emit(n, r0, r1) per chunk in parallel. The sample's slab stays cached between passes.
+// Samples are taken in groups whose slab fits comfortably in the last-level cache. For each group: partial(n, r0,
+// r1, out) for every (sample, row chunk) in parallel (out: nvals*C doubles), then finish(n, parts, chunks) per
+// sample, then emit(n, r0, r1) for every (sample, row chunk) in parallel. One parallel region per phase per group
+// (not per sample) keeps thread wake-ups rare, which matters on small, busy machines.
 template <typename Partial, typename Finish, typename Emit>
-void for_each_sample_cl(const PlaneShape& s, int64_t nvals, Partial partial, Finish finish, Emit emit) {
+void for_each_sample_cl(const PlaneShape& s, int64_t elem_bytes, int64_t nvals, Partial partial, Finish finish,
+                        Emit emit) {
+  constexpr int64_t kGroupBytes = 8 << 20;
   const int64_t rows = std::max<int64_t>(1, kChunk / s.C);
   const int64_t chunks = (s.L + rows - 1) / rows;
-  std::vector<double> parts(static_cast<size_t>(chunks * nvals * s.C));
-  for (int64_t n = 0; n < s.N; ++n) {
-    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-      for (int64_t j = b; j < e; ++j)
-        partial(n, j * rows, std::min(s.L, (j + 1) * rows), parts.data() + j * nvals * s.C);
+  const int64_t group = std::max<int64_t>(1, std::min(s.N, kGroupBytes / std::max<int64_t>(1, s.L * s.C * elem_bytes)));
+  const int64_t stride = chunks * nvals * s.C;  // parts per sample
+  std::vector<double> parts(static_cast<size_t>(group * stride));
+  for (int64_t n0 = 0; n0 < s.N; n0 += group) {
+    const int64_t count = std::min(group, s.N - n0);
+    at::parallel_for(0, count * chunks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t i = t / chunks, j = t % chunks;
+        partial(n0 + i, j * rows, std::min(s.L, (j + 1) * rows), parts.data() + i * stride + j * nvals * s.C);
+      }
     });
-    finish(n, parts.data(), chunks);
-    at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-      for (int64_t j = b; j < e; ++j) emit(n, j * rows, std::min(s.L, (j + 1) * rows));
+    for (int64_t i = 0; i < count; ++i) finish(n0 + i, parts.data() + i * stride, chunks);
+    at::parallel_for(0, count * chunks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t i = t / chunks, j = t % chunks;
+        emit(n0 + i, j * rows, std::min(s.L, (j + 1) * rows));
+      }
     });
   }
 }
@@ -168,9 +180,9 @@ void fwd_kernel(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& 
     });
     return;
   }
-  std::vector<A> a(C), b(C);
+  std::vector<A> a(s.N * C), b(s.N * C);
   for_each_sample_cl(
-      s, 2,
+      s, sizeof(T), 2,
       [&](int64_t n, int64_t r0, int64_t r1, double* out) {
         // Two passes over the cached chunk (mean, then centred squares), accumulated in double per channel.
         double* mean_c = out;
@@ -194,17 +206,17 @@ void fwd_kernel(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& 
             m.merge(std::min(rows, L - j * rows), parts[j * 2 * C + c], parts[j * 2 * C + C + c]);
           const int64_t p = n * C + c;
           finish_plane(p, m);
-          a[c] = static_cast<A>(sp[p] * rp[p]);
-          b[c] = bp[p];
+          a[p] = static_cast<A>(sp[p] * rp[p]);
+          b[p] = bp[p];
         }
       },
       [&](int64_t n, int64_t r0, int64_t r1) {
-        const A* mu = mp + n * C;
+        const A *mu = mp + n * C, *an = a.data() + n * C, *bn = b.data() + n * C;
         const T* src = xp + n * L * C;
         T* dst = yp + n * L * C;
         for (int64_t r = r0; r < r1; ++r)
           for (int64_t c = 0; c < C; ++c)
-            dst[r * C + c] = static_cast<T>((static_cast<A>(src[r * C + c]) - mu[c]) * a[c] + b[c]);
+            dst[r * C + c] = static_cast<T>((static_cast<A>(src[r * C + c]) - mu[c]) * an[c] + bn[c]);
       });
 }
 
@@ -242,9 +254,9 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
     });
     return;
   }
-  std::vector<A> coef(C), m_g(C), m_gx(C);
+  std::vector<A> coef(s.N * C), m_g(s.N * C), m_gx(s.N * C);
   for_each_sample_cl(
-      s, 2,
+      s, sizeof(T), 2,
       [&](int64_t n, int64_t r0, int64_t r1, double* out) {
         double *a0 = out, *a1 = out + C;
         std::fill(out, out + 2 * C, 0.0);
@@ -265,18 +277,19 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
           const int64_t p = n * C + c;
           gsp[p] = static_cast<A>(s_gx);
           gbp[p] = static_cast<A>(s_g);
-          coef[c] = sp[p] * rp[p];
-          m_g[c] = static_cast<A>(s_g / L);
-          m_gx[c] = static_cast<A>(s_gx / L);
+          coef[p] = sp[p] * rp[p];
+          m_g[p] = static_cast<A>(s_g / L);
+          m_gx[p] = static_cast<A>(s_gx / L);
         }
       },
       [&](int64_t n, int64_t r0, int64_t r1) {
         const A *mu = mp + n * C, *rs = rp + n * C;
+        const A *cf = coef.data() + n * C, *mg = m_g.data() + n * C, *mgx = m_gx.data() + n * C;
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t row = (n * L + r) * C;
           for (int64_t c = 0; c < C; ++c) {
             const A xh = (static_cast<A>(xp[row + c]) - mu[c]) * rs[c];
-            gxp[row + c] = static_cast<T>(coef[c] * (static_cast<A>(gp[row + c]) - m_g[c] - xh * m_gx[c]));
+            gxp[row + c] = static_cast<T>(cf[c] * (static_cast<A>(gp[row + c]) - mg[c] - xh * mgx[c]));
           }
         }
       });
@@ -331,9 +344,9 @@ void dbwd_kernel(const at::Tensor& ggx, const at::Tensor& ggscale, const at::Ten
     });
     return;
   }
-  std::vector<DbwdCoef<A>> coefs(C);
+  std::vector<DbwdCoef<A>> coefs(s.N * C);
   for_each_sample_cl(
-      s, 5,
+      s, sizeof(T), 5,
       [&](int64_t n, int64_t r0, int64_t r1, double* out) {
         double* acc = out;
         std::fill(out, out + 5 * C, 0.0);
@@ -353,7 +366,7 @@ void dbwd_kernel(const at::Tensor& ggx, const at::Tensor& ggscale, const at::Ten
           double sums[5] = {0, 0, 0, 0, 0};
           for (int64_t j = 0; j < chunks; ++j)
             for (int q = 0; q < 5; ++q) sums[q] += parts[(j * 5 + q) * C + c];
-          coefs[c] = coef_of(n * C + c, sums);
+          coefs[n * C + c] = coef_of(n * C + c, sums);
         }
       },
       [&](int64_t n, int64_t r0, int64_t r1) {
@@ -361,7 +374,7 @@ void dbwd_kernel(const at::Tensor& ggx, const at::Tensor& ggscale, const at::Ten
           const int64_t row = (n * L + r) * C;
           for (int64_t c = 0; c < C; ++c) {
             A o1, o2;
-            coefs[c].apply(static_cast<A>(xp[row + c]), static_cast<A>(gp[row + c]), static_cast<A>(vp[row + c]),
+            coefs[n * C + c].apply(static_cast<A>(xp[row + c]), static_cast<A>(gp[row + c]), static_cast<A>(vp[row + c]),
                            o1, o2);
             gx2p[row + c] = static_cast<T>(o1);
             ggyp[row + c] = static_cast<T>(o2);
