@@ -164,3 +164,18 @@ def test_nan_in_gives_nan_out_for_that_plane(device, impl):
     mask = torch.ones(2, 3, dtype=torch.bool)
     mask[1, 2] = False
     assert torch.isfinite(y[mask]).all()
+
+
+@pytest.mark.parametrize("device,impl", [p for p in impl_params() if "triton" not in p.id])
+def test_gradgradcheck_of_the_input_gradient_float64(device, impl):
+    """gradgradcheck of x -> d<y, gy>/dx checks the second- and third-order paths against finite differences."""
+    x = torch.randn(2, 3, 3, 4, device=device, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, device=device, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(2, 3, 3, 4, device=device, dtype=torch.float64)
+
+    def input_grad(a, b):
+        (g,) = torch.autograd.grad((fastgan.ops.instance_norm(a, b, impl=impl) * gy).sum(), a, create_graph=True)
+        return g
+
+    assert torch.autograd.gradcheck(input_grad, (x, w))
+    assert torch.autograd.gradgradcheck(input_grad, (x, w))

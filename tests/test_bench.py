@@ -1,0 +1,147 @@
+"""Smoke tests of the benchmark harness (``fastgan.bench``) and ``python -m fastgan bench`` on tiny CPU cases.
+
+No timing is asserted (speed belongs in benchmarks/): these check that a run produces a complete report, that
+failures and wrong outputs are recorded rather than hidden, and that the bytes floor is what the docs say.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastgan import cli
+from fastgan.bench import harness, report
+from fastgan.bench.instance_norm_suite import bytes_floor
+from fastgan.bench.suites import Case, Suite, SuiteOptions, Target, build_cases
+from fastgan.bench.timing import TimingConfig, rotation_sets
+
+FAST = TimingConfig(budget_s=0.005, warmup_s=0.0, min_reps=3, max_reps=5)
+SHAPE = (2, 4, 8, 8)
+
+
+def _inputs(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(SHAPE, generator=g), torch.ones(SHAPE[1]), torch.zeros(SHAPE[1])
+
+
+def _eager(x, w, b):
+    return F.instance_norm(x, weight=w, bias=b)
+
+
+def _broken(x, w, b):
+    raise RuntimeError("compile failed\nsecond line")
+
+
+def _tiny_case(**fns) -> Case:
+    return Case(
+        suite="tiny", shape=SHAPE, dtype=torch.float32, layout="contiguous", mode="fwd", device="cpu",
+        make_inputs=_inputs, fns={"eager": _eager, **fns}, bytes_floor=2 * 2 * 4 * 8 * 8 * 4 + 2 * 4 * 4,
+        targets=(Target("min_speedup", 1e-9, "fastgan-ref"), Target("max_us", 1.0, "fastgan", "NoSuchGPU")),
+    )
+
+
+def _run(tmp_path, case: Case, png: bool = True):
+    suite = Suite("tiny", lambda opts: [case], notes="tiny notes")
+    rep = harness.benchmark([case], torch.device("cpu"), [suite], FAST, preset="quick", progress=False,
+                            ceiling_bytes=4 * 2**20)
+    return rep, report.write_report(rep, str(tmp_path), png=png)
+
+
+def test_report_files_and_fields(tmp_path):
+    case = _tiny_case(**{"fastgan-ref": lambda x, w, b: _eager(x, w, b) + 0.0, "compile": _broken})
+    rep, paths = _run(tmp_path, case)
+    for kind in ("md", "json"):
+        assert (tmp_path / f"report.{kind}").is_file()
+    data = json.loads((tmp_path / "report.json").read_text())
+    for key in ("schema", "env", "ceiling", "settings", "suites", "cases", "targets", "elapsed_s"):
+        assert key in data
+    env = data["env"]
+    assert env["device"]["type"] == "cpu" and env["device"]["name"]
+    assert env["versions"]["torch"] == torch.__version__ and env["versions"]["fastgan"]
+    assert env["command"] and env["date"]
+    assert "instance_norm_fwd" not in env["fastgan"]["live_impls"]  # only the tiny suite's ops (none) are listed
+    assert data["ceiling"]["gbps"] > 0
+
+    (c,) = data["cases"]
+    assert c["name"] == "fwd 2x4x8x8 fp32 contiguous" and c["floor_us"] > 0
+    eager, ref = c["results"]["eager"], c["results"]["fastgan-ref"]
+    assert eager["median_us"] > 0 and eager["reps"] >= 3 and eager["speedup_vs_eager"] == pytest.approx(1.0)
+    for field in ("median_us", "min_us", "gbps", "pct_ceiling", "speedup_vs_eager", "first_call_s"):
+        assert ref[field] > 0, field
+    assert ref["check_ok"] is True and ref["rel_err"] < 1e-6
+    assert ref["rotation_sets"] > 1  # a 2 KB input fits any cache: inputs must rotate
+    # A failing impl (a compile error) is recorded with its first line, and the run goes on.
+    assert c["results"]["compile"] == {"error": "RuntimeError: compile failed"}
+
+    goals = {t["kind"]: t for t in data["targets"]}
+    assert goals["min_speedup"]["met"] is True and goals["min_speedup"]["impl"] == "fastgan-ref"
+    assert goals["max_us"]["applies"] is False and goals["max_us"]["met"] is None
+
+    md = (tmp_path / "report.md").read_text()
+    assert "| case | impl | µs/call |" in md and "fwd 2x4x8x8 fp32 contiguous" in md
+    assert "Copy ceiling" in md and "tiny notes" in md and "compile failed" in md
+    if "png" in paths:
+        assert (tmp_path / "report.png").stat().st_size > 1000
+        assert "report.png" in md
+
+
+def test_wrong_output_is_flagged(tmp_path):
+    rep, _ = _run(tmp_path, _tiny_case(**{"fastgan-ref": lambda x, w, b: 2 * _eager(x, w, b)}), png=False)
+    r = rep["cases"][0]["results"]["fastgan-ref"]
+    assert r["check_ok"] is False and r["rel_err"] > 0.1
+    assert "MISMATCH" in (tmp_path / "report.md").read_text()
+
+
+def test_png_skipped_without_matplotlib(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    with pytest.warns(RuntimeWarning, match="matplotlib"):
+        rep, paths = _run(tmp_path, _tiny_case())
+    assert "png" not in paths and not (tmp_path / "report.png").exists()
+    assert (tmp_path / "report.md").is_file() and "report.png" not in (tmp_path / "report.md").read_text()
+
+
+def test_instance_norm_suite_cases():
+    cases = build_cases(["instance_norm"], SuiteOptions(device="cpu", preset="quick", impls=("ref",), compile=False))
+    assert [c.name for c in cases] == [
+        "fwd 2x64x256x256 fp32 contiguous", "fwd 2x512x16x16 fp32 contiguous", "fwd+bwd 2x64x256x256 fp32 contiguous"]
+    assert set(cases[0].fns) == {"eager", "fastgan-ref"}
+    e = 2 * 64 * 256 * 256 * 4
+    assert cases[0].bytes_floor == 2 * e + 2 * 64 * 4 and cases[2].bytes_floor == 5 * e + 5 * 64 * 4
+    assert bytes_floor((8, 512, 16, 16), torch.bfloat16, "fwd") == 2 * 8 * 512 * 256 * 2 + 2 * 512 * 2
+    full = build_cases(["instance_norm"], SuiteOptions(device="cuda", preset="default", impls=(), compile=True))
+    assert len(full) == 4 * 2 * 2 * 2 and full[0].shape == (8, 64, 256, 256)
+    assert all("compile" in c.fns and not any(k.startswith("fastgan-") for k in c.fns) for c in full)
+
+
+def test_fwd_bwd_case_returns_gradients():
+    (case,) = build_cases(["instance_norm"], SuiteOptions(device="cpu", preset="default", impls=("ref",),
+                                                          compile=False), ["fwd+bwd", "16x16", "channels_last"])
+    x, w, b, gy = inputs = case.make_inputs(0)
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.requires_grad and not gy.requires_grad
+    grads = case.fns["fastgan-ref"](*inputs)
+    assert [g.shape for g in grads] == [x.shape, w.shape, b.shape]
+    assert harness.relative_error(grads, case.fns["eager"](*inputs)) < 1e-4
+
+
+def test_rotation_sets():
+    assert rotation_sets(10 * 2**20, 50 * 2**20, 5 * 2**20, 2**30) == 15
+    assert rotation_sets(200 * 2**20, 50 * 2**20, 100 * 2**20, 2**30) == 1
+    assert rotation_sets(1000, 50 * 2**20, 500, 2**30) == 64
+    assert rotation_sets(10 * 2**20, 50 * 2**20, 5 * 2**20, 20 * 2**20) == 4
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = cli.main(["bench", "--quick", "--no-compile", "--impl", "ref", "-k", "fwd 2x512x16x16", "--budget", "0.01",
+                   "--out", str(out), "--quiet", "--no-png"])
+    assert rc == 0
+    data = json.loads((out / "report.json").read_text())
+    assert [c["name"] for c in data["cases"]] == ["fwd 2x512x16x16 fp32 contiguous"]
+    assert set(data["cases"][0]["results"]) == {"eager", "fastgan-ref"}
+    assert data["cases"][0]["results"]["fastgan-ref"]["check_ok"] is True
+    assert str(out / "report.md") in capsys.readouterr().out
+    assert cli.main(["bench", "--list", "--device", "cpu"]) == 0
+    assert cli.main(["bench", "-k", "no-such-case", "--out", str(tmp_path / "none")]) == 2
