@@ -61,11 +61,13 @@ def _extensions():
     csrc = os.path.join("csrc")
     cpp = sorted(os.path.join(csrc, f) for f in os.listdir(os.path.join(ROOT, csrc)) if f.endswith(".cpp"))
     cu = sorted(os.path.join(csrc, f) for f in os.listdir(os.path.join(ROOT, csrc)) if f.endswith(".cu"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fvisibility=hidden"]
+    # No -std flag: torch.utils.cpp_extension adds the standard its own headers need (-std=c++20 for torch
+    # 2.13 and 2.14 here); forcing -std=c++17 broke the build against torch 2.14 (std::strong_ordering).
+    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
     archs = os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else ""
     cxx.append(f'-DFASTGAN_CUDA_ARCHS="{archs}"')
     if with_cuda:
-        nvcc = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]  # no fast-math: rsqrt/div stay exact
+        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]  # no fast-math: rsqrt/div stay exact
         ext = cpp_extension.CUDAExtension(
             "fastgan._C",
             cpp + cu,

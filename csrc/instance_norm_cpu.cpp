@@ -30,22 +30,19 @@ template <typename T>
 using acc_of = std::conditional_t<std::is_same<T, double>::value, double, float>;
 
 // ------------------------------------------------------------------------------------------ shared pieces
-// sum_i f(i) for i < n: 8 independent float lanes (so the compiler vectorises without reassociating), flushed
-// into a double every 512 terms so rounding error does not grow with the plane size.
-template <typename A, typename F>
+// sum_i f(i) for i < n, f returning double: 8 independent double lanes (the compiler vectorises them without
+// reassociating). Terms and sums are double, as in eager PyTorch on CPU (acc_type<float, false> is double):
+// float terms such as g * ((x - mu) * r) carry ~1.5 ulp each and, summed over a plane with cancellation, ended
+// up several ulps from the float64 result where eager was within one.
+template <typename F>
 inline double lane_sum(int64_t n, F f) {
-  double total = 0;
-  for (int64_t start = 0; start < n; start += 512) {
-    const int64_t end = std::min(n, start + 512);
-    A lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = start;
-    for (; i + 8 <= end; i += 8) {
-      for (int k = 0; k < 8; ++k) lanes[k] += f(i + k);
-    }
-    for (; i < end; ++i) lanes[0] += f(i);
-    for (int k = 0; k < 8; ++k) total += static_cast<double>(lanes[k]);
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int k = 0; k < 8; ++k) lanes[k] += f(i + k);
   }
-  return total;
+  for (; i < n; ++i) lanes[0] += f(i);
+  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
 }
 
 // Running (count, mean, M2) of one channel, merged chunk by chunk (Chan et al.).
@@ -152,9 +149,13 @@ void fwd_kernel(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& 
   const A *sp = scale.data_ptr<A>(), *bp = shift.data_ptr<A>();
   A *mp = mean.data_ptr<A>(), *rp = rstd.data_ptr<A>();
   const int64_t L = s.L, C = s.C;
+  // The mean is kept as an unevaluated sum hi + lo of two A values: with a large offset, x - hi is exact
+  // (Sterbenz) and the output error stays a few ulps of y instead of ulp(mean) / std.
+  std::vector<A> mean_lo(s.N * C);
   auto finish_plane = [&](int64_t plane, const Moments& m) {
     const double r = 1.0 / std::sqrt(m.m2 / L + eps);
     mp[plane] = static_cast<A>(m.mean);
+    mean_lo[plane] = static_cast<A>(m.mean - static_cast<double>(mp[plane]));
     rp[plane] = static_cast<A>(r);
   };
   if (!s.channels_last) {
@@ -164,17 +165,24 @@ void fwd_kernel(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& 
         const int64_t n = std::min(kChunk, L - r0);
         const A* v = plane_rows(xp, off + r0, n, buf);
         // Two passes over the cached chunk: the mean, then squares centred on it (no cancellation).
-        const A cm = static_cast<A>(lane_sum<A>(n, [&](int64_t i) { return v[i]; }) / n);
-        m.merge(n, cm, lane_sum<A>(n, [&](int64_t i) { return (v[i] - cm) * (v[i] - cm); }));
+        const double cm_exact = lane_sum(n, [&](int64_t i) { return static_cast<double>(v[i]); }) / n;
+        const A cm = static_cast<A>(cm_exact);
+        // Squares are centred on the rounded cm; subtracting n * (cm_exact - cm)^2 recentres them exactly.
+        const double dm = cm_exact - static_cast<double>(cm);
+        const double m2 = lane_sum(n, [&](int64_t i) {
+                            const double d = v[i] - cm;  // exact near the mean (Sterbenz)
+                            return d * d;
+                          }) - n * dm * dm;
+        m.merge(n, cm_exact, std::max(m2, 0.0));
       }
       finish_plane(p, m);
       // (x - mean) * a + shift rather than x * a + b: folding the mean into b cancels badly when |mean * a| >> |y|.
-      const A mu = mp[p], a = static_cast<A>(sp[p] * rp[p]), b = bp[p];
+      const A mu = mp[p], mu_lo = mean_lo[p], a = static_cast<A>(sp[p] * rp[p]), b = bp[p];
       for (int64_t r0 = 0; r0 < L; r0 += kChunk) {
         const int64_t n = std::min(kChunk, L - r0);
         const A* v = plane_rows(xp, off + r0, n, buf);
         A* o = plane_out(yp, off + r0, buf + kChunk);
-        for (int64_t i = 0; i < n; ++i) o[i] = (v[i] - mu) * a + b;
+        for (int64_t i = 0; i < n; ++i) o[i] = ((v[i] - mu) - mu_lo) * a + b;
         plane_store(yp, off + r0, n, o);
       }
     });
@@ -211,12 +219,12 @@ void fwd_kernel(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& 
         }
       },
       [&](int64_t n, int64_t r0, int64_t r1) {
-        const A *mu = mp + n * C, *an = a.data() + n * C, *bn = b.data() + n * C;
+        const A *mu = mp + n * C, *lo = mean_lo.data() + n * C, *an = a.data() + n * C, *bn = b.data() + n * C;
         const T* src = xp + n * L * C;
         T* dst = yp + n * L * C;
         for (int64_t r = r0; r < r1; ++r)
           for (int64_t c = 0; c < C; ++c)
-            dst[r * C + c] = static_cast<T>((static_cast<A>(src[r * C + c]) - mu[c]) * an[c] + bn[c]);
+            dst[r * C + c] = static_cast<T>(((static_cast<A>(src[r * C + c]) - mu[c]) - lo[c]) * an[c] + bn[c]);
       });
 }
 
@@ -234,13 +242,14 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
   if (!s.channels_last) {
     for_each_plane<A>(s, 3, [&](int64_t p, int64_t off, A* buf) {
       const A mu = mp[p], r = rp[p];
-      double s_g = 0, s_gx = 0;
+      double s_g = 0, s_gx = 0;  // s_gx = sum(gy * (x - mean)); times rstd once at the end
       for (int64_t r0 = 0; r0 < L; r0 += kChunk) {
         const int64_t n = std::min(kChunk, L - r0);
         const A *xs = plane_rows(xp, off + r0, n, buf), *gs = plane_rows(gp, off + r0, n, buf + kChunk);
-        s_g += lane_sum<A>(n, [&](int64_t i) { return gs[i]; });
-        s_gx += lane_sum<A>(n, [&](int64_t i) { return gs[i] * ((xs[i] - mu) * r); });
+        s_g += lane_sum(n, [&](int64_t i) { return static_cast<double>(gs[i]); });
+        s_gx += lane_sum(n, [&](int64_t i) { return static_cast<double>(gs[i]) * (static_cast<double>(xs[i]) - mu); });
       }
+      s_gx *= r;
       gsp[p] = static_cast<A>(s_gx);
       gbp[p] = static_cast<A>(s_g);
       const A coef = sp[p] * r, m_g = static_cast<A>(s_g / L), m_gx = static_cast<A>(s_gx / L);
@@ -260,13 +269,13 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
       [&](int64_t n, int64_t r0, int64_t r1, double* out) {
         double *a0 = out, *a1 = out + C;
         std::fill(out, out + 2 * C, 0.0);
-        const A *mu = mp + n * C, *rs = rp + n * C;
+        const A *mu = mp + n * C;
         for (int64_t r = r0; r < r1; ++r) {
           const T *xr = xp + (n * L + r) * C, *gr = gp + (n * L + r) * C;
           for (int64_t c = 0; c < C; ++c) {
-            const A g = static_cast<A>(gr[c]);
+            const double g = static_cast<A>(gr[c]);
             a0[c] += g;
-            a1[c] += g * ((static_cast<A>(xr[c]) - mu[c]) * rs[c]);
+            a1[c] += g * (static_cast<double>(static_cast<A>(xr[c])) - mu[c]);  // times rstd in the merge
           }
         }
       },
@@ -275,6 +284,7 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
           double s_g = 0, s_gx = 0;
           for (int64_t j = 0; j < chunks; ++j) s_g += parts[j * 2 * C + c], s_gx += parts[j * 2 * C + C + c];
           const int64_t p = n * C + c;
+          s_gx *= rp[p];
           gsp[p] = static_cast<A>(s_gx);
           gbp[p] = static_cast<A>(s_g);
           coef[p] = sp[p] * rp[p];
@@ -323,12 +333,14 @@ void dbwd_kernel(const at::Tensor& ggx, const at::Tensor& ggscale, const at::Ten
         const A* xs = plane_rows(xp, off + r0, n, buf);
         const A* gs = plane_rows(gp, off + r0, n, buf + kChunk);
         const A* vs = plane_rows(vp, off + r0, n, buf + 2 * kChunk);
-        sums[0] += lane_sum<A>(n, [&](int64_t i) { return gs[i]; });
-        sums[1] += lane_sum<A>(n, [&](int64_t i) { return gs[i] * ((xs[i] - mu) * r); });
-        sums[2] += lane_sum<A>(n, [&](int64_t i) { return vs[i]; });
-        sums[3] += lane_sum<A>(n, [&](int64_t i) { return vs[i] * ((xs[i] - mu) * r); });
-        sums[4] += lane_sum<A>(n, [&](int64_t i) { return vs[i] * gs[i]; });
+        auto d = [](A t) { return static_cast<double>(t); };
+        sums[0] += lane_sum(n, [&](int64_t i) { return d(gs[i]); });
+        sums[1] += lane_sum(n, [&](int64_t i) { return d(gs[i]) * (d(xs[i]) - mu); });
+        sums[2] += lane_sum(n, [&](int64_t i) { return d(vs[i]); });
+        sums[3] += lane_sum(n, [&](int64_t i) { return d(vs[i]) * (d(xs[i]) - mu); });
+        sums[4] += lane_sum(n, [&](int64_t i) { return d(vs[i]) * d(gs[i]); });
       }
+      sums[1] *= r, sums[3] *= r;  // sum(. * xhat) = rstd * sum(. * (x - mean))
       const DbwdCoef<A> k = coef_of(p, sums);
       for (int64_t r0 = 0; r0 < L; r0 += kChunk) {
         const int64_t n = std::min(kChunk, L - r0);
@@ -350,13 +362,13 @@ void dbwd_kernel(const at::Tensor& ggx, const at::Tensor& ggscale, const at::Ten
       [&](int64_t n, int64_t r0, int64_t r1, double* out) {
         double* acc = out;
         std::fill(out, out + 5 * C, 0.0);
-        const A *mu = mp + n * C, *rs = rp + n * C;
+        const A *mu = mp + n * C;
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t row = (n * L + r) * C;
           for (int64_t c = 0; c < C; ++c) {
-            const A g = static_cast<A>(gp[row + c]), v = static_cast<A>(vp[row + c]);
-            const A xh = (static_cast<A>(xp[row + c]) - mu[c]) * rs[c];
-            acc[c] += g, acc[C + c] += g * xh, acc[2 * C + c] += v, acc[3 * C + c] += v * xh;
+            const double g = static_cast<A>(gp[row + c]), v = static_cast<A>(vp[row + c]);
+            const double xc = static_cast<double>(static_cast<A>(xp[row + c])) - mu[c];  // times rstd in the merge
+            acc[c] += g, acc[C + c] += g * xc, acc[2 * C + c] += v, acc[3 * C + c] += v * xc;
             acc[4 * C + c] += v * g;
           }
         }
@@ -366,6 +378,7 @@ void dbwd_kernel(const at::Tensor& ggx, const at::Tensor& ggscale, const at::Ten
           double sums[5] = {0, 0, 0, 0, 0};
           for (int64_t j = 0; j < chunks; ++j)
             for (int q = 0; q < 5; ++q) sums[q] += parts[(j * 5 + q) * C + c];
+          sums[1] *= rp[n * C + c], sums[3] *= rp[n * C + c];
           coefs[n * C + c] = coef_of(n * C + c, sums);
         }
       },

@@ -62,6 +62,20 @@ def eager_instance_norm(x, weight=None, bias=None):
     return y + bias.reshape(shape) if bias is not None else y
 
 
+def _reduction_floor(device, impl, what):
+    """floor_ulps for a weight/bias gradient: see tolerance.py (float32-accumulating Triton checked on CPU)."""
+    return 6.0 if impl == "triton" and device == "cpu" and ("weight" in what or "bias" in what) else 1.0
+
+
+def _per_sample_magnitudes(param_grads, x, gy):
+    """For each parameter gradient: max over channels of sum over samples of |that sample's float64 gradient|.
+
+    ``param_grads(x_n, gy_n)`` returns the float64 reference gradients of one sample; the scale of tolerance.py's
+    floor for gradients that sum over samples."""
+    per = [param_grads(x[n : n + 1].double(), gy[n : n + 1].double()) for n in range(x.shape[0])]
+    return [torch.stack([p[i] for p in per]).abs().sum(0).max().item() for i in range(len(per[0]))]
+
+
 def _ref64(x, w, b):
     return instance_norm_reference(x.double(), None if w is None else w.double(), None if b is None else b.double())
 
@@ -89,8 +103,14 @@ def test_backward_matches_reference(device, impl, dtype):
         ):
             ins = [cast(t).detach().requires_grad_() for t in (x, w, b)]
             grads[key] = torch.autograd.grad(fn(*ins), ins, cast(gy))
+        def ref_param_grads(xn, gyn):
+            ins = [t.detach().requires_grad_() for t in (xn, w.double(), b.double())]
+            return torch.autograd.grad(instance_norm_reference(*ins), ins[1:], gyn)
+
+        mags = [None] + _per_sample_magnitudes(ref_param_grads, x, gy)
         for i, what in enumerate(("grad x", "grad weight", "grad bias")):
-            assert_rule(grads["ours"][i], grads["eager"][i], grads["ref"][i], f"{impl} {dtype} {name} {what}")
+            assert_rule(grads["ours"][i], grads["eager"][i], grads["ref"][i], f"{impl} {dtype} {name} {what}",
+                        _reduction_floor(device, impl, what), mags[i])
 
 
 def _penalty_grads(fn, x, w, gy):
@@ -110,8 +130,11 @@ def test_double_backward_matches_reference(device, impl, dtype):
         ours = _penalty_grads(lambda a, b: fastgan.ops.instance_norm(a, b, impl=impl), x, w, gy)
         eager = _penalty_grads(lambda a, b: eager_instance_norm(a, b), x, w, gy)
         ref = _penalty_grads(lambda a, b: instance_norm_reference(a, b), x.double(), w.double(), gy.double())
-        for o, e, r, what in zip(ours, eager, ref, ("x", "weight")):
-            assert_rule(o, e, r, f"{impl} {dtype} {name} penalty grad {what}")
+        mags = [None] + _per_sample_magnitudes(
+            lambda xn, gyn: _penalty_grads(lambda a, b: instance_norm_reference(a, b), xn, w.double(), gyn)[1:], x, gy)
+        for o, e, r, what, mag in zip(ours, eager, ref, ("x", "weight"), mags):
+            assert_rule(o, e, r, f"{impl} {dtype} {name} penalty grad {what}", _reduction_floor(device, impl, what),
+                        mag)
 
 
 GRADCHECK_SHAPES = [((2, 3, 3, 4), "contiguous"), ((2, 3, 3, 4), "channels_last"), ((1, 2, 5), "contiguous")]

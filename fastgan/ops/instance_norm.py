@@ -44,14 +44,16 @@ def per_plane_affine(x: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torch
     """Per-(n, c) scale and shift in the acc dtype from per-channel ``weight``/``bias`` (either may be None)."""
     n, c = x.shape[:2]
     acc = acc_dtype(x.dtype)
+    # Expanding in float64 makes autograd add the N per-plane gradients of weight/bias in float64: one rounding
+    # at the end instead of one per sample (the (N, C) tensors are tiny).
     if weight is None:
         scale = torch.ones((n, c), dtype=acc, device=x.device)
     else:
-        scale = weight.to(acc).expand(n, c).contiguous()
+        scale = weight.to(torch.float64).expand(n, c).to(acc).contiguous()
     if bias is None:
         shift = torch.zeros((n, c), dtype=acc, device=x.device)
     else:
-        shift = bias.to(acc).expand(n, c).contiguous()
+        shift = bias.to(torch.float64).expand(n, c).to(acc).contiguous()
     return scale, shift
 
 
