@@ -46,6 +46,14 @@ def _load_extension() -> bool:
         except Exception as exc:  # ImportError, or an undefined symbol from a torch it was not built against
             _state["ext"] = False
             _state["ext_error"] = f"{type(exc).__name__}: {exc}"
+            pkg = os.path.dirname(os.path.abspath(__file__))
+            if os.path.exists(os.path.join(os.path.dirname(pkg), "setup.py")) and isinstance(exc, ImportError):
+                # The usual cause: `python -m fastgan` or `python -c "import fastgan"` run from a source checkout
+                # imports its fastgan/ folder (no _C in it after a plain `pip install .`), not the installed one.
+                _state["ext_error"] += (
+                    f" [this fastgan was imported from the source checkout {pkg}: run from another directory, use "
+                    "the `fastgan` command, or install with `pip install --no-build-isolation -e .`]"
+                )
             warn_once(
                 "ext",
                 f"the compiled extension fastgan._C could not be loaded ({_state['ext_error']}); "

@@ -144,6 +144,8 @@ def render_markdown(rep: dict[str, Any], png_name: str | None = "report.png") ->
             met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
             out.append(f"| {t['suite']} {t['case']} | {goal} ({t['note']}) | {t['impl']} | {meas} | {best} | {met} |")
     for s in rep["suites"]:
+        if not any(c["suite"] == s["name"] for c in rep["cases"]):
+            continue  # filtered out by -k / --suite: no empty table
         out += ["", f"## {s['name']}", ""]
         if s["notes"]:
             out += [s["notes"], ""]

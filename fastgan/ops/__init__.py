@@ -1,9 +1,17 @@
 """fastgan's ops. Each has a plain-PyTorch reference, CPU C++, Triton and CUDA C++ implementations."""
 from .. import _backend
 from . import norm_kernels
+from .adain import adain, adain_reference, adain_transfer
 from .instance_norm import instance_norm, instance_norm_stats
 from .instance_norm_ref import instance_norm_reference
 
 norm_kernels.register_compiled()
 
-__all__ = ["instance_norm", "instance_norm_stats", "instance_norm_reference"]
+__all__ = [
+    "adain",
+    "adain_reference",
+    "adain_transfer",
+    "instance_norm",
+    "instance_norm_stats",
+    "instance_norm_reference",
+]
