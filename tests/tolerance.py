@@ -10,11 +10,13 @@ there it is max over channels of sum over samples of |per-sample value|. Each sa
 dtype before the N-sum (the kernels' (N, C) outputs), so when samples cancel, one rounding of the largest of them
 shows in the small total; eager, summing everything in one float64 accumulator on CPU, rounds only the total.
 
-``floor_ulps`` widens that floor for one documented case only: reductions (weight/bias gradients) of a kernel
+``floor_ulps`` widens that floor for one documented case only (:func:`grad_floor_ulps`): gradients from a kernel
 that accumulates float32 in float32, as every GPU kernel does (eager CUDA included), checked on CPU, where eager
 accumulates float32 in float64 (``acc_type<float, /*is_cuda=*/false>`` is double) and so sits within about half an
 ulp of the reference. Measured on 40 random 2x3x7x13 inputs, Triton's weight gradient (interpreter) had a median
-error of 1.3x eager's and a worst of 5 ulp of the result; the C++ CPU kernel (double accumulation) keeps floor 1.
+error of 1.3x eager's and a worst of 5 ulp of the result; soak runs found double-backward input gradients 4 ulp
+off on 8x8 planes. The C++ CPU kernels (float64 accumulation) keep floor 1; on a GPU Triton is compared with eager
+CUDA, which accumulates in float32 too, and keeps floor 1.
 """
 import torch
 
@@ -35,3 +37,8 @@ def assert_rule(ours: torch.Tensor, eager: torch.Tensor, ref64: torch.Tensor, wh
     floor = floor_ulps * torch.finfo(ours.dtype).eps * max(1.0, scale)
     bound = 2.0 * e_eager + floor
     assert e_ours <= bound, f"{what}: error {e_ours:.3e} > 2 x eager's {e_eager:.3e} + floor {floor:.1e}"
+
+
+def grad_floor_ulps(device: str, impl: str) -> float:
+    """``floor_ulps`` for gradient checks: 6 for the float32-accumulating Triton kernels checked on CPU (above)."""
+    return 6.0 if impl == "triton" and device == "cpu" else 1.0

@@ -1,5 +1,6 @@
 """Drop-in modules built on fastgan's ops."""
 from .adain import AdaIN
 from .instance_norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from .spade import SPADE
 
-__all__ = ["AdaIN", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
+__all__ = ["AdaIN", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "SPADE"]

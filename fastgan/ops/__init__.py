@@ -2,6 +2,7 @@
 from .. import _backend
 from . import norm_kernels
 from .adain import adain, adain_reference, adain_transfer
+from .spade import spatial_adaptive_norm, spatial_adaptive_norm_reference
 from .instance_norm import instance_norm, instance_norm_stats
 from .instance_norm_ref import instance_norm_reference
 
@@ -14,4 +15,6 @@ __all__ = [
     "instance_norm",
     "instance_norm_stats",
     "instance_norm_reference",
+    "spatial_adaptive_norm",
+    "spatial_adaptive_norm_reference",
 ]
