@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One script for a lent GPU (the `device` tool; see DEVELOPERS.md): build, CUDA correctness, sanitizers and the
+# benchmark report, in stages that each fit one 10-minute call. Every stage writes its logs under $OUT (default
+# ./gpu-out) and prints a short summary last.
+#
+#   tools/gpu_session.sh build      # pip install (sm_90), fastgan info                          ~3-5 min
+#   tools/gpu_session.sh test       # build + pytest on CUDA (cuda and triton impls)              ~5 min
+#   tools/gpu_session.sh sanitize   # build + compute-sanitizer memcheck/racecheck, small cases   ~5 min
+#   tools/gpu_session.sh bench      # build + `fastgan bench` (default preset on CUDA) -> report  ~6 min
+#
+# The device machine keeps nothing between sessions, so each stage builds first (a warm machine reuses ./build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage=${1:-test}
+OUT=${OUT:-$(pwd)/gpu-out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+
+build() {
+  FASTGAN_CUDA_ARCHS=${FASTGAN_CUDA_ARCHS:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
+    "$PY" -m pip install --no-build-isolation --no-deps . >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  # Run from outside the checkout so the installed package (with _C) is imported, not ./fastgan.
+  (cd /tmp && "$PY" -m fastgan info) | tee "$OUT/info.txt"
+}
+
+case "$stage" in
+  build) build ;;
+  test)
+    build
+    # TRITON_INTERPRET=0: Triton runs compiled on the GPU; the tests parametrize every live CUDA impl.
+    TRITON_INTERPRET=0 FASTGAN_REQUIRE_EXT=1 "$PY" -m pytest tests -q -rs -p no:cacheprovider \
+      --ignore=tests/test_metrics.py --ignore=tests/test_datasets.py >"$OUT/pytest.log" 2>&1 || true
+    tail -30 "$OUT/pytest.log"
+    ;;
+  sanitize)
+    build
+    for tool in memcheck racecheck; do
+      TRITON_INTERPRET=0 compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" -m pytest -q -x -p no:cacheprovider \
+        tests/test_instance_norm.py -k "cuda-cuda and (forward or backward) and not gradcheck" \
+        >"$OUT/sanitizer-$tool.log" 2>&1 && echo "$tool: clean" || { echo "$tool: FAILED"; tail -20 "$OUT/sanitizer-$tool.log"; }
+    done
+    ;;
+  bench)
+    build
+    (cd /tmp && "$PY" -m fastgan bench --out "$OUT/bench" ${BENCH_ARGS:-}) >"$OUT/bench.log" 2>&1 || true
+    tail -40 "$OUT/bench.log"
+    ;;
+  *) echo "unknown stage $stage (build|test|sanitize|bench)"; exit 2 ;;
+esac
