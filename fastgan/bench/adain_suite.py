@@ -7,10 +7,12 @@ and 8x512x16x16; contiguous and channels_last. On CPU the default preset keeps C
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-from .suites import Case, LazyCompiled, SuiteOptions, Target, fastgan_impls, register_suite, tensor_bytes
+from .suites import SuiteOptions, Target, register_suite, standard_cases, tensor_bytes
 
 EPS = 1e-5
 CPU_BATCH = 2
@@ -41,18 +43,7 @@ def _eager(x, scale, shift):
 def _fastgan(impl: str):
     from .. import ops
 
-    def fwd(x, scale, shift):
-        return ops.adain(x, scale, shift, EPS, impl=impl)
-
-    fwd.__name__ = f"fastgan_adain_{impl}"
-    return fwd
-
-
-def _with_backward(fwd):
-    def fwd_bwd(x, scale, shift, gy):
-        return torch.autograd.grad(fwd(x, scale, shift), (x, scale, shift), gy)
-
-    return fwd_bwd
+    return functools.partial(ops.adain, eps=EPS, impl=impl)
 
 
 def _make_inputs(shape, dtype, layout: str, mode: str, device: str):
@@ -104,24 +95,8 @@ def _targets(shape, dtype, layout, mode, device) -> tuple[Target, ...]:
 @register_suite("adain", ops=("instance_norm_fwd", "instance_norm_bwd"), notes=NOTES)
 def adain_cases(opts: SuiteOptions):
     """Yield the AdaIN cases for ``opts`` (device, preset, impls, compile baseline)."""
-    impls = fastgan_impls("instance_norm_fwd", opts.device, opts.impls)
-    for mode, shape, dtype, layout in matrix(opts.device, opts.preset):
-        wrap = (lambda f: f) if mode == "fwd" else _with_backward
-        fns = {"eager": wrap(_eager)}
-        for impl in impls:
-            fns[f"fastgan-{impl}"] = wrap(_fastgan(impl))
-        if opts.compile:
-            fns["compile"] = wrap(LazyCompiled(_eager))
-        yield Case(
-            suite="adain",
-            shape=tuple(shape),
-            dtype=dtype,
-            layout=layout,
-            mode=mode,
-            device=opts.device,
-            make_inputs=_make_inputs(shape, dtype, layout, mode, opts.device),
-            fns=fns,
-            bytes_floor=bytes_floor(shape, dtype, mode),
-            bytes_detail="2E + 2P" if mode == "fwd" else "5E + 5P",
-            targets=_targets(shape, dtype, layout, mode, opts.device),
-        )
+    return standard_cases(
+        "adain", opts, matrix(opts.device, opts.preset), op="instance_norm_fwd", eager=_eager, fastgan=_fastgan,
+        make_inputs=_make_inputs, bytes_floor=bytes_floor, bytes_detail=lambda m: "2E + 2P" if m == "fwd" else "5E + 5P",
+        targets=_targets,
+    )

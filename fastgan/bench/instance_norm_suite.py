@@ -8,10 +8,12 @@ issue's matrix on CPU too.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-from .suites import Case, LazyCompiled, SuiteOptions, Target, fastgan_impls, register_suite, tensor_bytes
+from .suites import SuiteOptions, Target, register_suite, standard_cases, tensor_bytes
 
 EPS = 1e-5
 SHAPES = ((8, 64, 256, 256), (8, 256, 64, 64), (32, 512, 32, 32), (8, 512, 16, 16))
@@ -47,21 +49,7 @@ def _eager(x, w, b):
 def _fastgan(impl: str):
     from .. import ops
 
-    def fwd(x, w, b):
-        return ops.instance_norm(x, w, b, EPS, impl=impl)
-
-    fwd.__name__ = f"fastgan_instance_norm_{impl}"
-    return fwd
-
-
-def _with_backward(fwd):
-    """``fwd(x, w, b)`` turned into ``(x, w, b, gy) -> (gx, gw, gb)``: one forward and one backward."""
-
-    def fwd_bwd(x, w, b, gy):
-        y = fwd(x, w, b)
-        return torch.autograd.grad(y, (x, w, b), gy)
-
-    return fwd_bwd
+    return functools.partial(ops.instance_norm, eps=EPS, impl=impl)
 
 
 def _make_inputs(shape, dtype, layout: str, mode: str, device: str):
@@ -153,24 +141,8 @@ def instance_norm_cases(opts: SuiteOptions):
     Returns:
         An iterator of :class:`~fastgan.bench.suites.Case`.
     """
-    impls = fastgan_impls("instance_norm_fwd", opts.device, opts.impls)
-    for mode, shape, dtype, layout in matrix(opts.device, opts.preset):
-        wrap = (lambda f: f) if mode == "fwd" else _with_backward
-        fns = {"eager": wrap(_eager)}
-        for impl in impls:
-            fns[f"fastgan-{impl}"] = wrap(_fastgan(impl))
-        if opts.compile:
-            fns["compile"] = wrap(LazyCompiled(_eager))
-        yield Case(
-            suite="instance_norm",
-            shape=tuple(shape),
-            dtype=dtype,
-            layout=layout,
-            mode=mode,
-            device=opts.device,
-            make_inputs=_make_inputs(shape, dtype, layout, mode, opts.device),
-            fns=fns,
-            bytes_floor=bytes_floor(shape, dtype, mode),
-            bytes_detail=FWD_DETAIL if mode == "fwd" else FWD_BWD_DETAIL,
-            targets=_targets(shape, dtype, layout, mode, opts.device),
-        )
+    return standard_cases(
+        "instance_norm", opts, matrix(opts.device, opts.preset), op="instance_norm_fwd", eager=_eager,
+        fastgan=_fastgan, make_inputs=_make_inputs, bytes_floor=bytes_floor,
+        bytes_detail=lambda m: FWD_DETAIL if m == "fwd" else FWD_BWD_DETAIL, targets=_targets,
+    )

@@ -6,10 +6,12 @@ forward+backward; contiguous and channels_last. On CPU the default preset uses b
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-from .suites import Case, LazyCompiled, SuiteOptions, Target, fastgan_impls, register_suite, tensor_bytes
+from .suites import SuiteOptions, Target, register_suite, standard_cases, tensor_bytes
 
 EPS = 1e-5
 CPU_BATCH = 2
@@ -34,18 +36,7 @@ def _eager(x, gamma, beta):
 def _fastgan(impl: str):
     from .. import ops
 
-    def fwd(x, gamma, beta):
-        return ops.spatial_adaptive_norm(x, gamma, beta, EPS, impl=impl)
-
-    fwd.__name__ = f"fastgan_spade_{impl}"
-    return fwd
-
-
-def _with_backward(fwd):
-    def fwd_bwd(x, gamma, beta, gy):
-        return torch.autograd.grad(fwd(x, gamma, beta), (x, gamma, beta), gy)
-
-    return fwd_bwd
+    return functools.partial(ops.spatial_adaptive_norm, eps=EPS, impl=impl)
 
 
 def _make_inputs(shape, dtype, layout: str, mode: str, device: str):
@@ -82,23 +73,17 @@ def matrix(device: str, preset: str) -> list[tuple]:
     return [(m, s, d, lay) for m in ("fwd", "fwd+bwd") for d in dtypes for s in shapes for lay in LAYOUTS]
 
 
+def _targets(shape, dtype, layout, mode, device) -> tuple[Target, ...]:
+    if device == "cpu" and mode == "fwd" and dtype == torch.float32:
+        return (Target("min_speedup", 1.5, "fastgan-cpp", "", "issue goal: C++ vs eager on 2 cores"),)
+    return ()
+
+
 @register_suite("spade", ops=("instance_norm_fwd", "instance_norm_bwd"), notes=NOTES)
 def spade_cases(opts: SuiteOptions):
     """Yield the SPADE cases for ``opts``."""
-    impls = fastgan_impls("instance_norm_fwd", opts.device, opts.impls)
-    for mode, shape, dtype, layout in matrix(opts.device, opts.preset):
-        wrap = (lambda f: f) if mode == "fwd" else _with_backward
-        fns = {"eager": wrap(_eager)}
-        for impl in impls:
-            fns[f"fastgan-{impl}"] = wrap(_fastgan(impl))
-        if opts.compile:
-            fns["compile"] = wrap(LazyCompiled(_eager))
-        targets: tuple[Target, ...] = ()
-        if opts.device == "cpu" and mode == "fwd" and dtype == torch.float32:
-            targets = (Target("min_speedup", 1.5, "fastgan-cpp", "", "issue goal: C++ vs eager on 2 cores"),)
-        yield Case(
-            suite="spade", shape=tuple(shape), dtype=dtype, layout=layout, mode=mode, device=opts.device,
-            make_inputs=_make_inputs(shape, dtype, layout, mode, opts.device), fns=fns,
-            bytes_floor=bytes_floor(shape, dtype, mode), bytes_detail="4E" if mode == "fwd" else "10E",
-            targets=targets,
-        )
+    return standard_cases(
+        "spade", opts, matrix(opts.device, opts.preset), op="instance_norm_fwd", eager=_eager, fastgan=_fastgan,
+        make_inputs=_make_inputs, bytes_floor=bytes_floor, bytes_detail=lambda m: "4E" if m == "fwd" else "10E",
+        targets=_targets,
+    )

@@ -256,3 +256,51 @@ class LazyCompiled:
 def tensor_bytes(shape: Iterable[int], dtype: torch.dtype) -> int:
     """Bytes of a dense tensor of ``shape`` and ``dtype``."""
     return math.prod(int(s) for s in shape) * torch.empty((), dtype=dtype).element_size()
+
+
+def with_backward(fwd: Callable[..., Any]) -> Callable[..., Any]:
+    """``fwd(*inputs) -> y`` turned into ``(*inputs, gy) -> gradients of every input``: one forward, one backward."""
+
+    def fwd_bwd(*args):
+        *inputs, gy = args
+        return torch.autograd.grad(fwd(*inputs), inputs, gy)
+
+    return fwd_bwd
+
+
+def standard_cases(suite: str, opts: SuiteOptions, combos: Iterable[tuple], *, op: str,
+                   eager: Callable[..., Any], fastgan: Callable[[str], Callable[..., Any]],
+                   make_inputs: Callable[..., Callable[[int], tuple]], bytes_floor: Callable[..., int],
+                   bytes_detail: Callable[[str], str], targets: Callable[..., tuple]) -> Iterable[Case]:
+    """Cases for the usual op suite: eager, every live fastgan impl and the compile baseline per combination.
+
+    Args:
+        suite: the suite's name.
+        opts: the suite options (device, preset, impl filter, compile baseline).
+        combos: ``(mode, shape, dtype, layout)`` tuples; mode ``"fwd+bwd"`` times a forward plus
+            ``torch.autograd.grad`` of every input.
+        op: backend op name whose live impls are benchmarked.
+        eager: the PyTorch formulation (also the compile baseline and the correctness check's reference).
+        fastgan: ``impl -> forward callable`` pinned to that impl.
+        make_inputs: ``(shape, dtype, layout, mode, device) -> (seed -> inputs)``; for fwd+bwd the last input is gy.
+        bytes_floor: ``(shape, dtype, mode) -> bytes``.
+        bytes_detail: ``mode -> what bytes_floor counts``.
+        targets: ``(shape, dtype, layout, mode, device) -> tuple of Target``.
+
+    Returns:
+        An iterator of :class:`Case`.
+    """
+    impls = fastgan_impls(op, opts.device, opts.impls)
+    for mode, shape, dtype, layout in combos:
+        wrap = (lambda f: f) if mode == "fwd" else with_backward
+        fns = {"eager": wrap(eager)}
+        for impl in impls:
+            fns[f"fastgan-{impl}"] = wrap(fastgan(impl))
+        if opts.compile:
+            fns["compile"] = wrap(LazyCompiled(eager))
+        yield Case(
+            suite=suite, shape=tuple(shape), dtype=dtype, layout=layout, mode=mode, device=opts.device,
+            make_inputs=make_inputs(shape, dtype, layout, mode, opts.device), fns=fns,
+            bytes_floor=bytes_floor(shape, dtype, mode), bytes_detail=bytes_detail(mode),
+            targets=targets(shape, dtype, layout, mode, opts.device),
+        )
