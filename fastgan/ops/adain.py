@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
-from .instance_norm import FLOAT_DTYPES, check_norm_input
+from .instance_norm import FLOAT_DTYPES, check_norm_input, per_plane_affine
 from .instance_norm_ref import acc_dtype, plane_dims
 from .norm_kernels import kernel_ops
 
@@ -95,17 +95,7 @@ def adain(x, scale, shift=None, eps: float = 1e-5, *, impl: str | None = None) -
     which = _backend.select("instance_norm_fwd", x.device, impl)
     if which == "ref":
         return adain_reference(x, scale, shift, eps)
-    n, c = x.shape[:2]
-    acc = acc_dtype(x.dtype)
-    # Broadcast in float64 so autograd sums a broadcast parameter's per-plane gradients with one rounding.
-    if scale is None:
-        s = torch.ones((n, c), dtype=acc, device=x.device)
-    else:
-        s = scale.to(torch.float64).expand(n, c).to(acc).contiguous()
-    if shift is None:
-        b = torch.zeros((n, c), dtype=acc, device=x.device)
-    else:
-        b = shift.to(torch.float64).expand(n, c).to(acc).contiguous()
+    s, b = per_plane_affine(x, scale, shift)  # (N, C) in the acc dtype, broadcast in float64
     return kernel_ops(which).fwd(x, s, b, eps)[0]
 
 

@@ -41,7 +41,8 @@ def _check_param(p, name: str, x: torch.Tensor) -> None:
 
 
 def per_plane_affine(x: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(n, c) scale and shift in the acc dtype from per-channel ``weight``/``bias`` (either may be None)."""
+    """Per-(n, c) scale and shift in the acc dtype from ``weight``/``bias`` of shape ``(C,)`` (instance norm) or
+    anything else that broadcasts to ``(N, C)`` (AdaIN's per-sample affine); either may be None."""
     n, c = x.shape[:2]
     acc = acc_dtype(x.dtype)
     # Expanding in float64 makes autograd add the N per-plane gradients of weight/bias in float64: one rounding
