@@ -93,6 +93,7 @@ setup(
         "fastgan.bench",
         "fastgan.metrics",
         "fastgan.data",
+        "fastgan.diffusion",
         "fastgan.kernels",
     ],
     package_dir={"fastgan.kernels": "kernels"},

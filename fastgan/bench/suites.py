@@ -20,7 +20,12 @@ import torch
 MODES = ("fwd", "fwd+bwd")
 PRESETS = ("quick", "default", "full")
 # Importing these modules registers their suites; the one place a new op's suite is switched on.
-BUILTIN_SUITE_MODULES = ("fastgan.bench.instance_norm_suite", "fastgan.bench.adain_suite", "fastgan.bench.spade_suite")
+BUILTIN_SUITE_MODULES = (
+    "fastgan.bench.instance_norm_suite",
+    "fastgan.bench.adain_suite",
+    "fastgan.bench.spade_suite",
+    "fastgan.bench.diffusion_suite",
+)
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
 

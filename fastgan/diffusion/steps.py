@@ -1,0 +1,229 @@
+"""One DDPM or DDIM denoising step as one fused elementwise op: ``ddpm_step`` and ``ddim_step``.
+
+Both steps (every prediction type, variance choice, eta and classifier-free guidance) reduce to one formula per
+element with per-sample coefficients ``k = (a_x, a_m, e_x, e_m, c_0, c_x, c_e, c_z)``::
+
+    m    = u + w * (c - u)            classifier-free guidance (m = c without an unconditional output)
+    x0   = a_x * x + a_m * m          predicted clean sample, then clamped to [-clip, clip] if asked
+    eps  = e_x * x + e_m * m          predicted noise (from the unclipped prediction, as diffusers does)
+    out  = c_0 * x0 + c_x * x + c_e * eps + c_z * z
+
+The coefficients come from the schedule in float64, gathered per sample on the tensor's device (a per-sample
+``t`` needs no host synchronisation), and the element pass is one kernel (Triton on GPU; the reference formula
+elsewhere). ``z`` is standard normal noise: passed in, or drawn with ``torch.randn`` from ``generator``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _backend
+from . import step_kernels
+from .schedule import NoiseSchedule
+
+__all__ = ["ddpm_step", "ddim_step", "step_coefficients", "fused_step", "fused_step_reference"]
+
+PREDICTIONS = ("eps", "x0", "v")
+
+
+def _as_index(t, n: int, device: torch.device, name: str, num_steps: int, allow_minus_one: bool) -> torch.Tensor:
+    """``t`` (int or (N,)/(1,) integer tensor) as an int64 (N,) tensor on ``device``; range-checked without a
+    host sync for tensors (an asynchronous device assert)."""
+    low = -1 if allow_minus_one else 0
+    if isinstance(t, int):
+        if not low <= t < num_steps:
+            raise ValueError(f"fastgan: {name} must be in [{low}, {num_steps}), got {t}")
+        return torch.full((n,), t, dtype=torch.int64, device=device)
+    if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise TypeError(f"fastgan: {name} must be an int or an integer tensor, got {type(t).__name__}"
+                        + (f" of {t.dtype}" if isinstance(t, torch.Tensor) else ""))
+    if t.dim() > 1 or t.numel() not in (1, n):
+        raise ValueError(f"fastgan: {name} must be a scalar or have shape ({n},) (one per sample), got {tuple(t.shape)}")
+    t = t.to(device=device, dtype=torch.int64).reshape(-1).expand(n)
+    torch._assert_async(((t >= low) & (t < num_steps)).all(), f"fastgan: {name} out of range [{low}, {num_steps})")
+    return t
+
+
+def step_coefficients(kind: str, schedule: NoiseSchedule, t: torch.Tensor, t_prev: torch.Tensor, *,
+                      prediction: str = "eps", variance: str = "fixed_small", eta: float = 0.0) -> torch.Tensor:
+    """Per-sample coefficients ``(N, 8)`` float64 of the fused step (see the module docstring).
+
+    Args:
+        kind: ``"ddpm"`` or ``"ddim"``.
+        schedule: the noise schedule.
+        t, t_prev: ``(N,)`` int64 current and previous timesteps (``t_prev = -1``: the step to the clean sample).
+        prediction: what the model predicts: ``"eps"`` (noise), ``"x0"`` (clean sample) or ``"v"`` (velocity).
+        variance: DDPM only: ``"fixed_small"`` (posterior variance) or ``"fixed_large"`` (beta).
+        eta: DDIM only: 0 is deterministic DDIM, 1 matches DDPM's posterior variance.
+    """
+    tab = schedule.tables(t.device)
+    abar = tab[0].index_select(0, t + 1)
+    abar_prev = tab[0].index_select(0, t_prev + 1)
+    sa, s1a = abar.sqrt(), (1 - abar).sqrt()
+    one, zero = torch.ones_like(abar), torch.zeros_like(abar)
+    if prediction == "eps":
+        a_x, a_m, e_x, e_m = 1 / sa, -s1a / sa, zero, one
+    elif prediction == "x0":
+        a_x, a_m, e_x, e_m = zero, one, 1 / s1a, -sa / s1a
+    elif prediction == "v":
+        a_x, a_m, e_x, e_m = sa, -s1a, s1a, sa
+    else:
+        raise ValueError(f"fastgan: prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    if kind == "ddpm":
+        alpha_t = abar / abar_prev  # the step's alpha (equals alphas[t] when t_prev = t - 1)
+        beta_t = 1 - alpha_t
+        c_0 = abar_prev.sqrt() * beta_t / (1 - abar)
+        c_x = alpha_t.sqrt() * (1 - abar_prev) / (1 - abar)
+        if variance == "fixed_small":
+            var = ((1 - abar_prev) / (1 - abar) * beta_t).clamp_min(1e-20)
+        elif variance == "fixed_large":
+            var = beta_t
+        else:
+            raise ValueError(f"fastgan: variance must be 'fixed_small' or 'fixed_large', got {variance!r}")
+        c_z = torch.where(t > 0, var.sqrt(), zero)  # the last step (t = 0) adds no noise
+        c_e = zero
+    elif kind == "ddim":
+        sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).clamp_min(0).sqrt()
+        c_0, c_x = abar_prev.sqrt(), zero
+        c_e = (1 - abar_prev - sigma**2).clamp_min(0).sqrt()
+        c_z = sigma
+    else:
+        raise ValueError(f"fastgan: kind must be 'ddpm' or 'ddim', got {kind!r}")
+    return torch.stack([a_x, a_m, e_x, e_m, c_0, c_x, c_e, c_z], dim=1)
+
+
+def fused_step_reference(x, m, u, z, coef, guidance: float, clip: float) -> torch.Tensor:
+    """The fused step in plain PyTorch (``impl="ref"``): float32 arithmetic for float32/float16/bfloat16 inputs
+    (as the kernels), float64 for float64. One output buffer updated in place, so besides it only the guided
+    model output (under guidance) and dtype conversions allocate."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    k = coef.to(acc)
+    view = (k.shape[0],) + (1,) * (x.dim() - 1)
+    a_x, a_m, e_x, e_m, c_0, c_x, c_e, c_z = (k[:, i].reshape(view) for i in range(8))
+    xf, mf = x.to(acc), m.to(acc)
+    if u is not None:
+        uf = u.to(acc)
+        mf = torch.lerp(uf, mf, guidance) if guidance != 1.0 else mf  # u + w (m - u)
+    out = xf * a_x
+    out.addcmul_(mf, a_m)  # x0
+    if clip > 0:
+        out.clamp_(-clip, clip)
+    out.mul_(c_0)
+    out.addcmul_(xf, c_x + c_e * e_x)  # c_x x + c_e eps, eps = e_x x + e_m m
+    out.addcmul_(mf, c_e * e_m)
+    if z is not None:
+        out.addcmul_(z.to(acc), c_z)
+    return out.to(x.dtype)
+
+
+def fused_step(x, m, u, z, coef, guidance: float = 1.0, clip: float = 0.0, *, impl: str | None = None):
+    """Run the fused step with the selected implementation (Triton on GPU, the reference elsewhere)."""
+    which = _backend.select("diffusion_step", x.device, impl)
+    if which == "triton":
+        return step_kernels.triton_step(x, m, u, z, coef, float(guidance), float(clip))
+    if which != "ref":
+        raise RuntimeError(f"fastgan: no {which!r} kernel for the diffusion step yet")
+    return fused_step_reference(x, m, u, z, coef, guidance, clip)
+
+
+def _coefficients(kind, schedule, t, t_prev, x, **options) -> torch.Tensor:
+    """``(1, 8)`` coefficients for int timesteps (cached on the schedule per device and options: a sampling loop
+    computes each step's once), else ``(N, 8)`` gathered on x's device without a host sync."""
+    if isinstance(t, int) and isinstance(t_prev, int) and not torch.compiler.is_compiling():
+        T = schedule.num_steps
+        if not 0 <= t < T:
+            raise ValueError(f"fastgan: t must be in [0, {T}), got {t}")
+        if not -1 <= t_prev < T:
+            raise ValueError(f"fastgan: t_prev must be in [-1, {T}), got {t_prev}")
+        key = (kind, t, t_prev, x.device, tuple(sorted(options.items())))
+        cache = schedule.__dict__.setdefault("_coef_cache", {})
+        if key not in cache:
+            if len(cache) >= 16384:
+                cache.clear()
+            one = torch.tensor([t]), torch.tensor([t_prev])
+            cache[key] = step_coefficients(kind, schedule, *one, **options).to(x.device)
+        return cache[key]
+    n, T = x.shape[0], schedule.num_steps
+    tt = _as_index(t, n, x.device, "t", T, allow_minus_one=False)
+    tp = tt - 1 if t_prev is None else _as_index(t_prev, n, x.device, "t_prev", T, allow_minus_one=True)
+    return step_coefficients(kind, schedule, tt, tp, **options)
+
+
+def _check(x, model_out, model_out_uncond, noise, guidance):
+    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point or x.dim() < 1 or x.numel() == 0:
+        raise ValueError("fastgan: x_t must be a non-empty floating tensor of shape (N, ...)")
+    for name, tensor in (("model_out", model_out), ("model_out_uncond", model_out_uncond), ("noise", noise)):
+        if tensor is None:
+            continue
+        if tensor.shape != x.shape:
+            raise ValueError(f"fastgan: {name} must have x_t's shape {tuple(x.shape)}, got {tuple(tensor.shape)}")
+        if tensor.device != x.device:
+            raise ValueError(f"fastgan: {name} is on {tensor.device} but x_t is on {x.device}")
+        if not tensor.dtype.is_floating_point:
+            raise TypeError(f"fastgan: {name} must be floating, got {tensor.dtype}")
+    if (guidance is None) != (model_out_uncond is None):
+        raise ValueError("fastgan: classifier-free guidance needs both model_out_uncond and guidance")
+
+
+def _guidance(guidance) -> float:
+    return 1.0 if guidance is None else float(guidance)
+
+
+def _clip(clip_x0) -> float:
+    if clip_x0 is None:
+        return 0.0
+    if not clip_x0 > 0:
+        raise ValueError(f"fastgan: clip_x0 must be > 0 (or None for no clamp), got {clip_x0}")
+    return float(clip_x0)
+
+
+def _noise(x, noise, generator, needed: bool):
+    if noise is not None or not needed:
+        return noise
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def ddpm_step(x_t, model_out, t, schedule: NoiseSchedule, *, t_prev=None, prediction: str = "eps",
+              clip_x0: float | None = None, variance: str = "fixed_small", generator=None, noise=None,
+              model_out_uncond=None, guidance: float | None = None, impl: str | None = None) -> torch.Tensor:
+    """One DDPM ancestral step ``x_t -> x_{t_prev}`` (Ho et al.), as diffusers' ``DDPMScheduler.step``.
+
+    Args:
+        x_t: ``(N, ...)`` current sample.
+        model_out: the model's output at ``(x_t, t)``, x_t's shape (the conditional one under guidance).
+        t: int or ``(N,)`` integer tensor of current timesteps (per-sample allowed, no host sync).
+        schedule: the :class:`NoiseSchedule`.
+        t_prev: previous timestep(s), default ``t - 1`` (pass it when sampling with skipped timesteps).
+        prediction: ``"eps"``, ``"x0"`` or ``"v"``.
+        clip_x0: clamp the predicted x0 to ``[-clip_x0, clip_x0]`` (None: no clamp).
+        variance: ``"fixed_small"`` (posterior) or ``"fixed_large"`` (beta_t).
+        generator: ``torch.Generator`` for the noise; ``noise``: the noise itself (x_t's shape).
+        model_out_uncond, guidance: classifier-free guidance ``u + guidance * (model_out - u)``.
+        impl: pin ``"ref"`` or ``"triton"``.
+
+    Returns:
+        ``x_{t_prev}`` in x_t's dtype and shape. At ``t = 0`` no noise is added.
+    """
+    _check(x_t, model_out, model_out_uncond, noise, guidance)
+    if t_prev is None and isinstance(t, int):
+        t_prev = t - 1
+    coef = _coefficients("ddpm", schedule, t, t_prev, x_t, prediction=prediction, variance=variance)
+    z = _noise(x_t, noise, generator, needed=not (isinstance(t, int) and t == 0))
+    return fused_step(x_t, model_out, model_out_uncond, z, coef, _guidance(guidance), _clip(clip_x0), impl=impl)
+
+
+def ddim_step(x_t, model_out, t, t_prev, schedule: NoiseSchedule, *, eta: float = 0.0, prediction: str = "eps",
+              clip_x0: float | None = None, generator=None, noise=None, model_out_uncond=None,
+              guidance: float | None = None, impl: str | None = None) -> torch.Tensor:
+    """One DDIM step ``x_t -> x_{t_prev}`` (Song et al.), as diffusers' ``DDIMScheduler.step`` with
+    ``use_clipped_model_output=False``: ``x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps +
+    sigma z``, ``sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)``.
+
+    Args: as :func:`ddpm_step`, plus ``t_prev`` (int or ``(N,)``; ``-1`` steps to the clean sample, where
+    ``abar`` is taken as 1) and ``eta`` (0: deterministic, no noise drawn).
+    """
+    _check(x_t, model_out, model_out_uncond, noise, guidance)
+    if not eta >= 0:
+        raise ValueError(f"fastgan: eta must be >= 0, got {eta}")
+    coef = _coefficients("ddim", schedule, t, t_prev, x_t, prediction=prediction, eta=float(eta))
+    z = _noise(x_t, noise, generator, needed=eta > 0)
+    return fused_step(x_t, model_out, model_out_uncond, z, coef, _guidance(guidance), _clip(clip_x0), impl=impl)

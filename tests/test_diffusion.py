@@ -1,0 +1,203 @@
+"""fastgan.diffusion: schedules and fused DDPM/DDIM steps against the textbook formulas in float64."""
+import math
+
+import pytest
+import torch
+
+from fastgan import _backend
+from fastgan.diffusion import NoiseSchedule, ddim_step, ddpm_step
+
+from conftest import devices
+
+
+def impls():
+    return [pytest.param(d, i, id=f"{d}-{i}") for d in devices() for i in _backend.live_impls("diffusion_step", d)]
+
+
+SCHED = NoiseSchedule.linear(1000)
+
+
+def _abar(s, t):
+    return 1.0 if t < 0 else s.alphas_cumprod[t].item()
+
+
+def textbook_ddpm(x, out, t, s, prediction, clip, variance, z, t_prev=None):
+    """Ho et al.'s posterior, written per the paper (diffusers' DDPMScheduler.step), float64, one t for all."""
+    tp = t - 1 if t_prev is None else t_prev
+    ab, abp = _abar(s, t), _abar(s, tp)
+    alpha, beta = ab / abp, 1 - ab / abp
+    if prediction == "eps":
+        x0 = (x - math.sqrt(1 - ab) * out) / math.sqrt(ab)
+    elif prediction == "x0":
+        x0 = out
+    else:
+        x0 = math.sqrt(ab) * x - math.sqrt(1 - ab) * out
+    if clip:
+        x0 = x0.clamp(-clip, clip)
+    mean = math.sqrt(abp) * beta / (1 - ab) * x0 + math.sqrt(alpha) * (1 - abp) / (1 - ab) * x
+    var = max((1 - abp) / (1 - ab) * beta, 1e-20) if variance == "fixed_small" else beta
+    return mean + (math.sqrt(var) * z if t > 0 else 0)
+
+
+def textbook_ddim(x, out, t, tp, s, eta, prediction, clip, z):
+    ab, abp = _abar(s, t), _abar(s, tp)
+    if prediction == "eps":
+        eps, x0 = out, (x - math.sqrt(1 - ab) * out) / math.sqrt(ab)
+    elif prediction == "x0":
+        x0, eps = out, (x - math.sqrt(ab) * out) / math.sqrt(1 - ab)
+    else:
+        x0, eps = math.sqrt(ab) * x - math.sqrt(1 - ab) * out, math.sqrt(ab) * out + math.sqrt(1 - ab) * x
+    if clip:
+        x0 = x0.clamp(-clip, clip)
+    sigma = eta * math.sqrt((1 - abp) / (1 - ab)) * math.sqrt(1 - ab / abp)
+    return math.sqrt(abp) * x0 + math.sqrt(max(1 - abp - sigma**2, 0)) * eps + sigma * z
+
+
+def _inputs(device, dtype, shape=(3, 2, 5, 7)):
+    x, out, z = (torch.randn(shape, device=device, dtype=torch.float64) for _ in range(3))
+    return x, out, z, [t.to(dtype) for t in (x, out, z)]
+
+
+def _tol(dtype):
+    return {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 4e-2, torch.float16: 5e-3}[dtype]
+
+
+@pytest.mark.parametrize("device,impl", impls())
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+@pytest.mark.parametrize("t", [999, 500, 1, 0])
+def test_ddpm_step_equals_the_textbook(device, impl, prediction, variance, t):
+    for dtype in (torch.float64, torch.float32):
+        x, out, z, (xd, od, zd) = _inputs(device, dtype)
+        for clip in (None, 1.0):
+            got = ddpm_step(xd, od, t, SCHED, prediction=prediction, variance=variance, clip_x0=clip, noise=zd,
+                            impl=impl)
+            want = textbook_ddpm(xd.double(), od.double(), t, SCHED, prediction, clip, variance, zd.double())
+            scale = want.abs().max().item()
+            assert got.dtype == dtype and (got.double() - want).abs().max().item() <= _tol(dtype) * max(1, scale)
+
+
+@pytest.mark.parametrize("device,impl", impls())
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("t,tp", [(999, 979), (20, 0), (0, -1), (500, 250)])
+def test_ddim_step_equals_the_textbook(device, impl, prediction, eta, t, tp):
+    x, out, z, (xd, od, zd) = _inputs(device, torch.float64)
+    for clip in (None, 1.0):
+        got = ddim_step(xd, od, t, tp, SCHED, eta=eta, prediction=prediction, clip_x0=clip, noise=zd, impl=impl)
+        want = textbook_ddim(x, out, t, tp, SCHED, eta, prediction, clip, z)
+        assert (got - want).abs().max().item() <= 1e-12 * max(1, want.abs().max().item())
+
+
+@pytest.mark.parametrize("device,impl", impls())
+def test_ddim_eta_1_has_ddpm_posterior_variance(device, impl):
+    """eta = 1 gives sigma^2 = the DDPM posterior variance; same mean when t_prev = t - 1 (Song et al., eq. 16)."""
+    x, out, z, _ = _inputs(device, torch.float64)
+    a = ddim_step(x, out, 300, 299, SCHED, eta=1.0, noise=z, impl=impl)
+    b = ddpm_step(x, out, 300, SCHED, noise=z, impl=impl)
+    assert (a - b).abs().max().item() < 1e-10
+
+
+@pytest.mark.parametrize("device,impl", impls())
+def test_classifier_free_guidance_equals_the_formula(device, impl):
+    x, cond, z, _ = _inputs(device, torch.float64)
+    uncond = torch.randn_like(cond)
+    for w in (0.0, 1.0, 7.5):
+        got = ddpm_step(x, cond, 400, SCHED, model_out_uncond=uncond, guidance=w, noise=z, impl=impl)
+        want = ddpm_step(x, uncond + w * (cond - uncond), 400, SCHED, noise=z, impl="ref")
+        assert (got - want).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("device,impl", impls())
+def test_per_sample_timesteps(device, impl):
+    x, out, z, _ = _inputs(device, torch.float64)
+    ts = torch.tensor([999, 0, 37], device=device)
+    got = ddpm_step(x, out, ts, SCHED, noise=z, impl=impl)
+    for i, t in enumerate(ts.tolist()):
+        want = textbook_ddpm(x[i], out[i], t, SCHED, "eps", None, "fixed_small", z[i])
+        assert (got[i] - want).abs().max().item() < 1e-12
+    got = ddim_step(x, out, ts, torch.tensor([979, -1, 17], device=device), SCHED, eta=0.3, noise=z, impl=impl)
+    for i, (t, tp) in enumerate([(999, 979), (0, -1), (37, 17)]):
+        want = textbook_ddim(x[i], out[i], t, tp, SCHED, 0.3, "eps", None, z[i])
+        assert (got[i] - want).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("device,impl", impls())
+def test_last_step_adds_no_noise_and_seeded_runs_reproduce(device, impl):
+    x, out, _, _ = _inputs(device, torch.float32)
+    a = ddpm_step(x.float(), out.float(), 0, SCHED, generator=torch.Generator(device).manual_seed(1), impl=impl)
+    b = ddpm_step(x.float(), out.float(), 0, SCHED, generator=torch.Generator(device).manual_seed(2), impl=impl)
+    assert torch.equal(a, b)  # t = 0: no noise, whatever the generator
+    c = ddpm_step(x.float(), out.float(), 10, SCHED, generator=torch.Generator(device).manual_seed(1), impl=impl)
+    d = ddpm_step(x.float(), out.float(), 10, SCHED, generator=torch.Generator(device).manual_seed(1), impl=impl)
+    e = ddpm_step(x.float(), out.float(), 10, SCHED, generator=torch.Generator(device).manual_seed(2), impl=impl)
+    assert torch.equal(c, d) and not torch.equal(c, e)
+
+
+@pytest.mark.parametrize("device,impl", impls())
+def test_layouts_and_half_types(device, impl):
+    x, out, z, _ = _inputs(device, torch.float64, shape=(2, 3, 4, 5))
+    want = ddpm_step(x, out, 123, SCHED, noise=z, impl="ref")
+    xc = x.float().contiguous(memory_format=torch.channels_last)
+    got = ddpm_step(xc, out.float(), 123, SCHED, noise=z.float()[..., :5], impl=impl)  # mixed layouts
+    assert got.shape == x.shape and (got.double() - want).abs().max().item() < 2e-5
+    for dtype in (torch.float16, torch.bfloat16):
+        got = ddpm_step(x.to(dtype), out.to(dtype), 123, SCHED, noise=z.to(dtype), impl=impl)
+        want_d = ddpm_step(x.to(dtype).double(), out.to(dtype).double(), 123, SCHED, noise=z.to(dtype).double())
+        assert got.dtype == dtype and (got.double() - want_d).abs().max().item() <= _tol(dtype) * 4
+
+
+def test_schedules():
+    lin = NoiseSchedule.linear(1000)
+    assert lin.betas[0].item() == pytest.approx(1e-4) and lin.betas[-1].item() == pytest.approx(0.02)
+    assert lin.alphas_cumprod[-1].item() == pytest.approx(math.prod(1 - b for b in lin.betas.tolist()), rel=1e-9)
+    cos = NoiseSchedule.cosine(1000)
+    abar = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    assert cos.alphas_cumprod[499].item() == pytest.approx(abar(0.5) / abar(0.0), rel=1e-6)
+    assert cos.betas.max().item() <= 0.999
+    sl = NoiseSchedule.scaled_linear(1000)
+    assert sl.betas[0].item() == pytest.approx(0.00085) and sl.betas[-1].item() == pytest.approx(0.012)
+    with pytest.raises(ValueError, match="betas must be"):
+        NoiseSchedule(torch.tensor([0.1, 1.5]))
+
+
+def test_bad_input_gets_a_clear_error():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"t must be in \[0, 1000\)"):
+        ddpm_step(x, x, 1000, SCHED)
+    with pytest.raises(ValueError, match="t_prev must be in"):
+        ddim_step(x, x, 10, -2, SCHED)
+    with pytest.raises(ValueError, match="model_out must have x_t's shape"):
+        ddpm_step(x, x[:1], 10, SCHED)
+    with pytest.raises(ValueError, match=r"t must be a scalar or have shape \(2,\)"):
+        ddpm_step(x, x, torch.tensor([1, 2, 3]), SCHED)
+    with pytest.raises(TypeError, match="t must be an int or an integer tensor"):
+        ddpm_step(x, x, 1.5, SCHED)
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        ddpm_step(x, x, 10, SCHED, prediction="score")
+    with pytest.raises(ValueError, match="needs both model_out_uncond and guidance"):
+        ddpm_step(x, x, 10, SCHED, guidance=3.0)
+    with pytest.raises(ValueError, match="clip_x0 must be > 0"):
+        ddpm_step(x, x, 10, SCHED, clip_x0=0.0)
+    with pytest.raises(RuntimeError, match="out of range"):
+        ddpm_step(x, x, torch.tensor([5, 1000]), SCHED)
+
+
+@pytest.mark.parametrize("device,impl", impls())
+def test_compiles_with_fullgraph(device, impl):
+    x, out, z = (torch.randn(2, 3, 4, 4, device=device) for _ in range(3))
+    t = torch.tensor([10, 900], device=device)
+
+    def f(x, out, z, t):
+        return ddpm_step(x, out, t, SCHED, noise=z, impl=impl)
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True, backend="aot_eager")(x, out, z, t), f(x, out, z, t))
+
+
+@pytest.mark.parametrize("device", [d for d in devices() if "triton" in _backend.live_impls("diffusion_step", d)])
+def test_opcheck_triton_op(device):
+    x, m, u, z = (torch.randn(2, 3, 4, 5, device=device) for _ in range(4))
+    coef = torch.randn(2, 8, device=device)
+    op = torch.ops.fastgan.diffusion_step_triton.default
+    for args in ((x, m, u, z, coef, 2.0, 1.0), (x, m, None, None, coef, 1.0, 0.0)):
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
