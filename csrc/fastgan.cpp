@@ -18,6 +18,10 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "instance_norm_dbwd(Tensor ggx, Tensor ggscale, Tensor ggshift, Tensor grad_y, Tensor x, Tensor mean, "
       "Tensor rstd, Tensor scale, float eps) -> (Tensor, Tensor, Tensor)");
+  // One fused DDPM/DDIM step; coef holds 8 per-sample (or shared) coefficients (fastgan/diffusion/steps.py).
+  m.def(
+      "diffusion_step(Tensor x, Tensor model_out, Tensor? model_out_uncond, Tensor? noise, Tensor coef, "
+      "float guidance, float clip) -> Tensor");
 }
 
 // A plain Python module so `import fastgan._C` loads the library and registers the ops above.

@@ -201,3 +201,19 @@ def test_opcheck_triton_op(device):
     op = torch.ops.fastgan.diffusion_step_triton.default
     for args in ((x, m, u, z, coef, 2.0, 1.0), (x, m, None, None, coef, 1.0, 0.0)):
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@pytest.mark.parametrize("device", [d for d in devices() if _backend.has_kernel("diffusion_step", d.upper())])
+def test_opcheck_and_errors_of_the_compiled_op(device):
+    x, m, u, z = (torch.randn(2, 3, 4, 5, device=device) for _ in range(4))
+    op = torch.ops.fastgan.diffusion_step.default
+    for coef in (torch.randn(2, 8, device=device), torch.randn(1, 8, device=device)):
+        for args in ((x, m, u, z, coef, 2.0, 1.0), (x.contiguous(memory_format=torch.channels_last), m, None, None,
+                                                    coef, 1.0, 0.0)):
+            torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    with pytest.raises(RuntimeError, match=r"coef must be \(N, 8\) = \(2, 8\) or \(1, 8\)"):
+        op(x, m, None, None, torch.randn(3, 8, device=device), 1.0, 0.0)
+    with pytest.raises(RuntimeError, match="model_out must have x's shape"):
+        op(x, m[:1], None, None, torch.randn(2, 8, device=device), 1.0, 0.0)
+    with pytest.raises(RuntimeError, match="x must be a non-empty"):
+        op(x[:0], m[:0], None, None, torch.randn(0, 8, device=device), 1.0, 0.0)

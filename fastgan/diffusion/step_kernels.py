@@ -1,4 +1,5 @@
-"""The fused diffusion step as a torch.library op around the Triton kernel (``fastgan::diffusion_step_triton``).
+"""The fused diffusion step as torch.library ops: ``fastgan::diffusion_step`` (C++ CPU kernel, schema in
+``csrc/fastgan.cpp``) and ``fastgan::diffusion_step_triton`` (the Triton kernel), with fake implementations.
 
 Sampling runs without gradients, so the op has no autograd formula: calling it on tensors that require grad
 raises (use the reference, ``impl="ref"``, to differentiate through a step).
@@ -52,3 +53,20 @@ def _(x, m, u, z, coef, guidance, clip):
 
 def triton_step(x, m, u, z, coef, guidance: float, clip: float) -> torch.Tensor:
     return _step_triton(x, m, u, z, coef, guidance, clip)
+
+
+def _fake_step(x, m, u, z, coef, guidance, clip):
+    return torch.empty_like(_canonical(x))
+
+
+def register_compiled() -> None:
+    """Attach the fake implementation to the extension's op (called at import when the op exists)."""
+    if _backend.has_kernel("diffusion_step", "CPU") or _backend.has_kernel("diffusion_step", "CUDA"):
+        torch.library.register_fake("fastgan::diffusion_step")(_fake_step)
+
+
+def compiled_step(x, m, u, z, coef, guidance: float, clip: float) -> torch.Tensor:
+    return torch.ops.fastgan.diffusion_step(x, m, u, z, coef, guidance, clip)
+
+
+register_compiled()

@@ -9,8 +9,8 @@ element with per-sample coefficients ``k = (a_x, a_m, e_x, e_m, c_0, c_x, c_e, c
     out  = c_0 * x0 + c_x * x + c_e * eps + c_z * z
 
 The coefficients come from the schedule in float64, gathered per sample on the tensor's device (a per-sample
-``t`` needs no host synchronisation), and the element pass is one kernel (Triton on GPU; the reference formula
-elsewhere). ``z`` is standard normal noise: passed in, or drawn with ``torch.randn`` from ``generator``.
+``t`` needs no host synchronisation), and the element pass is one kernel (C++ on CPU, Triton on GPU, the formula in
+plain PyTorch otherwise). ``z`` is standard normal noise: passed in, or drawn with ``torch.randn`` from ``generator``.
 """
 from __future__ import annotations
 
@@ -116,12 +116,12 @@ def fused_step_reference(x, m, u, z, coef, guidance: float, clip: float) -> torc
 
 
 def fused_step(x, m, u, z, coef, guidance: float = 1.0, clip: float = 0.0, *, impl: str | None = None):
-    """Run the fused step with the selected implementation (Triton on GPU, the reference elsewhere)."""
+    """Run the fused step with the selected implementation (C++ on CPU, Triton on GPU, else the reference)."""
     which = _backend.select("diffusion_step", x.device, impl)
     if which == "triton":
         return step_kernels.triton_step(x, m, u, z, coef, float(guidance), float(clip))
-    if which != "ref":
-        raise RuntimeError(f"fastgan: no {which!r} kernel for the diffusion step yet")
+    if which in ("cpp", "cuda"):
+        return step_kernels.compiled_step(x, m, u, z, coef, float(guidance), float(clip))
     return fused_step_reference(x, m, u, z, coef, guidance, clip)
 
 
