@@ -22,6 +22,17 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "diffusion_step(Tensor x, Tensor model_out, Tensor? model_out_uncond, Tensor? noise, Tensor coef, "
       "float guidance, float clip) -> Tensor");
+  // Fused bias + activation + gain + clamp (math: fastgan/ops/bias_act.py). act: 0 linear, 1 relu, 2 lrelu,
+  // 3 tanh, 4 sigmoid, 5 silu, 6 gelu; clamp < 0 means no clamp. bwd gives grad_x (grad_bias is its sum over the
+  // non-`dim` dims); dbwd is bwd's derivative in x, ggx * grad_y * gain * act''(x + bias) (its derivative in grad_y
+  // is bwd itself), so first and second order run on these kernels.
+  m.def("bias_act_fwd(Tensor x, Tensor? bias, int act, float alpha, float gain, float clamp, int dim) -> Tensor");
+  m.def(
+      "bias_act_bwd(Tensor grad_y, Tensor x, Tensor? bias, int act, float alpha, float gain, float clamp, "
+      "int dim) -> Tensor");
+  m.def(
+      "bias_act_dbwd(Tensor ggx, Tensor grad_y, Tensor x, Tensor? bias, int act, float alpha, float gain, "
+      "float clamp, int dim) -> Tensor");
 }
 
 // A plain Python module so `import fastgan._C` loads the library and registers the ops above.

@@ -8,7 +8,7 @@ import torch
 from . import __version__, _backend
 
 # Kernel op name -> user-facing op it serves.
-OPS = {"instance_norm_fwd": "instance_norm"}
+OPS = {"instance_norm_fwd": "instance_norm", "bias_act_fwd": "bias_act", "diffusion_step": "diffusion step"}
 
 
 def report() -> str:

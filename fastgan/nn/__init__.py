@@ -1,6 +1,7 @@
 """Drop-in modules built on fastgan's ops."""
 from .adain import AdaIN
+from .bias_act import BiasAct
 from .instance_norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .spade import SPADE
 
-__all__ = ["AdaIN", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "SPADE"]
+__all__ = ["AdaIN", "BiasAct", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "SPADE"]

@@ -1,17 +1,22 @@
 """fastgan's ops. Each has a plain-PyTorch reference, CPU C++, Triton and CUDA C++ implementations."""
 from .. import _backend
 from . import norm_kernels
+from . import bias_act_kernels
 from .adain import adain, adain_reference, adain_transfer
+from .bias_act import bias_act, bias_act_reference
 from .spade import spatial_adaptive_norm, spatial_adaptive_norm_reference
 from .instance_norm import instance_norm, instance_norm_stats
 from .instance_norm_ref import instance_norm_reference
 
 norm_kernels.register_compiled()
+bias_act_kernels.register_compiled()
 
 __all__ = [
     "adain",
     "adain_reference",
     "adain_transfer",
+    "bias_act",
+    "bias_act_reference",
     "instance_norm",
     "instance_norm_stats",
     "instance_norm_reference",

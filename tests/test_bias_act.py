@@ -1,0 +1,315 @@
+"""fastgan.ops.bias_act against its float64 reference for every live implementation; op registration, compile,
+errors and the nn module."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastgan
+from fastgan import _backend
+from fastgan.ops.bias_act import bias_act_reference
+from fastgan.ops.bias_act_kernels import ACT_CODES, is_dense, kernel_ops
+
+from conftest import devices
+from tolerance import assert_rule, grad_floor_ulps
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+ACTS = list(ACT_CODES)
+# (shape, dim): N=1, C=1, 1x1 planes, odd sizes, 1-D to 5-D, features on the last dim.
+SHAPES = [((1, 1, 1, 1), 1), ((2, 3, 7, 13), 1), ((1, 4, 5), 1), ((2, 3, 3, 5, 7), 1), ((3, 1, 8, 8), 1),
+          ((1, 6, 1, 1), 1), ((5, 7), 1), ((5, 7), -1), ((4, 3, 9), -1), ((11,), 0)]
+BIG_SHAPES = [((2, 5, 33, 65), 1), ((700, 3), 1), ((3, 40000), -1)]  # several CPU chunks; long runs of one channel
+
+
+def live(device):
+    return _backend.live_impls("bias_act_fwd", device)
+
+
+def impl_params(kernels_only=False):
+    return [pytest.param(d, i, id=f"{d}-{i}") for d in devices() for i in live(d) if not (kernels_only and i == "ref")]
+
+
+def _to_layout(x, layout):
+    if layout == "channels_last" and x.dim() >= 3:
+        perm = (0,) + tuple(range(2, x.dim())) + (1,)
+        return x.permute(perm).contiguous().permute([perm.index(d) for d in range(x.dim())])
+    if layout == "strided":  # a slice of a wider tensor: not dense
+        return torch.cat([x, torch.randn_like(x)], dim=-1)[..., : x.shape[-1]]
+    return x.contiguous()
+
+
+def sample_inputs(device, dtype, small_only=False, bias=(True, False)):
+    shapes = SHAPES if small_only else SHAPES + BIG_SHAPES
+    for shape, dim in shapes:
+        for layout in ("contiguous", "channels_last", "strided"):
+            if layout == "channels_last" and len(shape) < 3:
+                continue
+            for with_bias in bias:
+                x = _to_layout(torch.randn(shape, device=device, dtype=dtype) * 2, layout)
+                b = torch.randn(shape[dim], device=device, dtype=dtype) if with_bias else None
+                yield f"{shape}-dim{dim}-{layout}-{'bias' if with_bias else 'nobias'}", x, b, dim
+
+
+def eager_bias_act(x, b, act, dim, clamp=None, gain=None):
+    """The usual PyTorch formulation in x's dtype, e.g. ``F.leaky_relu(x + b.view(...), 0.2) * sqrt(2)``."""
+    if b is not None:
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        x = x + b.view(shape)
+    y = {"linear": lambda t: t, "relu": F.relu, "lrelu": lambda t: F.leaky_relu(t, 0.2), "tanh": torch.tanh,
+         "sigmoid": torch.sigmoid, "silu": F.silu, "gelu": F.gelu}[act](x)
+    gain = (math.sqrt(2) if act in ("relu", "lrelu") else 1.0) if gain is None else gain
+    y = y * gain if gain != 1.0 else y
+    return y.clamp(-clamp, clamp) if clamp is not None else y
+
+
+def _ref64(x, b, act, dim, clamp=None):
+    return bias_act_reference(x.double(), None if b is None else b.double(), act, clamp=clamp, dim=dim)
+
+
+def _bias_magnitude(gx_ref, dim):
+    """tolerance.py's floor scale for the bias gradient: max over channels of the sum of |per-element terms|."""
+    dims = [d for d in range(gx_ref.dim()) if d != dim % gx_ref.dim()]
+    return (gx_ref.abs().sum(dim=dims) if dims else gx_ref.abs()).max().item()
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_matches_reference(device, impl, act, dtype):
+    for name, x, b, dim in sample_inputs(device, dtype, small_only=impl == "triton"):
+        y = fastgan.ops.bias_act(x, b, act, dim=dim, impl=impl)
+        assert y.dtype == x.dtype and y.shape == x.shape, name
+        if is_dense(x) and impl != "ref":
+            assert y.stride() == x.stride(), f"{name}: layout not kept"
+        assert_rule(y, eager_bias_act(x, b, act, dim), _ref64(x, b, act, dim), f"{impl} {act} {dtype} {name}")
+
+
+def _grads(fn, x, b, gy):
+    ins = [t.detach().requires_grad_() for t in (x, b)]
+    return torch.autograd.grad(fn(*ins), ins, gy)
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_matches_reference(device, impl, act, dtype):
+    for name, x, b, dim in sample_inputs(device, dtype, small_only=True, bias=(True,)):
+        gy = torch.randn_like(x)
+        ours = _grads(lambda t, c: fastgan.ops.bias_act(t, c, act, dim=dim, impl=impl), x, b, gy)
+        eager = _grads(lambda t, c: eager_bias_act(t, c, act, dim), x, b, gy)
+        ref = _grads(lambda t, c: bias_act_reference(t, c, act, dim=dim), x.double(), b.double(), gy.double())
+        floor = grad_floor_ulps(device, impl)
+        assert_rule(ours[0], eager[0], ref[0], f"{impl} {act} {dtype} {name} grad x", floor)
+        assert_rule(ours[1], eager[1], ref[1], f"{impl} {act} {dtype} {name} grad bias", floor,
+                    _bias_magnitude(ref[0], dim))
+
+
+def _penalty_grads(fn, x, b, gy):
+    """Gradients of an R1-like penalty ||d<y, gy>/dx||^2 w.r.t. x and bias: a double backward."""
+    x, b = x.detach().requires_grad_(), b.detach().requires_grad_()
+    (gx,) = torch.autograd.grad((fn(x, b) * gy).sum(), x, create_graph=True)
+    if not gx.requires_grad:  # linear: eager's input gradient does not depend on x
+        return torch.zeros_like(x), torch.zeros_like(b)
+    return torch.autograd.grad(gx.float().square().sum(), (x, b), allow_unused=True, materialize_grads=True)
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_double_backward_matches_reference(device, impl, act, dtype):
+    for name, x, b, dim in list(sample_inputs(device, dtype, small_only=True, bias=(True,)))[::3]:
+        gy = torch.randn_like(x)
+        ours = _penalty_grads(lambda t, c: fastgan.ops.bias_act(t, c, act, dim=dim, impl=impl), x, b, gy)
+        eager = _penalty_grads(lambda t, c: eager_bias_act(t, c, act, dim), x, b, gy)
+        ref = _penalty_grads(lambda t, c: bias_act_reference(t, c, act, dim=dim), x.double(), b.double(),
+                             gy.double())
+        floor = grad_floor_ulps(device, impl)
+        assert_rule(ours[0], eager[0], ref[0], f"{impl} {act} {dtype} {name} penalty grad x", floor)
+        assert_rule(ours[1], eager[1], ref[1], f"{impl} {act} {dtype} {name} penalty grad bias", floor,
+                    _bias_magnitude(ref[0], dim))
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+@pytest.mark.parametrize("act", ACTS)
+def test_gradcheck_and_gradgradcheck_float64(device, impl, act):
+    x = _to_layout(torch.randn(2, 3, 4, 2, device=device, dtype=torch.float64), "channels_last").requires_grad_()
+    b = torch.randn(3, device=device, dtype=torch.float64, requires_grad=True)
+    clamp = None if act in ("relu", "linear") else 0.7 if act in ("tanh", "sigmoid") else 1.5
+    with torch.no_grad():  # keep finite differences away from the clamp's edges and the kinks at z = 0
+        v = fastgan.ops.bias_act_reference(x, b, act) - 0.0
+        z = x + b.view(1, 3, 1, 1)
+        ok = (((v.abs() - clamp).abs() > 1e-3) if clamp is not None else True) & (z.abs() > 1e-3)
+        x.masked_fill_(~ok, 0.3)
+    fn = lambda t, c: fastgan.ops.bias_act(t, c, act, clamp=clamp, impl=impl)  # noqa: E731
+    fast = impl == "triton"  # the interpreter is slow: random projections instead of full Jacobians
+    assert torch.autograd.gradcheck(fn, (x, b), fast_mode=fast)
+    assert torch.autograd.gradgradcheck(fn, (x, b), fast_mode=fast)
+
+
+@pytest.mark.parametrize("device,impl", impl_params(kernels_only=True))
+@pytest.mark.parametrize("act", ["gelu", "silu", "tanh", "lrelu"])
+def test_third_order_matches_reference(device, impl, act):
+    def third(fn, x, b):
+        x = x.clone().requires_grad_()
+        (g1,) = torch.autograd.grad((fn(x, b) ** 2).sum(), x, create_graph=True)
+        (g2,) = torch.autograd.grad((g1 ** 2).sum(), x, create_graph=True)
+        return torch.autograd.grad((g2 * torch.linspace(-1, 1, g2.numel(), dtype=g2.dtype).view_as(g2)).sum(), x)[0]
+
+    x = torch.randn(2, 3, 4, device=device, dtype=torch.float64)
+    b = torch.randn(3, device=device, dtype=torch.float64)
+    ours = third(lambda t, c: fastgan.ops.bias_act(t, c, act, clamp=2.0, impl=impl), x, b)
+    ref = third(lambda t, c: bias_act_reference(t, c, act, clamp=2.0), x, b)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+def test_clamp_values_and_zero_gradient(device, impl):
+    x = torch.linspace(-4, 4, 2 * 3 * 16, device=device).reshape(2, 3, 16).requires_grad_()
+    b = torch.tensor([0.0, 0.5, -0.5], device=device, requires_grad=True)
+    y = fastgan.ops.bias_act(x, b, "lrelu", clamp=1.0, impl=impl)
+    ref = bias_act_reference(x.detach().double(), b.detach().double(), "lrelu", clamp=1.0)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-6)
+    assert y.max().item() == 1.0 and y.min().item() >= -1.0
+    gx, gb = torch.autograd.grad(y.sum(), (x, b))
+    clipped = bias_act_reference(x.detach().double(), b.detach().double(), "lrelu").abs() > 1.0
+    assert clipped.any() and (gx[clipped] == 0).all() and (gx[~clipped] != 0).all()
+    torch.testing.assert_close(gb, gx.sum(dim=(0, 2)))
+    y0 = fastgan.ops.bias_act(x, b, "gelu", clamp=0.0, impl=impl)  # clamp=0: all zeros, no gradient
+    assert (y0 == 0).all()
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+@pytest.mark.parametrize("act", ACTS)
+def test_nan_in_gives_nan_out(device, impl, act):
+    x = torch.randn(2, 3, 5, device=device)
+    x[1, 2, 3] = float("nan")
+    y = fastgan.ops.bias_act(x, torch.randn(3, device=device), act, clamp=0.5, impl=impl)
+    assert torch.isnan(y[1, 2, 3]) and torch.isnan(y).sum() == 1
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+def test_mixed_bias_dtype_and_defaults(device, impl):
+    x = torch.randn(2, 4, 3, device=device, dtype=torch.float16)
+    b = torch.randn(4, device=device, dtype=torch.float32, requires_grad=True)
+    y = fastgan.ops.bias_act(x, b, impl=impl)  # lrelu, alpha 0.2, gain sqrt(2)
+    expected = F.leaky_relu(x.float() + b.detach().view(1, 4, 1), 0.2) * math.sqrt(2)
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y.float(), expected, rtol=1e-3, atol=1e-3)
+    (gb,) = torch.autograd.grad(y.float().sum(), b)
+    assert gb.dtype == torch.float32
+    plain = fastgan.ops.bias_act(x.float(), None, "swish", gain=1.0, impl=impl)
+    torch.testing.assert_close(plain, F.silu(x.float()))
+
+
+# -------------------------------------------------------------------------------- registration and compile
+def _op_samples(device, small=False):
+    for dtype in (torch.float32,) if small else (torch.float32, torch.float64):
+        for cl, with_bias, clamp in ((False, True, -1.0), (True, True, 1.0), (False, False, 0.5))[: 2 if small else 3]:
+            x = torch.randn(2, 3, 4, 5, device=device, dtype=dtype)
+            x = x.to(memory_format=torch.channels_last) if cl else x
+            b = torch.randn(3, device=device, dtype=dtype, requires_grad=True) if with_bias else None
+            yield x.requires_grad_(), b, clamp
+
+
+@pytest.mark.parametrize("device,impl", impl_params(kernels_only=True))
+def test_opcheck_kernel_ops(device, impl):
+    ops = kernel_ops(impl)
+    for x, b, clamp in _op_samples(device, small=impl == "triton"):
+        act = ACT_CODES["silu"] if b is not None else ACT_CODES["lrelu"]
+        args = (act, 0.2, 1.3, clamp, 1)
+        torch.library.opcheck(ops.fwd, (x, b) + args)
+        gy = torch.randn_like(x, requires_grad=True)
+        torch.library.opcheck(ops.bwd, (gy, x, b) + args)
+        ggx = torch.randn_like(x, requires_grad=True)
+        torch.library.opcheck(ops.dbwd, (ggx, gy, x, b) + args)
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+def test_compile_fullgraph_aot_eager(device, impl):
+    torch._dynamo.reset()
+    fn = torch.compile(lambda t, c: fastgan.ops.bias_act(t, c, "lrelu", clamp=2.0, impl=impl), fullgraph=True,
+                       backend="aot_eager")
+    x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
+    y = fn(x, b)
+    torch.testing.assert_close(y, eager_bias_act(x, b, "lrelu", 1, clamp=2.0), rtol=1e-5, atol=1e-5)
+    g = torch.autograd.grad(y.square().sum(), (x, b))
+    g_ref = torch.autograd.grad(eager_bias_act(x, b, "lrelu", 1, clamp=2.0).square().sum(), (x, b))
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif("cpp" not in live("cpu"), reason="compiled extension not loaded")
+def test_compile_fullgraph_inductor_cpp():
+    torch._dynamo.reset()
+    fn = torch.compile(lambda t, c: fastgan.ops.bias_act(t, c, "gelu", impl="cpp") * 2, fullgraph=True)
+    x = torch.randn(2, 8, 5, 5, requires_grad=True).to(memory_format=torch.channels_last)
+    b = torch.randn(8, requires_grad=True)
+    y = fn(x, b)
+    torch.testing.assert_close(y, F.gelu(x + b.view(1, 8, 1, 1)) * 2, rtol=1e-5, atol=1e-5)
+    g = torch.autograd.grad(y.sum(), (x, b))
+    g_ref = torch.autograd.grad((F.gelu(x + b.view(1, 8, 1, 1)) * 2).sum(), (x, b))
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("impl", live("cpu"))
+def test_bad_input_gives_clear_errors(impl):
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\) to match x.shape\[1\]"):
+        fastgan.ops.bias_act(x, torch.randn(4), impl=impl)
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\) to match x.shape\[2\]"):
+        fastgan.ops.bias_act(x, torch.randn(3), dim=-1, impl=impl)
+    with pytest.raises(ValueError, match="unknown act 'elu'"):
+        fastgan.ops.bias_act(x, act="elu", impl=impl)
+    with pytest.raises(ValueError, match="x is empty"):
+        fastgan.ops.bias_act(torch.randn(0, 3), torch.randn(3), impl=impl)
+    with pytest.raises(ValueError, match="bias is on meta but x is on cpu"):
+        fastgan.ops.bias_act(x, torch.randn(3, device="meta"), impl=impl)
+    with pytest.raises(TypeError, match="must be float16, bfloat16, float32 or float64"):
+        fastgan.ops.bias_act(torch.ones(2, 3, dtype=torch.int64), impl=impl)
+    with pytest.raises(ValueError, match="dim must be in"):
+        fastgan.ops.bias_act(x, dim=3, impl=impl)
+    with pytest.raises(ValueError, match="clamp must be >= 0"):
+        fastgan.ops.bias_act(x, clamp=-1.0, impl=impl)
+
+
+@pytest.mark.skipif("cpp" not in live("cpu"), reason="compiled extension not loaded")
+def test_compiled_op_checks_its_arguments():
+    x = torch.randn(2, 3, 4)
+    ops = torch.ops.fastgan
+    with pytest.raises(RuntimeError, match=r"bias_act_fwd: bias must have shape \(3,\)"):
+        ops.bias_act_fwd(x, torch.ones(4), 2, 0.2, 1.0, -1.0, 1)
+    with pytest.raises(RuntimeError, match="act must be an activation code 0-6"):
+        ops.bias_act_fwd(x, None, 9, 0.2, 1.0, -1.0, 1)
+    with pytest.raises(RuntimeError, match="x is empty"):
+        ops.bias_act_fwd(torch.randn(2, 0, 4), None, 2, 0.2, 1.0, -1.0, 1)
+    with pytest.raises(RuntimeError, match="grad_y must have x's shape"):
+        ops.bias_act_bwd(torch.randn(2, 3), x, None, 2, 0.2, 1.0, -1.0, 1)
+    with pytest.raises(RuntimeError, match="dim must be in"):
+        ops.bias_act_fwd(x, None, 2, 0.2, 1.0, -1.0, 3)
+
+
+def test_impl_selection():
+    x = torch.randn(2, 3)
+    assert _backend.select("bias_act_fwd", x.device) == live("cpu")[0]
+    with pytest.raises(RuntimeError, match="impl='cuda' of bias_act_fwd cannot run on a cpu tensor"):
+        fastgan.ops.bias_act(x, impl="cuda")
+
+
+# ---------------------------------------------------------------------------------------------- module
+def test_module_bias_act():
+    m = fastgan.nn.BiasAct(5, act="lrelu", clamp=256.0)
+    assert list(m.state_dict()) == ["bias"] and m.bias.shape == (5,) and m.gain == pytest.approx(math.sqrt(2))
+    with torch.no_grad():
+        m.bias.normal_()
+    x = torch.randn(3, 5, 4, 4, requires_grad=True)
+    torch.testing.assert_close(m(x), eager_bias_act(x, m.bias, "lrelu", 1, clamp=256.0), rtol=1e-5, atol=1e-5)
+    m(x).sum().backward()
+    assert m.bias.grad is not None and m.bias.grad.shape == (5,)
+    fc = fastgan.nn.BiasAct(7, act="gelu", dim=-1, bias=False)
+    assert fc.bias is None and fc.gain == 1.0
+    torch.testing.assert_close(fc(torch.ones(2, 7)), F.gelu(torch.ones(2, 7)))
+    with pytest.raises(ValueError, match="5 features along dim 1"):
+        m(torch.randn(2, 4, 3))
