@@ -7,5 +7,6 @@ __version__ = "0.1.0"
 
 from ._backend import use_impl
 from . import ops, nn
+from . import diffusion, losses, models
 
-__all__ = ["ops", "nn", "use_impl", "__version__"]
+__all__ = ["ops", "nn", "diffusion", "losses", "models", "use_impl", "__version__"]
