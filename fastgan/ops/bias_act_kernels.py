@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from .. import _backend
+from ._family import KernelFamily
 
 OP_NAMES = ("bias_act_fwd", "bias_act_bwd", "bias_act_dbwd")
 # Activation name -> the integer code the kernels take.
@@ -160,36 +161,7 @@ attach_autograd(
     _fwd_triton, _bwd_triton, _dbwd_triton, tuple(f"fastgan::{n}_triton" for n in OP_NAMES)  # type: ignore[arg-type]
 )
 
-_compiled: SimpleNamespace | None = None
-
-
-def _compiled_ops() -> SimpleNamespace:
-    """The extension's op triple, with fakes and autograd attached on first use."""
-    global _compiled
-    if _compiled is None:
-        ops = torch.ops.fastgan
-        names = tuple(f"fastgan::{n}" for n in OP_NAMES)
-        for name, fake in zip(names, (fake_fwd, fake_bwd, fake_dbwd)):
-            torch.library.register_fake(name)(fake)
-        triple = (ops.bias_act_fwd.default, ops.bias_act_bwd.default, ops.bias_act_dbwd.default)
-        attach_autograd(*triple, names=names)  # type: ignore[arg-type]
-        _compiled = SimpleNamespace(fwd=triple[0], bwd=triple[1], dbwd=triple[2])
-    return _compiled
-
-
 _TRITON = SimpleNamespace(fwd=_fwd_triton, bwd=_bwd_triton, dbwd=_dbwd_triton)
-
-
-def kernel_ops(impl: str) -> SimpleNamespace:
-    """The ``fwd``/``bwd``/``dbwd`` callables of ``impl`` ("cpp" or "triton")."""
-    if impl == "triton":
-        return _TRITON
-    if impl in ("cpp", "cuda"):
-        return _compiled_ops()
-    raise ValueError(f"fastgan: no bias_act kernel ops for impl {impl!r}")
-
-
-def register_compiled() -> None:
-    """Attach fakes and autograd to the extension's ops now (at import), so compile and opcheck see them."""
-    if _backend.has_kernel("bias_act_fwd", "CPU") or _backend.has_kernel("bias_act_fwd", "CUDA"):
-        _compiled_ops()
+FAMILY = KernelFamily(OP_NAMES, (fake_fwd, fake_bwd, fake_dbwd), attach_autograd, _TRITON)
+kernel_ops = FAMILY.ops
+register_compiled = FAMILY.register_compiled

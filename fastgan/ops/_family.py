@@ -1,0 +1,57 @@
+"""One kernel family's triple of registered ops (forward, backward, double backward) per implementation.
+
+Each family (instance norm, bias_act) has a Triton triple defined in Python and a compiled triple from
+``fastgan._C`` whose fakes and autograd are attached from Python on first use (at import when the extension
+loaded), so ``torch.compile`` and ``opcheck`` see them. This class holds that plumbing once.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Callable, Sequence
+
+import torch
+
+from .. import _backend
+
+
+class KernelFamily:
+    """The ``fwd``/``bwd``/``dbwd`` callables of every implementation of one op family.
+
+    Args:
+        op_names: the three schema names in ``csrc/fastgan.cpp`` (``"instance_norm_fwd"``, ...).
+        fakes: their fake (meta) implementations, in the same order.
+        attach_autograd: ``(fwd, bwd, dbwd, names)`` registering the family's autograd formulas.
+        triton: the Triton triple (already registered with fakes and autograd).
+    """
+
+    def __init__(self, op_names: Sequence[str], fakes: Sequence[Callable], attach_autograd: Callable,
+                 triton: SimpleNamespace):
+        self.op_names = tuple(op_names)
+        self.fakes = tuple(fakes)
+        self.attach_autograd = attach_autograd
+        self.triton = triton
+        self._compiled: SimpleNamespace | None = None
+
+    def compiled(self) -> SimpleNamespace:
+        """The extension's triple, with fakes and autograd attached on first use."""
+        if self._compiled is None:
+            names = tuple(f"fastgan::{n}" for n in self.op_names)
+            for name, fake in zip(names, self.fakes):
+                torch.library.register_fake(name)(fake)
+            triple = tuple(getattr(torch.ops.fastgan, n).default for n in self.op_names)
+            self.attach_autograd(*triple, names=names)
+            self._compiled = SimpleNamespace(fwd=triple[0], bwd=triple[1], dbwd=triple[2])
+        return self._compiled
+
+    def ops(self, impl: str) -> SimpleNamespace:
+        """The triple of ``impl`` ("cpp", "cuda" or "triton")."""
+        if impl == "triton":
+            return self.triton
+        if impl in ("cpp", "cuda"):
+            return self.compiled()
+        raise ValueError(f"fastgan: no {self.op_names[0]} kernel ops for impl {impl!r}")
+
+    def register_compiled(self) -> None:
+        """Attach fakes and autograd to the extension's ops now, when the extension has them."""
+        if _backend.has_kernel(self.op_names[0], "CPU") or _backend.has_kernel(self.op_names[0], "CUDA"):
+            self.compiled()
