@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <type_traits>
 
 #include "norm_common.h"
 
@@ -33,7 +34,10 @@ void check_stream(const at::Tensor& t, const at::Tensor& x, const char* name) {
               t.scalar_type());
 }
 
-template <typename T>
+// HAS_U / HAS_Z / CLIP are template parameters and the coefficients locals of the run, over restrict pointers:
+// with runtime flags and by-reference constants the loop kept a branch per element and did not vectorise
+// (97 us for 16x3x64x64, about twice its bytes at the measured copy rate).
+template <typename T, bool HAS_U, bool HAS_Z, bool CLIP>
 void step_kernel(const T* x, const T* m, const T* u, const T* z, const double* coef, bool per_sample_coef,
                  int64_t numel, int64_t per_sample, double w, double clip, T* out) {
   using A = std::conditional_t<std::is_same<T, double>::value, double, float>;
@@ -46,21 +50,54 @@ void step_kernel(const T* x, const T* m, const T* u, const T* z, const double* c
       const A a_x = A(k[0]), a_m = A(k[1]), c_0 = A(k[4]), c_z = A(k[7]);
       const A b_x = A(k[5] + k[6] * k[2]), b_m = A(k[6] * k[3]);  // c_x x + c_e eps, folded
       const A wa = A(w), lo = A(-clip), hi = A(clip);
-      const bool do_clip = clip > 0, has_u = u != nullptr, has_z = z != nullptr;
+      const int64_t len = stop - p;
+      const T* __restrict xp = x + p;
+      const T* __restrict mp = m + p;
+      const T* __restrict up = HAS_U ? u + p : x + p;
+      const T* __restrict zp = HAS_Z ? z + p : x + p;
+      T* __restrict op = out + p;
 #pragma omp simd
-      for (int64_t i = p; i < stop; ++i) {
-        const A xv = A(x[i]);
-        A mv = A(m[i]);
-        if (has_u) mv = A(u[i]) + wa * (mv - A(u[i]));
+      for (int64_t i = 0; i < len; ++i) {
+        const A xv = A(xp[i]);
+        A mv = A(mp[i]);
+        if constexpr (HAS_U) mv = A(up[i]) + wa * (mv - A(up[i]));
         A x0 = a_x * xv + a_m * mv;
-        if (do_clip) x0 = x0 < lo ? lo : (x0 > hi ? hi : x0);  // NaN compares false: stays NaN
+        if constexpr (CLIP) x0 = x0 < lo ? lo : (x0 > hi ? hi : x0);  // NaN compares false: stays NaN
         A o = c_0 * x0 + b_x * xv + b_m * mv;
-        if (has_z) o += c_z * A(z[i]);
-        out[i] = T(o);
+        if constexpr (HAS_Z) o += c_z * A(zp[i]);
+        op[i] = T(o);
       }
       p = stop;
     }
   });
+}
+
+template <typename T>
+void step_dispatch(const T* x, const T* m, const T* u, const T* z, const double* coef, bool per_sample_coef,
+                   int64_t numel, int64_t per_sample, double w, double clip, T* out) {
+  auto go = [&](auto has_u, auto has_z, auto do_clip) {
+    step_kernel<T, decltype(has_u)::value, decltype(has_z)::value, decltype(do_clip)::value>(
+        x, m, u, z, coef, per_sample_coef, numel, per_sample, w, clip, out);
+  };
+  auto with_clip = [&](auto has_u, auto has_z) {
+    if (clip > 0) {
+      go(has_u, has_z, std::true_type{});
+    } else {
+      go(has_u, has_z, std::false_type{});
+    }
+  };
+  auto with_z = [&](auto has_u) {
+    if (z != nullptr) {
+      with_clip(has_u, std::true_type{});
+    } else {
+      with_clip(has_u, std::false_type{});
+    }
+  };
+  if (u != nullptr) {
+    with_z(std::true_type{});
+  } else {
+    with_z(std::false_type{});
+  }
 }
 
 at::Tensor diffusion_step_cpu(const at::Tensor& x_in, const at::Tensor& m_in, const std::optional<at::Tensor>& u_in,
@@ -86,7 +123,7 @@ at::Tensor diffusion_step_cpu(const at::Tensor& x_in, const at::Tensor& m_in, co
   const at::Tensor coef = coef_in.to(at::kDouble).contiguous();
   at::Tensor out = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "diffusion_step_cpu", [&] {
-    step_kernel<scalar_t>(x.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
+    step_dispatch<scalar_t>(x.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
                           u.defined() ? u.data_ptr<scalar_t>() : nullptr, z.defined() ? z.data_ptr<scalar_t>() : nullptr,
                           coef.data_ptr<double>(), coef.size(0) == N && N > 1, x.numel(), x.numel() / N, guidance,
                           clip, out.data_ptr<scalar_t>());
