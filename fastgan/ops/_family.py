@@ -21,15 +21,17 @@ class KernelFamily:
         op_names: the three schema names in ``csrc/fastgan.cpp`` (``"instance_norm_fwd"``, ...).
         fakes: their fake (meta) implementations, in the same order.
         attach_autograd: ``(fwd, bwd, dbwd, names)`` registering the family's autograd formulas.
-        triton: the Triton triple (already registered with fakes and autograd).
+        triton: the Triton triple (custom ops ``fastgan::<op_name>_triton`` with fakes); its autograd is attached
+            here.
     """
 
     def __init__(self, op_names: Sequence[str], fakes: Sequence[Callable], attach_autograd: Callable,
-                 triton: SimpleNamespace):
+                 triton: Sequence[Callable]):
         self.op_names = tuple(op_names)
         self.fakes = tuple(fakes)
         self.attach_autograd = attach_autograd
-        self.triton = triton
+        attach_autograd(*triton, names=tuple(f"fastgan::{n}_triton" for n in self.op_names))
+        self.triton = SimpleNamespace(fwd=triton[0], bwd=triton[1], dbwd=triton[2])
         self._compiled: SimpleNamespace | None = None
 
     def compiled(self) -> SimpleNamespace:

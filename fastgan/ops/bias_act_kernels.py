@@ -17,7 +17,6 @@ is elementwise and memory-bound, and the Triton kernel already moves the fewest 
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -157,11 +156,8 @@ def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str]) -> None:
     torch.library.register_autograd(names[2], _third_order, setup_context=dbwd_setup)
 
 
-attach_autograd(
-    _fwd_triton, _bwd_triton, _dbwd_triton, tuple(f"fastgan::{n}_triton" for n in OP_NAMES)  # type: ignore[arg-type]
+FAMILY = KernelFamily(
+    OP_NAMES, (fake_fwd, fake_bwd, fake_dbwd), attach_autograd, (_fwd_triton, _bwd_triton, _dbwd_triton)
 )
-
-_TRITON = SimpleNamespace(fwd=_fwd_triton, bwd=_bwd_triton, dbwd=_dbwd_triton)
-FAMILY = KernelFamily(OP_NAMES, (fake_fwd, fake_bwd, fake_dbwd), attach_autograd, _TRITON)
 kernel_ops = FAMILY.ops
 register_compiled = FAMILY.register_compiled
