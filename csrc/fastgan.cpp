@@ -33,6 +33,15 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "bias_act_dbwd(Tensor ggx, Tensor grad_y, Tensor x, Tensor? bias, int act, float alpha, float gain, "
       "float clamp, int dim) -> Tensor");
+  // Fused per-sample gradient-penalty reduction (math: fastgan/ops/grad_penalty.py). kind: 0 two-sided
+  // (||g_n|| - target)^2 (wgan-gp, dragan), 1 half squared norm ||g_n||^2 / 2 (r1, r2). fwd returns p (N,) in grad's
+  // dtype and the float64 norms it saves for bwd; bwd gives d<p, gp>/d grad; dbwd is bwd's derivative applied to
+  // ggx: (w.r.t. grad, w.r.t. gp), so first and second order run on these kernels.
+  m.def("grad_penalty_fwd(Tensor grad, int kind, float target) -> (Tensor, Tensor)");
+  m.def("grad_penalty_bwd(Tensor gp, Tensor grad, Tensor norm, int kind, float target) -> Tensor");
+  m.def(
+      "grad_penalty_dbwd(Tensor ggx, Tensor gp, Tensor grad, Tensor norm, int kind, float target) "
+      "-> (Tensor, Tensor)");
 }
 
 // A plain Python module so `import fastgan._C` loads the library and registers the ops above.

@@ -8,7 +8,8 @@ import torch
 from . import __version__, _backend
 
 # Kernel op name -> user-facing op it serves.
-OPS = {"instance_norm_fwd": "instance_norm", "bias_act_fwd": "bias_act", "diffusion_step": "diffusion step"}
+OPS = {"instance_norm_fwd": "instance_norm", "bias_act_fwd": "bias_act", "grad_penalty_fwd": "grad_penalty",
+       "diffusion_step": "diffusion step"}
 
 
 def report() -> str:

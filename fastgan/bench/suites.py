@@ -26,6 +26,7 @@ BUILTIN_SUITE_MODULES = (
     "fastgan.bench.spade_suite",
     "fastgan.bench.diffusion_suite",
     "fastgan.bench.bias_act_suite",
+    "fastgan.bench.grad_penalty_suite",
 )
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}

@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import torch
 
+from ..ops.grad_penalty import KINDS, canonical_kind, grad_penalty
+
 __all__ = [
     "DEFAULT_WEIGHTS",
     "KINDS",
@@ -37,22 +39,13 @@ __all__ = [
     "penalty_from_grad",
 ]
 
-KINDS = ("wgan-gp", "dragan", "r1", "r2")
-
 #: Default ``weight`` per kind: lambda = 10 for WGAN-GP (Gulrajani et al.) and DRAGAN (Kodali et al.), gamma = 10 for
 #: R1/R2 (Mescheder et al., StyleGAN/StyleGAN2 on FFHQ). The penalty is ``weight * mean(p(g))`` in every case.
 DEFAULT_WEIGHTS = {"wgan-gp": 10.0, "dragan": 10.0, "r1": 10.0, "r2": 10.0}
 
 
 def _canonical_kind(kind: str) -> str:
-    if not isinstance(kind, str):
-        raise ValueError(f"gradient penalty kind must be a string, one of {KINDS}; got {kind!r}")
-    k = kind.strip().lower().replace("_", "-")
-    if k == "wgangp":
-        k = "wgan-gp"
-    if k not in KINDS:
-        raise ValueError(f"unknown gradient penalty kind {kind!r}; expected one of {', '.join(KINDS)}")
-    return k
+    return canonical_kind(kind)
 
 
 def penalty_from_grad(grad: torch.Tensor, kind: str = "wgan-gp", target: float = 1.0) -> torch.Tensor:
@@ -61,17 +54,16 @@ def penalty_from_grad(grad: torch.Tensor, kind: str = "wgan-gp", target: float =
     * ``"wgan-gp"``, ``"dragan"``: ``(||g_n||_2 - target)^2`` (two-sided), ``g_n = grad[n].flatten()``.
     * ``"r1"``, ``"r2"``: ``0.5 * ||g_n||_2^2``; ``target`` is ignored.
 
-    Plain PyTorch for now (autograd of this formula gives the gradient w.r.t. ``grad`` that flows into the double
-    backward). A fused kernel for this reduction — one pass over ``grad`` per sample, with its own backward — is
-    planned; this function is the reference it will be checked against, and its signature will stay.
+    Runs on the fused op :func:`fastgan.ops.grad_penalty` (one pass over ``grad`` per sample; its backward, the
+    gradient w.r.t. ``grad`` that flows into the critic's double backward, and that backward's own derivative are
+    fused kernels too), choosing the implementation by device like every fastgan op (``fastgan.use_impl`` pins
+    one). The result has grad's dtype and equals the plain-PyTorch formula above (``impl="ref"``); at a zero
+    gradient the two-sided penalty's gradient is 0, as with ``torch.linalg.vector_norm``.
     """
     k = _canonical_kind(kind)
-    if grad.dim() < 1:
+    if not isinstance(grad, torch.Tensor) or grad.dim() < 1:
         raise ValueError("penalty_from_grad: grad must have a batch dimension, got a 0-d tensor")
-    flat = grad.reshape(grad.shape[0], -1)
-    if k in ("r1", "r2"):
-        return 0.5 * flat.square().sum(dim=1)
-    return (torch.linalg.vector_norm(flat, ord=2, dim=1) - target).square()
+    return grad_penalty(grad, k, target)
 
 
 def _sum_outputs(out: Any, path: str = "output") -> torch.Tensor | None:
