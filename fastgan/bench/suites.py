@@ -26,6 +26,7 @@ BUILTIN_SUITE_MODULES = (
     "fastgan.bench.spade_suite",
     "fastgan.bench.diffusion_suite",
     "fastgan.bench.bias_act_suite",
+    "fastgan.bench.stargan_v2_suite",
     "fastgan.bench.grad_penalty_suite",
 )
 
