@@ -100,6 +100,7 @@ setup(
         "fastgan.diffusion",
         "fastgan.losses",
         "fastgan.models",
+        "fastgan.train",
         "fastgan.kernels",
     ],
     package_dir={"fastgan.kernels": "kernels"},

@@ -42,3 +42,15 @@ def _seed_from_test_name(request):
     seed = zlib.crc32(request.node.nodeid.encode()) ^ int(os.environ.get("FASTGAN_TEST_SEED", "0"))
     torch.manual_seed(seed)
     request.node.user_properties.append(("torch_seed", seed))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module. Model tests run many tiny convolutions; with the default thread count
+    their OpenMP workers spin against each other on a loaded 2-core machine (measured 3 ms vs 360 ms per tiny UNet
+    forward). Use as ``pytestmark = pytest.mark.usefixtures("one_thread")``; a module-scoped fixture that runs a
+    model must request it too, so that it runs under the same thread count as the tests."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -7,17 +7,21 @@ Examples::
     python -m fastgan eval --real data/celeba/ --fake out/ --resolution 64 --json
 
 ``--real``/``--fake`` take a dataset name (``NAME`` or ``NAME:SPLIT``, see ``fastgan.data``), an image folder
-(``DIR/*.png`` or ``DIR/<domain>/*.png``), or (``--real`` only) a statistics ``.npz``. Reference statistics of named
+(``DIR/*.png`` or ``DIR/<domain>/*.png``), or (``--real`` only) a statistics ``.npz``. ``--fake`` may also be a
+checkpoint written by ``fastgan train`` (or its run directory): ``--n`` images are generated from it
+(:mod:`fastgan.train.generate`; StarGAN v2: latent-guided translations of the run's training images, else of
+``--real``'s, into random other domains). Reference statistics of named
 datasets are cached (``$FASTGAN_CACHE_DIR`` or ``~/.cache/fastgan``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .. import data as fdata
-from .features import CheckpointNotSupported, ProgressBar
+from .features import CHECKPOINT_SUFFIXES, CheckpointNotSupported, ProgressBar
 from .inception import InceptionWeightsMissing, default_device
 
 
@@ -27,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--real", required=True, metavar="DIR|NAME|NPZ",
                         help=f"reference images: folder, dataset name[:split] ({', '.join(fdata.DATASETS)}) "
                              "or a statistics .npz")
-    parser.add_argument("--fake", required=True, metavar="DIR|NAME",
-                        help="images to score: folder or dataset name[:split] (checkpoints: not yet supported)")
+    parser.add_argument("--fake", required=True, metavar="DIR|NAME|CKPT",
+                        help="images to score: folder, dataset name[:split], or a fastgan training checkpoint / run "
+                             "dir (generates --n images, default 10000, from its EMA networks)")
     parser.add_argument("--n", type=int, default=None, metavar="N",
                         help="use at most N images per side (default: all; named datasets draw a seeded subset)")
     parser.add_argument("--resolution", type=int, default=None, metavar="R",
@@ -56,6 +61,19 @@ def _side(spec: str, role: str, args, scoring):
                   progress=progress)
     if spec.endswith(".npz"):
         return scoring.compute_stats(spec)
+    if role == "fake" and (os.path.isdir(os.path.join(spec, "checkpoints")) or
+                           (os.path.isfile(spec) and spec.lower().endswith(CHECKPOINT_SUFFIXES))):
+        # A trained model (checkpoint file or run dir): generate --n images (default 10,000) and score those.
+        from ..train.checkpoint import CheckpointError
+        from ..train.generate import checkpoint_stats
+        try:
+            stats = checkpoint_stats(spec, n=args.n, real_spec=args.real, seed=args.seed,
+                                     resolution=args.resolution, **common)
+        except CheckpointError as e:
+            raise CheckpointNotSupported(str(e)) from e
+        if progress is not None:
+            progress.close()
+        return stats
     if fdata.is_dataset_name(spec):
         stats = scoring.reference_stats(spec, resolution=args.resolution, n=args.n,
                                              use_cache=not args.no_cache, **common)
