@@ -4,6 +4,7 @@
 * :mod:`fastgan.models.stargan_v2`: StarGAN v2 (``Generator``, ``MappingNetwork``, ``StyleEncoder``,
   ``build_model``, ``moving_average``, ``load_official_checkpoint``) in a fastgan build and a ``torch.nn`` build with
   the same weights; its losses in :mod:`fastgan.models.stargan_v2_losses`.
+* :mod:`fastgan.models.unet`: the DDPM-style ``UNet`` the diffusion samplers and ``fastgan train ddpm`` use.
 """
 from .critics import DCGANCritic, ResBlk, StarGANv2Discriminator
 from .stargan_v2 import (
@@ -18,6 +19,7 @@ from .stargan_v2 import (
 )
 from .stargan_v2_blocks import AdainResBlk, HighPass, TorchAdaIN
 from .stargan_v2_losses import discriminator_loss, generator_loss
+from .unet import UNet
 
 __all__ = [
     "AdainResBlk",
@@ -30,6 +32,7 @@ __all__ = [
     "StarGANv2Discriminator",
     "StyleEncoder",
     "TorchAdaIN",
+    "UNet",
     "build_model",
     "discriminator_loss",
     "generator_loss",

@@ -1,0 +1,153 @@
+"""fastgan.models.unet.UNet: shapes over odd configurations, class conditioning with the null class, gradient flow,
+the fused norm+SiLU, configuration errors, and sampling with the DDPM/DDIM samplers. Tiny models only."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastgan.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule
+from fastgan.models.unet import UNet, _norm_silu, timestep_embedding
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def randomize_zero_inits(model):
+    """The zero-initialised convs (residual branch ends, attention proj, output) get small random weights, so every
+    parameter influences the output."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().max() == 0 and p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+CONFIGS = [
+    # (kwargs, input shape)
+    (dict(in_channels=1, out_channels=2, base_channels=12, channel_mult=(1, 3), num_res_blocks=1,
+          attn_resolutions=(4,), num_heads=3, img_size=8), (3, 1, 8, 8)),
+    (dict(in_channels=3, base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8, 4),
+          num_heads=2, img_size=16, dropout=0.1), (2, 3, 16, 16)),
+    (dict(in_channels=2, base_channels=10, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_heads=5,
+          img_size=6), (1, 2, 6, 6)),  # one level, no downsampling, a side that is no power of two
+    (dict(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+          img_size=8), (2, 1, 8, 12)),  # fully convolutional: non-square input of the right divisibility
+]
+
+
+@pytest.mark.parametrize("kwargs,shape", CONFIGS)
+def test_output_shapes_and_zero_init(kwargs, shape):
+    model = UNet(**kwargs)
+    x = torch.randn(shape)
+    t = torch.randint(0, 1000, (shape[0],))
+    out = model(x, t)
+    assert out.shape == (shape[0], kwargs.get("out_channels", kwargs["in_channels"])) + shape[2:]
+    assert out.dtype == x.dtype
+    assert torch.equal(out, torch.zeros_like(out))  # zero-initialised output conv
+    randomize_zero_inits(model)
+    model.eval()
+    out = model(x, t)
+    assert out.abs().max() > 0 and torch.isfinite(out).all()
+    assert torch.equal(model(x, t), out)  # eval: deterministic
+    assert torch.allclose(model(x, torch.full((shape[0],), 7)), model(x, torch.tensor(7)))  # scalar t broadcasts
+
+
+def test_class_conditioning_and_null_class():
+    model = UNet(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                 num_classes=3, num_heads=2, img_size=8)
+    assert model.class_emb.num_embeddings == 4  # 3 classes + the null class
+    randomize_zero_inits(model)
+    model.eval()
+    x, t = torch.randn(1, 1, 8, 8).expand(4, 1, 8, 8), torch.full((4,), 500)
+    out = model(x, t, torch.tensor([0, 1, 2, 3]))
+    assert all(not torch.allclose(out[i], out[j]) for i in range(4) for j in range(i + 1, 4))  # labels matter
+    assert torch.equal(model(x, t), model(x, t, torch.full((4,), 3)))  # y=None is the null class
+    with pytest.raises(ValueError, match=r"class labels must be in \[0, 3\]"):
+        model(x, t, torch.tensor([0, 1, 4, 2]))
+    with pytest.raises(ValueError, match="integer tensor"):
+        model(x, t, torch.zeros(4))
+    with pytest.raises(ValueError, match="unconditional"):
+        UNet(in_channels=1, base_channels=8, channel_mult=(1,), attn_resolutions=(), img_size=8)(x, t, t)
+
+
+def test_gradients_flow_to_every_parameter():
+    model = UNet(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
+                 num_classes=2, num_heads=2, img_size=8, dropout=0.1)
+    x, t, y = torch.randn(3, 1, 8, 8, requires_grad=True), torch.tensor([0, 400, 999]), torch.tensor([0, 1, 2])
+    (model(x, t, y) - 1).square().mean().backward()
+    # At initialisation only the zero-initialised output conv receives a gradient (its input is not zero)
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().max() > 0}
+    assert with_grad == {"conv_out.weight", "conv_out.bias"}
+    model.zero_grad()
+    x.grad = None
+    randomize_zero_inits(model)
+    (model(x, t, y) - 1).square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().max() > 0, f"no gradient reaches {name}"
+    assert x.grad.abs().max() > 0
+
+
+def test_fused_norm_silu_equals_groupnorm_then_silu():
+    norm = torch.nn.GroupNorm(4, 12)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 12, 5, 3, dtype=torch.float64, requires_grad=True)
+    norm = norm.double()
+    got, want = _norm_silu(norm, x), F.silu(norm(x))
+    assert (got - want).abs().max().item() < 1e-12
+    g1 = torch.autograd.grad(got.sum(), [x, norm.bias])
+    g2 = torch.autograd.grad(want.sum(), [x, norm.bias])
+    assert all((a - b).abs().max().item() < 1e-10 for a, b in zip(g1, g2))
+
+
+def test_timestep_embedding():
+    e = timestep_embedding(torch.tensor([0, 10]), 7)
+    assert e.shape == (2, 7) and torch.equal(e[0, :3], torch.ones(3)) and torch.equal(e[0, 3:], torch.zeros(4))
+    assert e[1, 0].item() == pytest.approx(torch.cos(torch.tensor(10.0)).item())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(img_size=10, channel_mult=(1, 2, 2)), "divisible by 2"),
+    (dict(attn_resolutions=(3,)), "not among the levels' sizes"),
+    (dict(num_heads=3), "num_heads 3 must divide"),
+    (dict(num_classes=0), "num_classes"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(channel_mult=()), "channel_mult"),
+    (dict(base_channels=0), "base_channels"),
+])
+def test_bad_configuration_errors(kwargs, match):
+    base = dict(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                num_heads=2, img_size=8)
+    with pytest.raises(ValueError, match=match):
+        UNet(**{**base, **kwargs})
+
+
+def test_bad_input_errors():
+    model = UNet(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                 img_size=8)
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        model(torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="divisible by 2"):
+        model(torch.randn(2, 1, 7, 8), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="t must be"):
+        model(torch.randn(2, 1, 8, 8), torch.zeros(3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("sampler", [DDPMSampler, DDIMSampler])
+def test_samplers_run_with_the_unet(sampler):
+    model = UNet(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                 num_classes=3, num_heads=2, img_size=8).eval()
+    randomize_zero_inits(model)
+    sched = NoiseSchedule.linear(1000)
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    s = sampler(model, sched, num_inference_steps=10, clip_x0=1.0)
+    y = torch.tensor([0, 1, 2, 0])
+    kw = {"eta": 0.0} if sampler is DDIMSampler else {}
+    plain = s.sample(x_T, generator=torch.Generator().manual_seed(1), **kw)  # model(x, t): null class
+    cond = s.sample(x_T, cond=y, generator=torch.Generator().manual_seed(1), **kw)
+    guided = s.sample(x_T, cond=y, null_cond=torch.full_like(y, 3), guidance=3.0,
+                      generator=torch.Generator().manual_seed(1), **kw)
+    for out in (plain, cond, guided):
+        assert out.shape == x_T.shape and torch.isfinite(out).all()
+    assert not torch.allclose(plain, cond) and not torch.allclose(cond, guided)
