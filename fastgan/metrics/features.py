@@ -49,9 +49,9 @@ def open_source(spec: str, split: str | None = None, resolution: int | None = No
     if os.path.isfile(spec):
         if spec.lower().endswith(CHECKPOINT_SUFFIXES):
             raise CheckpointNotSupported(
-                f"fastgan: {spec} looks like a model checkpoint. Scoring samples generated from a checkpoint "
-                "arrives with the model-family issues; for now write samples to a folder (fastgan.data.save_images) "
-                "and pass the folder.")
+                f"fastgan: {spec} looks like a model checkpoint. Only --fake takes a checkpoint written by "
+                "`fastgan train` (samples are generated from it); --real takes images: a dataset name, an image "
+                "folder or a statistics .npz.")
         raise FileNotFoundError(f"fastgan: {spec} is a file; expected an image folder or a dataset name")
     if fdata.is_dataset_name(spec):
         return fdata.load_dataset(spec, split=split)
