@@ -18,6 +18,14 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "instance_norm_dbwd(Tensor ggx, Tensor ggscale, Tensor ggshift, Tensor grad_y, Tensor x, Tensor mean, "
       "Tensor rstd, Tensor scale, float eps) -> (Tensor, Tensor, Tensor)");
+  // Group norm with a per-(n, c) affine and a fused activation (math: fastgan/ops/group_norm_kernels.py).
+  // mean/rstd are (N, G); act as bias_act's codes (0 linear, 1 relu, 2 lrelu with slope alpha, 5 silu).
+  m.def(
+      "group_norm_fwd(Tensor x, Tensor scale, Tensor shift, int groups, float eps, int act, float alpha) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "group_norm_bwd(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, Tensor scale, Tensor shift, int groups, "
+      "float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)");
   // One fused DDPM/DDIM step; coef holds 8 per-sample (or shared) coefficients (fastgan/diffusion/steps.py).
   m.def(
       "diffusion_step(Tensor x, Tensor model_out, Tensor? model_out_uncond, Tensor? noise, Tensor coef, "

@@ -9,7 +9,7 @@ from . import __version__, _backend
 
 # Kernel op name -> user-facing op it serves.
 OPS = {"instance_norm_fwd": "instance_norm", "bias_act_fwd": "bias_act", "grad_penalty_fwd": "grad_penalty",
-       "diffusion_step": "diffusion step"}
+       "group_norm_fwd": "group_norm", "diffusion_step": "diffusion step"}
 
 
 def report() -> str:

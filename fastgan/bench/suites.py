@@ -28,6 +28,7 @@ BUILTIN_SUITE_MODULES = (
     "fastgan.bench.bias_act_suite",
     "fastgan.bench.stargan_v2_suite",
     "fastgan.bench.grad_penalty_suite",
+    "fastgan.bench.group_norm_suite",
 )
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}

@@ -1,0 +1,221 @@
+"""The group-norm kernel ops as torch.library ops, their plain-PyTorch reference, fakes and autograd.
+
+Group norm with a per-(n, c) affine and a fused activation ``f``. For sample n and group g (channels
+``g*Cg .. g*Cg + Cg - 1``, ``Cg = C / G``), over the ``M = Cg * L`` elements of the group::
+
+    mean = sum(x) / M,   var = sum((x - mean)^2) / M,   r = rstd = 1 / sqrt(var + eps),   xhat = (x - mean) * r
+    forward:   z = xhat * scale[n, c] + shift[n, c],    y = f(z)
+    backward:  gz = gy * f'(z)
+               gscale[n, c] = sum_L(gz * xhat),   gshift[n, c] = sum_L(gz)          (per channel)
+               h = scale[n, c] * gz
+               gx = r * (h - mean_M(h) - xhat * mean_M(h * xhat))                    (per group)
+
+The group means come from the per-channel sums: ``sum_M(h) = sum_c scale_c * gshift_c`` and
+``sum_M(h * xhat) = sum_c scale_c * gscale_c``, so the backward is one reduction pass and one output pass.
+With one channel per group (G = C) and ``f`` linear this is exactly the instance-norm family.
+
+``f`` is one of bias_act's codes: 0 linear, 1 relu, 2 lrelu (slope ``alpha`` below 0), 5 silu. ``scale``/``shift``
+and ``gscale``/``gshift`` are float64 whatever x's dtype (see ``fold_affine``); mean/rstd are in the acc dtype
+(float32, float64 for float64 input).
+
+Two kernel ops (schemas in ``csrc/fastgan.cpp``; ``*_triton`` twins defined here around ``fastgan.kernels``)::
+
+    group_norm_fwd(x, scale, shift, groups, eps, act, alpha)                   -> (y, mean, rstd)    stats (N, G)
+    group_norm_bwd(gy, x, mean, rstd, scale, shift, groups, eps, act, alpha)   -> (gx, gscale, gshift)  (N, C)
+
+Autograd: the backward of ``fwd`` is ``bwd`` (fused kernels). The backward of ``bwd`` (double backward, e.g. a
+gradient penalty) is **composite**: the vector-Jacobian product of :func:`reference_bwd` written in plain torch
+ops with mean/rstd recomputed from x, so second and higher orders are correct but run on eager torch ops.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _backend
+from ._layout import empty_like_layout
+from .instance_norm_ref import acc_dtype
+
+OP_NAMES = ("group_norm_fwd", "group_norm_bwd")
+ACTS = {"linear": 0, "relu": 1, "lrelu": 2, "silu": 5}  # bias_act's codes for the same activations
+
+
+# ---------------------------------------------------------------------------------------------- reference
+def _act(z: torch.Tensor, act: int, alpha: float) -> torch.Tensor:
+    if act == 1:
+        return torch.relu(z)
+    if act == 2:
+        return torch.nn.functional.leaky_relu(z, alpha)
+    if act == 5:
+        return torch.nn.functional.silu(z)
+    return z
+
+
+def _act_d1(z: torch.Tensor, act: int, alpha: float) -> torch.Tensor:
+    if act in (1, 2):
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, alpha if act == 2 else 0.0))
+    if act == 5:
+        s = torch.sigmoid(z)
+        return s * (1 + z * (1 - s))
+    return torch.ones_like(z)
+
+
+def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """An ``(N, C)`` tensor viewed to broadcast over x's spatial dims."""
+    return t.reshape(t.shape + (1,) * (x.dim() - 2))
+
+
+def _stats(xf: torch.Tensor, groups: int, eps: float):
+    g = xf.reshape(xf.shape[0], groups, -1)
+    mean = g.mean(-1)
+    var = (g - mean[..., None]).square().mean(-1)
+    return mean, torch.rsqrt(var + eps)
+
+
+def _xhat(xf: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    g = xf.reshape(xf.shape[0], mean.shape[1], -1)
+    return ((g - mean[..., None]) * rstd[..., None]).reshape(xf.shape)
+
+
+def reference_fwd(x, scale, shift, groups: int, eps: float, act: int, alpha: float):
+    """Kernel-level forward. Returns ``(y, mean, rstd)``; mean/rstd ``(N, G)`` in the acc dtype."""
+    xf = x.to(acc_dtype(x.dtype))
+    mean, rstd = _stats(xf, groups, eps)
+    z = _xhat(xf, mean, rstd) * _per_channel(scale.to(xf.dtype), x) + _per_channel(shift.to(xf.dtype), x)
+    return _act(z, act, alpha).to(x.dtype), mean, rstd
+
+
+def reference_bwd(gy, x, mean, rstd, scale, shift, act: int, alpha: float):
+    """Kernel-level backward. Returns ``(gx, gscale, gshift)``: gx like x, the sums ``(N, C)`` in float64.
+    Differentiable in every tensor input (the composite double backward differentiates it)."""
+    acc = mean.dtype
+    xf = x.to(acc)
+    dims = tuple(range(2, x.dim()))
+    xhat = _xhat(xf, mean, rstd)
+    a = _per_channel(scale.to(acc), x)
+    gz = gy.to(acc) * _act_d1(xhat * a + _per_channel(shift.to(acc), x), act, alpha)
+    n, groups = mean.shape
+    h = (a * gz).reshape(n, groups, -1)
+    xg = xhat.reshape(n, groups, -1)
+    gx = rstd[..., None] * (h - h.mean(-1, keepdim=True) - xg * (h * xg).mean(-1, keepdim=True))
+    f64 = torch.float64
+    return gx.reshape(x.shape).to(x.dtype), (gz * xhat).sum(dim=dims).to(f64), gz.sum(dim=dims).to(f64)
+
+
+def composite_bwd(gy, x, scale, shift, groups: int, eps: float, act: int, alpha: float):
+    """:func:`reference_bwd` with mean/rstd recomputed from x: the backward as a function of (gy, x, scale, shift)."""
+    mean, rstd = _stats(x.to(acc_dtype(x.dtype)), groups, eps)
+    return reference_bwd(gy, x, mean, rstd, scale, shift, act, alpha)
+
+
+# -------------------------------------------------------------------------------------------------- fakes
+def fake_fwd(x, scale, shift, groups, eps, act, alpha):
+    stats = x.new_empty((x.shape[0], groups), dtype=acc_dtype(x.dtype))
+    return empty_like_layout(x), stats, torch.empty_like(stats)
+
+
+def fake_bwd(gy, x, mean, rstd, scale, shift, groups, eps, act, alpha):
+    sums = x.new_empty(x.shape[:2], dtype=torch.float64)
+    return empty_like_layout(x), sums, torch.empty_like(sums)
+
+
+# -------------------------------------------------------------------------------------------- Triton ops
+def _triton_module():
+    return _backend.import_kernels("group_norm")  # imports triton; only reached when Triton was selected
+
+
+@torch.library.custom_op("fastgan::group_norm_fwd_triton", mutates_args=())
+def _fwd_triton(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, groups: int, eps: float, act: int, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _triton_module().forward(x, scale, shift, groups, eps, act, alpha)
+
+
+@torch.library.custom_op("fastgan::group_norm_bwd_triton", mutates_args=())
+def _bwd_triton(
+    gy: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    groups: int,
+    eps: float,
+    act: int,
+    alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _triton_module().backward(gy, x, mean, rstd, scale, shift, act, alpha)
+
+
+_fwd_triton.register_fake(fake_fwd)
+_bwd_triton.register_fake(fake_bwd)
+
+
+# ---------------------------------------------------------------------------------------------- autograd
+def _attach_autograd(fwd, bwd, names: tuple[str, str]) -> None:
+    """``fwd`` differentiates through ``bwd``; ``bwd`` through the vjp of :func:`composite_bwd` (any order)."""
+
+    def fwd_setup(ctx, inputs, output):
+        x, scale, shift, ctx.groups, ctx.eps, ctx.act, ctx.alpha = inputs
+        _y, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(x, scale, shift, mean, rstd)
+
+    def fwd_backward(ctx, gy, _g_mean, _g_rstd):
+        x, scale, shift, mean, rstd = ctx.saved_tensors
+        gx, gscale, gshift = bwd(gy, x, mean, rstd, scale, shift, ctx.groups, ctx.eps, ctx.act, ctx.alpha)
+        return gx, gscale, gshift, None, None, None, None
+
+    def bwd_setup(ctx, inputs, output):
+        gy, x, _mean, _rstd, scale, shift, ctx.groups, ctx.eps, ctx.act, ctx.alpha = inputs
+        ctx.save_for_backward(gy, x, scale, shift)
+
+    def bwd_backward(ctx, ggx, ggscale, ggshift):
+        # torch.func.vjp differentiates at the saved values without walking back through their own history
+        # (autograd.grad would, double-counting paths into x); its result stays differentiable in the outer
+        # graph, so third and higher orders work too.
+        gy, x, scale, shift = ctx.saved_tensors
+        args = (ctx.groups, ctx.eps, ctx.act, ctx.alpha)
+        _, vjp = torch.func.vjp(lambda *t: composite_bwd(*t, *args), gy, x, scale, shift)
+        g_gy, g_x, g_scale, g_shift = vjp((ggx.to(x.dtype), ggscale.to(torch.float64), ggshift.to(torch.float64)))
+        return g_gy, g_x, None, None, g_scale, g_shift, None, None, None, None
+
+    torch.library.register_autograd(names[0], fwd_backward, setup_context=fwd_setup)
+    torch.library.register_autograd(names[1], bwd_backward, setup_context=bwd_setup)
+
+
+class _Ops:
+    def __init__(self, fwd, bwd):
+        self.fwd, self.bwd = fwd, bwd
+
+
+_attach_autograd(_fwd_triton, _bwd_triton, tuple(f"fastgan::{n}_triton" for n in OP_NAMES))
+_TRITON = _Ops(_fwd_triton, _bwd_triton)
+_compiled: _Ops | None = None
+
+
+def _compiled_ops() -> _Ops:
+    """The extension's pair, with fakes and autograd attached on first use."""
+    global _compiled
+    if _compiled is None:
+        names = tuple(f"fastgan::{n}" for n in OP_NAMES)
+        for name, fake in zip(names, (fake_fwd, fake_bwd)):
+            torch.library.register_fake(name)(fake)
+        pair = tuple(getattr(torch.ops.fastgan, n).default for n in OP_NAMES)
+        _attach_autograd(*pair, names=names)
+        _compiled = _Ops(*pair)
+    return _compiled
+
+
+def kernel_ops(impl: str) -> _Ops:
+    """``fwd``/``bwd`` of ``impl`` ("cpp" or "triton"; "cuda" has no group-norm kernel yet)."""
+    if impl == "triton":
+        return _TRITON
+    if impl in ("cpp", "cuda"):
+        return _compiled_ops()
+    raise ValueError(f"fastgan: no group_norm kernel ops for impl {impl!r}")
+
+
+def register_compiled() -> None:
+    """Attach fakes and autograd to the extension's ops now, when the extension has them."""
+    if _backend.has_kernel(OP_NAMES[0], "CPU") or _backend.has_kernel(OP_NAMES[0], "CUDA"):
+        _compiled_ops()

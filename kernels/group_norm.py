@@ -1,0 +1,237 @@
+"""Triton kernels of group norm with a per-(n, c) affine and a fused activation: forward and backward.
+
+The launchers :func:`forward` and :func:`backward` return what ``reference_fwd``/``reference_bwd`` in
+:mod:`fastgan.ops.group_norm_kernels` return (the math is there); that module wraps them as
+``fastgan::group_norm_*_triton``. The double backward is composite (see there): no Triton kernel.
+
+One program per (n, g) group. The group is one contiguous run of ``M = Cg * L`` elements (channel after channel),
+walked in tiles ``[BLOCK_C, BLOCK_L]`` (BLOCK_C channels of the group by BLOCK_L positions): a tile's rows are
+contiguous, and a row is one channel, so the per-(n, c) affine and the per-channel backward sums are row-wise.
+Channels-last and other strided inputs are copied to contiguous first (a native channels-last path, and
+splitting a large group over several programs, are future work).
+
+Statistics are accumulated in float32 (float64 for float64 input) in tile-shaped accumulators, reduced once;
+the (N, C) affine and its gradients are float64 (stored from the ACC sums).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fastgan.ops._layout import is_channels_last, match_layout
+from fastgan.ops.instance_norm_ref import acc_dtype
+
+__all__ = ["forward", "backward"]
+
+# Heuristic knobs, module-level so tests can shrink them and drive the multi-tile loops with tiny inputs.
+TILE = 2048  # elements per tile
+MAX_BLOCK_L = 1024  # positions per tile row
+
+LINEAR, RELU, LRELU, SILU = 0, 1, 2, 5  # bias_act's activation codes
+
+
+@triton.jit
+def _act(z, alpha, ACT: tl.constexpr):
+    """f(z); NaN propagates through relu/lrelu (``z < 0`` is false for NaN)."""
+    if ACT == 1:
+        return tl.where(z < 0, 0.0, z)
+    elif ACT == 2:
+        return tl.where(z < 0, z * alpha, z)
+    elif ACT == 5:
+        return z / (1.0 + tl.exp(-z))
+    else:
+        return z
+
+
+@triton.jit
+def _act_d1(z, alpha, ACT: tl.constexpr):
+    """f'(z): relu 1 above 0 else 0, lrelu 1 above 0 else alpha, silu s * (1 + z * (1 - s)) with s = sigmoid(z)."""
+    if ACT == 1:
+        return tl.where(z > 0, 1.0, 0.0)
+    elif ACT == 2:
+        return tl.where(z > 0, 1.0, alpha)
+    elif ACT == 5:
+        s = 1.0 / (1.0 + tl.exp(-z))
+        return s * (1.0 + z * (1.0 - s))
+    else:
+        return z * 0.0 + 1.0
+
+
+@triton.jit
+def _tile(ptr, base, c0, l0, Cg, L, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Load channels [c0, c0 + BLOCK_C) x positions [l0, l0 + BLOCK_L) of a group as ACC; also the offsets, the
+    mask and the channel indices within the group (for the per-channel affine)."""
+    rc = c0 + tl.arange(0, BLOCK_C)
+    rl = l0 + tl.arange(0, BLOCK_L)
+    mask = (rc < Cg)[:, None] & (rl < L)[None, :]
+    offs = base + rc[:, None] * L + rl[None, :]
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(ACC), offs, mask, rc
+
+
+@triton.jit
+def _fwd_kernel(X, Y, SCALE, SHIFT, MEAN, RSTD, G, Cg, L, eps_hi, eps_lo, alpha, ACT: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
+    """Forward of group p = n*G + g over its M = Cg*L elements::
+
+        k    = sum(x) / M                               (pass 1: a shift near the mean)
+        s1   = sum(x - k),  s2 = sum((x - k)^2)         (pass 2)
+        mean = k + s1/M,    var = (s2 - s1^2/M) / M,    rstd = 1 / sqrt(var + eps)
+        y    = f(((x - k) - s1/M) * (rstd * scale[n, c]) + shift[n, c])      (pass 3)
+
+    The shift k makes s1 tiny, so the corrected two-pass variance loses nothing to cancellation, and x - mean is
+    formed as (x - k) - s1/M, not limited by mean's rounding. rstd is computed in float64 (a per-group scalar);
+    eps arrives as eps_hi + eps_lo (Triton passes Python floats as float32).
+    """
+    ACC: tl.constexpr = MEAN.dtype.element_ty
+    p = tl.program_id(0)
+    if IDX64:
+        p = p.to(tl.int64)
+    M = Cg * L
+    base = p * M
+    acc = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+    for c0 in range(0, Cg, BLOCK_C):
+        for l0 in range(0, L, BLOCK_L):
+            x, _, _, _ = _tile(X, base, c0, l0, Cg, L, ACC, BLOCK_C, BLOCK_L)
+            acc += x
+    k = tl.sum(tl.sum(acc, 1), 0) / M
+    a1 = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+    a2 = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+    for c0 in range(0, Cg, BLOCK_C):
+        for l0 in range(0, L, BLOCK_L):
+            x, _, mask, _ = _tile(X, base, c0, l0, Cg, L, ACC, BLOCK_C, BLOCK_L)
+            d = tl.where(mask, x - k, 0.0)
+            a1 += d
+            a2 += d * d
+    s1 = tl.sum(tl.sum(a1, 1), 0)
+    s2 = tl.sum(tl.sum(a2, 1), 0)
+    mean_rel = s1 / M
+    m2 = tl.cast(s2, tl.float64) - tl.cast(s1, tl.float64) * tl.cast(mean_rel, tl.float64)
+    var_eps = tl.maximum(m2, 0.0) / M + (tl.cast(eps_hi, tl.float64) + tl.cast(eps_lo, tl.float64))
+    rstd = tl.cast(1.0 / tl.sqrt(var_eps), ACC)
+    tl.store(MEAN + p, k + mean_rel)
+    tl.store(RSTD + p, rstd)
+    OUT: tl.constexpr = Y.dtype.element_ty
+    for c0 in range(0, Cg, BLOCK_C):
+        for l0 in range(0, L, BLOCK_L):
+            x, offs, mask, rc = _tile(X, base, c0, l0, Cg, L, ACC, BLOCK_C, BLOCK_L)
+            cm = rc < Cg
+            # the affine is float64 (see group_norm_kernels): one rounding of rstd * scale to ACC
+            a = (tl.cast(rstd, tl.float64) * tl.load(SCALE + p * Cg + rc, mask=cm, other=0.0)).to(ACC)
+            b = tl.load(SHIFT + p * Cg + rc, mask=cm, other=0.0).to(ACC)
+            z = ((x - k) - mean_rel) * a[:, None] + b[:, None]
+            tl.store(Y + offs, _act(z, alpha, ACT).to(OUT), mask=mask)
+
+
+@triton.jit
+def _gz_tile(GY, X, base, c0, l0, Cg, L, mean, rstd, a, b, alpha, ACC: tl.constexpr, ACT: tl.constexpr,
+             BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """gz = gy * f'(xhat * scale + shift) on one tile, with x - mean and the offsets and mask."""
+    x, offs, mask, _ = _tile(X, base, c0, l0, Cg, L, ACC, BLOCK_C, BLOCK_L)
+    g, _, _, _ = _tile(GY, base, c0, l0, Cg, L, ACC, BLOCK_C, BLOCK_L)
+    xc = x - mean
+    if ACT != 0:
+        g = g * _act_d1(xc * rstd * a[:, None] + b[:, None], alpha, ACT)
+    return tl.where(mask, g, 0.0), tl.where(mask, xc, 0.0), offs, mask
+
+
+@triton.jit
+def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GX, GSCALE, GSHIFT, G, Cg, L, alpha, ACT: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
+    """Backward of group p, with xhat = (x - mean) * rstd, gz = gy * f'(xhat * scale + shift)::
+
+        gshift[n, c] = sum_L(gz),   gscale[n, c] = rstd * sum_L(gz * (x - mean))        (pass 1, per channel)
+        m_h  = sum_c scale_c * gshift_c / M,   m_hx = sum_c scale_c * gscale_c / M
+        gx   = rstd * (scale[n, c] * gz - m_h - xhat * m_hx)                           (pass 2)
+    """
+    ACC: tl.constexpr = MEAN.dtype.element_ty
+    p = tl.program_id(0)
+    if IDX64:
+        p = p.to(tl.int64)
+    M = Cg * L
+    base = p * M
+    mean = tl.load(MEAN + p)
+    rstd = tl.load(RSTD + p)
+    h = tl.zeros([BLOCK_C], ACC)
+    hx = tl.zeros([BLOCK_C], ACC)
+    for c0 in range(0, Cg, BLOCK_C):
+        rc = c0 + tl.arange(0, BLOCK_C)
+        cm = rc < Cg
+        a = tl.load(SCALE + p * Cg + rc, mask=cm, other=0.0).to(ACC)
+        b = tl.load(SHIFT + p * Cg + rc, mask=cm, other=0.0).to(ACC)
+        t_g = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+        t_gx = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+        for l0 in range(0, L, BLOCK_L):
+            gz, xc, _, _ = _gz_tile(GY, X, base, c0, l0, Cg, L, mean, rstd, a, b, alpha, ACC, ACT, BLOCK_C, BLOCK_L)
+            t_g += gz
+            t_gx += gz * xc
+        s_g = tl.sum(t_g, 1)
+        s_gx = tl.sum(t_gx, 1) * rstd
+        tl.store(GSHIFT + p * Cg + rc, s_g, mask=cm)
+        tl.store(GSCALE + p * Cg + rc, s_gx, mask=cm)
+        h += a * s_g
+        hx += a * s_gx
+    m_h = tl.sum(h, 0) / M
+    m_hx = tl.sum(hx, 0) / M
+    OUT: tl.constexpr = GX.dtype.element_ty
+    for c0 in range(0, Cg, BLOCK_C):
+        rc = c0 + tl.arange(0, BLOCK_C)
+        cm = rc < Cg
+        a = tl.load(SCALE + p * Cg + rc, mask=cm, other=0.0).to(ACC)
+        b = tl.load(SHIFT + p * Cg + rc, mask=cm, other=0.0).to(ACC)
+        for l0 in range(0, L, BLOCK_L):
+            gz, xc, offs, mask = _gz_tile(GY, X, base, c0, l0, Cg, L, mean, rstd, a, b, alpha, ACC, ACT, BLOCK_C,
+                                          BLOCK_L)
+            gx = rstd * (a[:, None] * gz - m_h - xc * rstd * m_hx)
+            tl.store(GX + offs, gx.to(OUT), mask=mask)
+
+
+# --------------------------------------------------------------------------------------------- launchers
+def _blocks(cg: int, length: int) -> tuple[int, int]:
+    block_l = min(triton.next_power_of_2(length), MAX_BLOCK_L)
+    block_c = max(1, min(triton.next_power_of_2(cg), TILE // block_l))
+    return block_c, block_l
+
+
+def _meta(x: torch.Tensor, groups: int) -> tuple[int, int, dict]:
+    cg = x.shape[1] // groups
+    length = math.prod(x.shape[2:])
+    block_c, block_l = _blocks(cg, length)
+    warps = min(8, max(1, block_c * block_l // 256))
+    return cg, length, dict(BLOCK_C=block_c, BLOCK_L=block_l, IDX64=x.numel() >= 2**31, num_warps=warps)
+
+
+def forward(x, scale, shift, groups: int, eps: float, act: int, alpha: float):
+    """``reference_fwd``: ``(y, mean, rstd)``; y in x's layout and dtype, stats ``(N, G)`` in the acc dtype."""
+    cl = is_channels_last(x)
+    xc = x.contiguous()
+    acc = acc_dtype(x.dtype)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # dense strides even where x has size-1 dims
+    mean = torch.empty((x.shape[0], groups), dtype=acc, device=x.device)
+    rstd = torch.empty_like(mean)
+    cg, length, meta = _meta(xc, groups)
+    eps_hi = float(torch.tensor(float(eps), dtype=torch.float32))
+    _fwd_kernel[(x.shape[0] * groups,)](
+        xc, y, scale.to(torch.float64).contiguous(), shift.to(torch.float64).contiguous(), mean, rstd, groups, cg, length, eps_hi,
+        float(eps) - eps_hi, float(alpha), ACT=int(act), **meta)
+    return (match_layout(y, x) if cl else y), mean, rstd
+
+
+def backward(gy, x, mean, rstd, scale, shift, act: int, alpha: float):
+    """``reference_bwd``: ``(gx, gscale, gshift)``; gx like x, the sums ``(N, C)`` in float64."""
+    cl = is_channels_last(x)
+    xc = x.contiguous()
+    gyc = gy.to(x.dtype).contiguous()
+    acc = acc_dtype(x.dtype)
+    groups = mean.shape[1]
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    gscale = torch.empty(x.shape[:2], dtype=torch.float64, device=x.device)
+    gshift = torch.empty_like(gscale)
+    cg, length, meta = _meta(xc, groups)
+    _bwd_kernel[(x.shape[0] * groups,)](
+        gyc, xc, mean.to(acc).contiguous(), rstd.to(acc).contiguous(), scale.to(torch.float64).contiguous(),
+        shift.to(torch.float64).contiguous(), gx, gscale, gshift, groups, cg, length, float(alpha), ACT=int(act), **meta)
+    return (match_layout(gx, x) if cl else gx), gscale, gshift
+
