@@ -30,6 +30,11 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "diffusion_step(Tensor x, Tensor model_out, Tensor? model_out_uncond, Tensor? noise, Tensor coef, "
       "float guidance, float clip) -> Tensor");
+  // The same step with z drawn in the kernel: Philox4x32-10 keyed by the one-element int64 `seed` tensor, read
+  // from memory (no host value per step), counter = logical element index / 4 (fastgan/diffusion/philox.py).
+  m.def(
+      "diffusion_step_philox(Tensor x, Tensor model_out, Tensor? model_out_uncond, Tensor seed, Tensor coef, "
+      "float guidance, float clip) -> Tensor");
   // Fused bias + activation + gain + clamp (math: fastgan/ops/bias_act.py). act: 0 linear, 1 relu, 2 lrelu,
   // 3 tanh, 4 sigmoid, 5 silu, 6 gelu; clamp < 0 means no clamp. bwd gives grad_x (grad_bias is its sum over the
   // non-`dim` dims); dbwd is bwd's derivative in x, ggx * grad_y * gain * act''(x + bias) (its derivative in grad_y

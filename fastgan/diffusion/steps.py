@@ -10,14 +10,29 @@ element with per-sample coefficients ``k = (a_x, a_m, e_x, e_m, c_0, c_x, c_e, c
 
 The coefficients come from the schedule in float64, gathered per sample on the tensor's device (a per-sample
 ``t`` needs no host synchronisation), and the element pass is one kernel (C++ on CPU, Triton on GPU, the formula in
-plain PyTorch otherwise). ``z`` is standard normal noise: passed in, or drawn with ``torch.randn`` from ``generator``.
+plain PyTorch otherwise). ``z`` is standard normal noise: passed in (``noise=``), or drawn inside the kernel:
+Philox4x32-10 + Box–Muller keyed by a seed that each step draws from ``generator`` as a one-element int64 device
+tensor (:mod:`fastgan.diffusion.philox` defines the numbers; every backend, the reference included, draws the same
+noise up to the rounding of log/cos/sin). The noise of an element depends only on the seed and the element's
+logical index, so it is the same for any memory layout (channels-last included) and any thread count, and no
+full-size noise tensor is written or read.
+
+The generator advances by one draw per noisy step (``torch.randint`` of one int64, a fixed small advance of its
+state: Mersenne-Twister outputs on CPU, one Philox offset increment on CUDA), not per element: a seeded run
+reproduces exactly and a different generator state gives different noise, but the noise is not the one
+``torch.randn(shape, generator=g)`` would give. Steps that add no noise (DDPM at int ``t = 0``, DDIM with
+``eta = 0``) draw nothing. The seed never visits the host, so a step (model call included) can be captured in a
+CUDA graph: torch's graph-safe RNG records the generator's advance and the kernel reads the seed from device memory
+at replay (designed for; not yet tested on a GPU). Under ``torch.compile(fullgraph=True)`` draw from the default
+generator (``generator=None``, seeded with ``torch.manual_seed``): Dynamo does not trace an explicit
+``torch.Generator`` argument.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import _backend
-from . import step_kernels
+from . import philox, step_kernels
 from .schedule import NoiseSchedule
 
 __all__ = ["ddpm_step", "ddim_step", "step_coefficients", "fused_step", "fused_step_reference"]
@@ -91,11 +106,13 @@ def step_coefficients(kind: str, schedule: NoiseSchedule, t: torch.Tensor, t_pre
     return torch.stack([a_x, a_m, e_x, e_m, c_0, c_x, c_e, c_z], dim=1)
 
 
-def fused_step_reference(x, m, u, z, coef, guidance: float, clip: float) -> torch.Tensor:
+def fused_step_reference(x, m, u, z, coef, guidance: float, clip: float, seed=None) -> torch.Tensor:
     """The fused step in plain PyTorch (``impl="ref"``): float32 arithmetic for float32/float16/bfloat16 inputs
     (as the kernels), float64 for float64. One output buffer updated in place, so besides it only the guided
-    model output (under guidance) and dtype conversions allocate."""
+    model output (under guidance), dtype conversions and the Philox noise (``seed`` given, ``z`` None) allocate."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if z is None and seed is not None:
+        z = philox.normal(seed, x.shape, acc, x.device)
     k = coef.to(acc)
     view = (k.shape[0],) + (1,) * (x.dim() - 1)
     a_x, a_m, e_x, e_m, c_0, c_x, c_e, c_z = (k[:, i].reshape(view) for i in range(8))
@@ -115,14 +132,23 @@ def fused_step_reference(x, m, u, z, coef, guidance: float, clip: float) -> torc
     return out.to(x.dtype)
 
 
-def fused_step(x, m, u, z, coef, guidance: float = 1.0, clip: float = 0.0, *, impl: str | None = None):
-    """Run the fused step with the selected implementation (C++ on CPU, Triton on GPU, else the reference)."""
+def fused_step(x, m, u, z, coef, guidance: float = 1.0, clip: float = 0.0, *, seed=None, impl: str | None = None):
+    """Run the fused step with the selected implementation (C++ on CPU, Triton on GPU, else the reference).
+    ``seed`` (a one-element int64 tensor on x's device) with ``z=None`` draws the noise in the kernel."""
     which = _backend.select("diffusion_step", x.device, impl)
+    philox_noise = z is None and seed is not None
     if which == "triton":
+        if philox_noise:
+            return step_kernels.triton_step_philox(x, m, u, seed, coef, float(guidance), float(clip))
         return step_kernels.triton_step(x, m, u, z, coef, float(guidance), float(clip))
     if which in ("cpp", "cuda"):
-        return step_kernels.compiled_step(x, m, u, z, coef, float(guidance), float(clip))
-    return fused_step_reference(x, m, u, z, coef, guidance, clip)
+        if not philox_noise:
+            return step_kernels.compiled_step(x, m, u, z, coef, float(guidance), float(clip))
+        if step_kernels.has_compiled_philox(x.device):
+            return step_kernels.compiled_step_philox(x, m, u, seed, coef, float(guidance), float(clip))
+        _backend.warn_once("diffusion_step_philox", "the compiled extension predates diffusion_step_philox "
+                           "(rebuild it); drawing the step noise with the reference")
+    return fused_step_reference(x, m, u, z, coef, guidance, clip, seed=seed)
 
 
 def _coefficients(kind, schedule, t, t_prev, x, **options) -> torch.Tensor:
@@ -176,10 +202,12 @@ def _clip(clip_x0) -> float:
     return float(clip_x0)
 
 
-def _noise(x, noise, generator, needed: bool):
+def _seed(x, noise, generator, needed: bool):
+    """The step's Philox seed (one int64 draw from ``generator`` on x's device), or None when ``noise`` is given or
+    the step adds no noise (then the generator does not advance)."""
     if noise is not None or not needed:
-        return noise
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return None
+    return philox.draw_seed(generator, x.device)
 
 
 def ddpm_step(x_t, model_out, t, schedule: NoiseSchedule, *, t_prev=None, prediction: str = "eps",
@@ -196,7 +224,8 @@ def ddpm_step(x_t, model_out, t, schedule: NoiseSchedule, *, t_prev=None, predic
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         clip_x0: clamp the predicted x0 to ``[-clip_x0, clip_x0]`` (None: no clamp).
         variance: ``"fixed_small"`` (posterior) or ``"fixed_large"`` (beta_t).
-        generator: ``torch.Generator`` for the noise; ``noise``: the noise itself (x_t's shape).
+        generator: ``torch.Generator`` (on x_t's device; default: the device's default generator) that the in-kernel
+            noise's seed is drawn from, one draw per step; ``noise``: the noise itself (x_t's shape), used as given.
         model_out_uncond, guidance: classifier-free guidance ``u + guidance * (model_out - u)``.
         impl: pin ``"ref"`` or ``"triton"``.
 
@@ -207,8 +236,9 @@ def ddpm_step(x_t, model_out, t, schedule: NoiseSchedule, *, t_prev=None, predic
     if t_prev is None and isinstance(t, int):
         t_prev = t - 1
     coef = _coefficients("ddpm", schedule, t, t_prev, x_t, prediction=prediction, variance=variance)
-    z = _noise(x_t, noise, generator, needed=not (isinstance(t, int) and t == 0))
-    return fused_step(x_t, model_out, model_out_uncond, z, coef, _guidance(guidance), _clip(clip_x0), impl=impl)
+    seed = _seed(x_t, noise, generator, needed=not (isinstance(t, int) and t == 0))
+    return fused_step(x_t, model_out, model_out_uncond, noise, coef, _guidance(guidance), _clip(clip_x0), seed=seed,
+                      impl=impl)
 
 
 def ddim_step(x_t, model_out, t, t_prev, schedule: NoiseSchedule, *, eta: float = 0.0, prediction: str = "eps",
@@ -225,5 +255,6 @@ def ddim_step(x_t, model_out, t, t_prev, schedule: NoiseSchedule, *, eta: float 
     if not eta >= 0:
         raise ValueError(f"fastgan: eta must be >= 0, got {eta}")
     coef = _coefficients("ddim", schedule, t, t_prev, x_t, prediction=prediction, eta=float(eta))
-    z = _noise(x_t, noise, generator, needed=eta > 0)
-    return fused_step(x_t, model_out, model_out_uncond, z, coef, _guidance(guidance), _clip(clip_x0), impl=impl)
+    seed = _seed(x_t, noise, generator, needed=eta > 0)
+    return fused_step(x_t, model_out, model_out_uncond, noise, coef, _guidance(guidance), _clip(clip_x0), seed=seed,
+                      impl=impl)
