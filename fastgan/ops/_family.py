@@ -20,7 +20,9 @@ class KernelFamily:
     Args:
         op_names: the three schema names in ``csrc/fastgan.cpp`` (``"instance_norm_fwd"``, ...).
         fakes: their fake (meta) implementations, in the same order.
-        attach_autograd: ``(fwd, bwd, dbwd, names)`` registering the family's autograd formulas.
+        attach_autograd: ``(fwd, bwd, dbwd, names)`` registering the family's autograd formulas; for the compiled
+            ops it is also passed ``native=`` (the op names whose formula the extension registered in C++, which
+            it must leave alone) when there are any.
         triton: the Triton triple (custom ops ``fastgan::<op_name>_triton`` with fakes); its autograd is attached
             here.
     """
@@ -38,10 +40,16 @@ class KernelFamily:
         """The extension's triple, with fakes and autograd attached on first use."""
         if self._compiled is None:
             names = tuple(f"fastgan::{n}" for n in self.op_names)
+            # Ops whose autograd formula the extension registers in C++ (checked before Python registers any):
+            # it costs a few µs per call where the Python one (an autograd.Function per call) cost tens of µs.
+            native = frozenset(n for n in names if torch._C._dispatch_has_kernel_for_dispatch_key(n, "Autograd"))
             for name, fake in zip(names, self.fakes):
                 torch.library.register_fake(name)(fake)
             triple = tuple(getattr(torch.ops.fastgan, n).default for n in self.op_names)
-            self.attach_autograd(*triple, names=names)
+            if native:
+                self.attach_autograd(*triple, names=names, native=native)
+            else:  # families without native formulas keep the plain signature
+                self.attach_autograd(*triple, names=names)
             self._compiled = SimpleNamespace(fwd=triple[0], bwd=triple[1], dbwd=triple[2])
         return self._compiled
 

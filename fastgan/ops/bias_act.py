@@ -198,7 +198,7 @@ def bias_act(x, bias=None, act: str = "lrelu", alpha=None, gain=None, clamp=None
     dim = _check(x, bias, clamp, dim)
     name, alpha, gain = resolve_act(act, alpha, gain)
     which = _backend.select("bias_act_fwd", x.device, impl)
-    if impl is None and which == "cpp" and name in CPU_EAGER_ACTS and _backend._forced_impl.get() is None:
+    if which == "cpp" and name in CPU_EAGER_ACTS and impl is None and _backend._forced_impl.get() is None:
         # The C++ kernel calls scalar libm for these; PyTorch's vectorised math was 5-25x faster on the 2-core
         # machine (2x512x32x32 fp32 forward, e.g. tanh 7.5 ms vs 1.2 ms), so automatic selection keeps the
         # plain-PyTorch formula on CPU. impl="cpp" still runs the kernel.

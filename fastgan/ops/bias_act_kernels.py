@@ -117,7 +117,7 @@ def _third_order(ctx, g_gx2):
     return g_ggx, g_gy, g_x, g_bias, None, None, None, None, None
 
 
-def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str]) -> None:
+def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str], native: frozenset = frozenset()) -> None:
     """Make ``fwd`` differentiable through ``bwd``, ``bwd`` through ``bwd`` and ``dbwd``, ``dbwd`` through the
     reference."""
 
@@ -151,9 +151,11 @@ def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str]) -> None:
         ggx, gy, x, bias, *ctx.args = inputs
         ctx.save_for_backward(ggx, gy, x, bias)
 
-    torch.library.register_autograd(names[0], fwd_backward, setup_context=fwd_setup)
-    torch.library.register_autograd(names[1], bwd_backward, setup_context=bwd_setup)
-    torch.library.register_autograd(names[2], _third_order, setup_context=dbwd_setup)
+    # ``native``: ops whose same formula the extension registered in C++ (csrc/*_cpu.cpp, "Autograd" key).
+    for name, backward, setup in ((names[0], fwd_backward, fwd_setup), (names[1], bwd_backward, bwd_setup),
+                                  (names[2], _third_order, dbwd_setup)):
+        if name not in native:
+            torch.library.register_autograd(name, backward, setup_context=setup)
 
 
 FAMILY = KernelFamily(

@@ -107,7 +107,7 @@ def _third_order(ctx, g_gx2, g_ggy, g_gscale2):
     return g[0], g[1], g[2], g[3], g[4], None, None, g[5], None
 
 
-def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str]) -> None:
+def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str], native: frozenset = frozenset()) -> None:
     """Make ``fwd`` differentiable through ``bwd``, ``bwd`` through ``dbwd`` and ``dbwd`` through the reference."""
 
     def fwd_setup(ctx, inputs, output):
@@ -136,9 +136,11 @@ def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str]) -> None:
         ggx, ggscale, ggshift, gy, x, _mean, _rstd, scale, ctx.eps = inputs
         ctx.save_for_backward(ggx, ggscale, ggshift, gy, x, scale)
 
-    torch.library.register_autograd(names[0], fwd_backward, setup_context=fwd_setup)
-    torch.library.register_autograd(names[1], bwd_backward, setup_context=bwd_setup)
-    torch.library.register_autograd(names[2], _third_order, setup_context=dbwd_setup)
+    # ``native``: ops whose same formula the extension registered in C++ (csrc/*_cpu.cpp, "Autograd" key).
+    for name, backward, setup in ((names[0], fwd_backward, fwd_setup), (names[1], bwd_backward, bwd_setup),
+                                  (names[2], _third_order, dbwd_setup)):
+        if name not in native:
+            torch.library.register_autograd(name, backward, setup_context=setup)
 
 
 FAMILY = KernelFamily(
