@@ -1,13 +1,25 @@
 // CPU kernels of group norm with a per-(n, c) affine and a fused activation (math: fastgan/ops/group_norm_kernels.py).
 //
-// One task per (n, g) group, run in parallel with at::parallel_for. For contiguous input a group is one run of
-// M = (C/G)*L elements (channel after channel), i.e. an instance-norm "plane" whose affine changes every L
-// elements. A task walks its run in chunks converted to the accumulation type (float; double for double input);
-// runs of up to a few hundred KiB stay in L2 between the statistics pass and the output pass.
+// Work unit: a (n, g) group, which for contiguous input is one run of M = (C/G)*L elements (channel after
+// channel), i.e. an instance-norm "plane" whose affine changes every L elements. Groups run in parallel with
+// at::parallel_for, each task doing its statistics pass and its output pass back to back so the group (up to a few
+// hundred KiB) stays in L2. When there are fewer groups than threads (N*G small, groups large) a group is split
+// into channel runs instead: partial sums per run in one parallel region, a merge per group, the output pass in a
+// second region (the instance-norm kernel's channels-last scheme). Inputs under kSerial elements run on the
+// calling thread: an OpenMP region costs more than the work there, and far more on a busy machine.
 // Channels-last and other strided inputs are copied to contiguous first and the outputs copied back to the
 // input's layout (a native channels-last path is future work).
-// Statistics: per chunk a mean, then the centred sum of squares about it, in double, merged across chunks with
-// Chan's formula, so a large mean offset costs no precision. Backward sums are double too, as in eager on CPU.
+//
+// Speed: the inner loops are small functions compiled twice, for the baseline ISA (the build has no -march) and
+// for AVX2, picked once at load time (as grad_penalty_cpu.cpp does). The AVX2 clone does not enable FMA and
+// the build is ISO C++ (-ffp-contract=off), so both clones give the same bits. SiLU's exp is exp_f below, a
+// Cephes-style float exp written so that GCC vectorises it (libm's expf is a call per element: that alone made
+// the forward 3-5x slower than eager, whose exp is vectorised).
+//
+// Precision: statistics per 4096-element chunk as a mean and then centred squares, in double, merged with Chan's
+// formula (no precision lost to a large mean offset); backward sums in double, as eager does on CPU. The
+// backward's output combination cancels (gx is the projection of h off 1 and xhat), so it runs in double too:
+// in float its roundings were up to 3x eager's error on small groups. Elementwise activation math is in float.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -16,6 +28,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -24,7 +38,13 @@
 namespace fastgan {
 namespace {
 
-constexpr int64_t kChunk = 4096;  // elements per chunk buffer
+constexpr int64_t kChunk = 4096;        // elements per statistics chunk / scratch chunk
+constexpr int64_t kSerial = 1 << 15;    // inputs up to this many elements run on the calling thread
+constexpr int64_t kTaskElems = 1 << 15; // elements per parallel task (grain) at least
+constexpr int64_t kGzCap = 1 << 18;     // backward keeps a group's gz (<= 1 MiB float) instead of recomputing it
+
+#define FASTGAN_GN_INLINE inline __attribute__((always_inline))
+#define FASTGAN_GN_AVX2 __attribute__((target("avx2")))
 
 template <typename T>
 using acc_of = std::conditional_t<std::is_same<T, double>::value, double, float>;
@@ -32,23 +52,67 @@ using acc_of = std::conditional_t<std::is_same<T, double>::value, double, float>
 // Activation codes shared with bias_act (fastgan/ops/bias_act_kernels.py ACT_CODES).
 constexpr int kLinear = 0, kRelu = 1, kLrelu = 2, kSilu = 5;
 
-// f(z). NaN propagates through relu/lrelu (`z < 0` is false for NaN), as in torch.
+// ------------------------------------------------------------------------------------------- elementwise math
+// exp(x) in float without a libm call, so that loops over it vectorise: x = k ln2 + r (Cody-Waite, k rounded by
+// the 1.5 * 2^23 trick), Cephes' degree-6 polynomial for e^r (max error ~1 ulp, as Sleef's expf_u10 eager uses),
+// and 2^k put into the exponent bits. x is clamped to [-87, 88] so that 2^k stays a normal float: e^-87 ~ 1.6e-38
+// and e^88 ~ 1.7e38 stand in for 0 and inf, which changes silu and its derivative by under 1e-36 absolute. NaN
+// passes through (the clamps compare false, and the polynomial of NaN is NaN).
+// The clamp bounds come in as run-time values (ExpRange, read from volatile storage once per loop): with literal
+// bounds GCC threads the clamped case into a constant e^88 and computes z / (1 + e^88) for every element before
+// blending; that quotient is a denormal for |z| < ~40, and the microcode assists made the SiLU forward 20x slower
+// (1.9 ms instead of ~0.1 ms for 2x128x32x32 on one core), whichever of ?: or std::min/max was written.
+struct ExpRange {
+  float lo, hi;
+};
+volatile float g_exp_lo = -87.0f, g_exp_hi = 88.0f;
+FASTGAN_GN_INLINE ExpRange exp_range() { return ExpRange{g_exp_lo, g_exp_hi}; }
+
+FASTGAN_GN_INLINE float exp_f(float x, const ExpRange& er) {
+  x = std::min(std::max(x, er.lo), er.hi);
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold round(x / ln2)
+  const float t = x * 1.44269504088896341f + kMagic;
+  const float k = t - kMagic;
+  float r = x - k * 0.693359375f;  // k * C1 is exact (C1 has 9 significant bits)
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e_r = p * (r * r) + r + 1.0f;
+  uint32_t bits;
+  std::memcpy(&bits, &t, sizeof bits);
+  bits = (bits - 0x4B400000u + 127u) << 23;  // k + 127 into the exponent field (unsigned: no UB on NaN input)
+  float two_k;
+  std::memcpy(&two_k, &bits, sizeof two_k);
+  return e_r * two_k;
+}
+
+FASTGAN_GN_INLINE float exp_a(float x, const ExpRange& er) { return exp_f(x, er); }
+FASTGAN_GN_INLINE double exp_a(double x, const ExpRange&) { return std::exp(x); }  // float64 input: libm's exp, to full precision
+
+// f(z). NaN propagates through relu/lrelu (`z < 0` is false for NaN), as in torch. SiLU as eager's CPU kernel
+// writes it: z / (1 + exp(-z)).
 template <int ACT, typename A>
-inline A act_f(A z, A alpha) {
+FASTGAN_GN_INLINE A act_f(A z, A alpha, const ExpRange& er) {
   if constexpr (ACT == kRelu) return z < A(0) ? A(0) : z;
   else if constexpr (ACT == kLrelu) return z < A(0) ? z * alpha : z;
-  else if constexpr (ACT == kSilu) return z / (A(1) + std::exp(-z));
+  else if constexpr (ACT == kSilu) return z / (A(1) + exp_a(-z, er));
   else return z;
 }
 
-// f'(z); at z = 0 relu's is 0 and lrelu's alpha, as torch's backward has them.
+// f'(z); at z = 0 relu's is 0 and lrelu's alpha, as torch's backward has them. SiLU: s (1 + z (1 - s)) with
+// 1 - s = sigmoid(-z) = e * s computed directly (no cancellation where s is near 1; eager's 1 - s loses bits there).
 template <int ACT, typename A>
-inline A act_d1(A z, A alpha) {
+FASTGAN_GN_INLINE A act_d1(A z, A alpha, const ExpRange& er) {
   if constexpr (ACT == kRelu) return z > A(0) ? A(1) : A(0);
   else if constexpr (ACT == kLrelu) return z > A(0) ? A(1) : alpha;
   else if constexpr (ACT == kSilu) {
-    const A s = A(1) / (A(1) + std::exp(-z));
-    return s * (A(1) + z * (A(1) - s));
+    const A e = exp_a(-z, er);
+    const A s = A(1) / (A(1) + e);
+    return s * (A(1) + z * (e * s));
   } else return A(1);
 }
 
@@ -65,7 +129,7 @@ void dispatch_act(int64_t act, const char* op, F f) {
 
 // sum_i f(i) over 8 independent double lanes (vectorisable without reassociation).
 template <typename F>
-inline double lane_sum(int64_t n, F f) {
+FASTGAN_GN_INLINE double lane_sum(int64_t n, F f) {
   double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -75,31 +139,147 @@ inline double lane_sum(int64_t n, F f) {
   return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
 }
 
-// Elements [off, off + n) as acc_t: the tensor's own memory for float/double, else converted into buf.
-template <typename T, typename A>
-inline const A* load(const T* src, int64_t off, int64_t n, A* buf) {
-  if (std::is_same<T, A>::value) return reinterpret_cast<const A*>(src + off);
-  for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<A>(src[off + i]);
-  return buf;
+// ------------------------------------------------------------------------------------------- inner loops
+// Running (count, mean, M2), merged chunk by chunk (Chan et al.).
+struct Moments {
+  double count = 0, mean = 0, m2 = 0;
+  void merge(double n, double chunk_mean, double chunk_m2) {
+    if (n == 0) return;
+    const double delta = chunk_mean - mean, total = count + n;
+    mean += delta * n / total;
+    m2 += chunk_m2 + delta * delta * count * n / total;
+    count = total;
+  }
+};
+
+// Moments of x[0, n) merged into m, chunk by chunk: a mean, then squares centred on it (the chunk is in L1).
+template <typename T>
+FASTGAN_GN_INLINE void moments_impl(const T* x, int64_t n, Moments* m) {
+  using A = acc_of<T>;
+  for (int64_t r0 = 0; r0 < n; r0 += kChunk) {
+    const int64_t k = std::min(kChunk, n - r0);
+    const T* v = x + r0;
+    const double cm = lane_sum(k, [&](int64_t i) { return static_cast<double>(static_cast<A>(v[i])); }) / k;
+    const double cm2 = lane_sum(k, [&](int64_t i) {
+      const double d = static_cast<double>(static_cast<A>(v[i])) - cm;
+      return d * d;
+    });
+    m->merge(static_cast<double>(k), cm, cm2);
+  }
 }
 
-template <typename T, typename A>
-inline void store(T* dst, int64_t off, int64_t n, const A* vals) {
-  for (int64_t i = 0; i < n; ++i) dst[off + i] = static_cast<T>(vals[i]);
+// y = f(((x - mu_hi) - mu_lo) * a + b): the mean as hi + lo keeps x - mean exact-ish when |mean| >> std.
+template <typename T, int ACT>
+FASTGAN_GN_INLINE void fwd_out_impl(const T* x, int64_t n, acc_of<T> mu_hi, acc_of<T> mu_lo, acc_of<T> a,
+                                    acc_of<T> b, acc_of<T> al, T* y) {
+  using A = acc_of<T>;
+  const ExpRange er = exp_range();
+  for (int64_t i = 0; i < n; ++i)
+    y[i] = static_cast<T>(act_f<ACT>(((static_cast<A>(x[i]) - mu_hi) - mu_lo) * a + b, al, er));
 }
 
+// gz = gy * f'(z) into gz[0, n); s += {sum gz, sum gz * (x - mu), sum (x - mu)} in double.
+template <typename T, int ACT>
+FASTGAN_GN_INLINE void bwd_sums_impl(const T* x, const T* gy, int64_t n, acc_of<T> mu, acc_of<T> r, acc_of<T> a,
+                                     acc_of<T> b, acc_of<T> al, acc_of<T>* gz, double* s) {
+  using A = acc_of<T>;
+  const A ra = r * a;
+  const ExpRange er = exp_range();
+  for (int64_t i = 0; i < n; ++i) {
+    const A g = static_cast<A>(gy[i]);
+    gz[i] = ACT == kLinear ? g : g * act_d1<ACT>((static_cast<A>(x[i]) - mu) * ra + b, al, er);
+  }
+  s[0] += lane_sum(n, [&](int64_t i) { return static_cast<double>(gz[i]); });
+  s[1] += lane_sum(n, [&](int64_t i) {
+    return static_cast<double>(gz[i]) * (static_cast<double>(static_cast<A>(x[i])) - mu);
+  });
+  s[2] += lane_sum(n, [&](int64_t i) { return static_cast<double>(static_cast<A>(x[i])) - mu; });
+}
+
+// gx = r * (a * gz - m_h - xhat * m_hx), xhat = (x - mean) * r, combined in double (see the header).
+template <typename T>
+FASTGAN_GN_INLINE void bwd_out_impl(const T* x, const acc_of<T>* gz, int64_t n, double mu, double r, double a,
+                                    double m_h, double m_hx, T* gx) {
+  using A = acc_of<T>;
+  for (int64_t i = 0; i < n; ++i) {
+    const double xh = (static_cast<double>(static_cast<A>(x[i])) - mu) * r;
+    gx[i] = static_cast<T>(static_cast<A>(r * (a * static_cast<double>(gz[i]) - m_h - xh * m_hx)));
+  }
+}
+
+// Each inner loop twice: baseline ISA and AVX2 (same bits, see the header), as plain function templates.
+#define FASTGAN_GN_CLONES(NAME, TPL, PARAMS, ARGS)                  \
+  template <TPL> void NAME##_base PARAMS { NAME##_impl ARGS; }     \
+  template <TPL> FASTGAN_GN_AVX2 void NAME##_avx2 PARAMS { NAME##_impl ARGS; }
+#define FASTGAN_COMMA ,
+FASTGAN_GN_CLONES(moments, typename T, (const T* x, int64_t n, Moments* m), <T>(x, n, m))
+FASTGAN_GN_CLONES(fwd_out, typename T FASTGAN_COMMA int ACT,
+                  (const T* x, int64_t n, acc_of<T> mh, acc_of<T> ml, acc_of<T> a, acc_of<T> b, acc_of<T> al, T* y),
+                  <T FASTGAN_COMMA ACT>(x, n, mh, ml, a, b, al, y))
+FASTGAN_GN_CLONES(bwd_sums, typename T FASTGAN_COMMA int ACT,
+                  (const T* x, const T* gy, int64_t n, acc_of<T> mu, acc_of<T> r, acc_of<T> a, acc_of<T> b,
+                   acc_of<T> al, acc_of<T>* gz, double* s),
+                  <T FASTGAN_COMMA ACT>(x, gy, n, mu, r, a, b, al, gz, s))
+FASTGAN_GN_CLONES(bwd_out, typename T,
+                  (const T* x, const acc_of<T>* gz, int64_t n, double mu, double r, double a, double m_h,
+                   double m_hx, T* gx),
+                  <T>(x, gz, n, mu, r, a, m_h, m_hx, gx))
+#undef FASTGAN_COMMA
+#undef FASTGAN_GN_CLONES
+
+bool use_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+
+template <typename T, int ACT>
+struct Loops {
+  decltype(&moments_base<T>) moments = use_avx2() ? &moments_avx2<T> : &moments_base<T>;
+  decltype(&fwd_out_base<T, ACT>) fwd_out = use_avx2() ? &fwd_out_avx2<T, ACT> : &fwd_out_base<T, ACT>;
+  decltype(&bwd_sums_base<T, ACT>) bwd_sums = use_avx2() ? &bwd_sums_avx2<T, ACT> : &bwd_sums_base<T, ACT>;
+  decltype(&bwd_out_base<T>) bwd_out = use_avx2() ? &bwd_out_avx2<T> : &bwd_out_base<T>;
+};
+
+// Per-thread scratch, kept between calls: a fresh 1 MiB vector per task was an mmap + page faults every call.
+template <typename A>
+A* scratch(int64_t n) {
+  thread_local std::vector<A> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
+// ------------------------------------------------------------------------------------------- work split
 struct Shape {
   int64_t N, C, G, Cg, L, M;  // M = Cg * L elements per group
 };
 
-template <typename A, typename Body>
-void for_each_group(const Shape& s, int nbuf, Body body) {
-  const int64_t grain = std::max<int64_t>(1, (1 << 16) / s.M);
-  at::parallel_for(0, s.N * s.G, grain, [&](int64_t begin, int64_t end) {
-    std::vector<A> storage(static_cast<size_t>(nbuf) * kChunk);
-    for (int64_t p = begin; p < end; ++p) body(p, storage.data());
-  });
+// Groups (fused statistics + output per task) unless there are fewer groups than threads and enough work to
+// share: then pieces of at most kChunk elements within a channel run, in two parallel regions.
+bool split_groups(const Shape& s) {
+  const int64_t threads = at::get_num_threads();
+  return threads > 1 && s.N * s.G < threads && s.N * s.C * s.L > kSerial && !at::in_parallel_region();
 }
+
+// f(begin, end) over [0, count) tasks of about `elems` elements each: on this thread for small inputs.
+template <typename F>
+void run_tasks(int64_t count, int64_t elems, const F& f) {
+  if (count * elems <= kSerial) {
+    f(0, count);
+    return;
+  }
+  at::parallel_for(0, count, std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, elems)), f);
+}
+
+// Pieces of the split path: piece q is elements [j0, j1) of channel run nc (= n*C + c).
+struct Pieces {
+  int64_t L, per_run, len;
+  explicit Pieces(int64_t L_) : L(L_), per_run((L_ + kChunk - 1) / kChunk), len(std::min(L_, kChunk)) {}
+  void at(int64_t q, int64_t& nc, int64_t& j0, int64_t& j1) const {
+    nc = q / per_run;
+    j0 = (q % per_run) * kChunk;
+    j1 = std::min(L, j0 + kChunk);
+  }
+};
 
 // ------------------------------------------------------------------------------------------------- forward
 // mean, var over the group; y = f((x - mean) * (rstd * scale[n, c]) + shift[n, c]).
@@ -107,42 +287,56 @@ template <typename T, int ACT>
 void fwd_kernel(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, double eps, double alpha,
                 const Shape& s, at::Tensor& y, at::Tensor& mean, at::Tensor& rstd) {
   using A = acc_of<T>;
+  const Loops<T, ACT> k;
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const double *sp = scale.data_ptr<double>(), *bp = shift.data_ptr<double>();
   A *mp = mean.data_ptr<A>(), *rp = rstd.data_ptr<A>();
   const A al = static_cast<A>(alpha);
-  for_each_group<A>(s, 2, [&](int64_t p, A* buf) {
-    const int64_t off = p * s.M;
-    double count = 0, mu = 0, m2 = 0;  // Chan's running (count, mean, M2)
-    for (int64_t r0 = 0; r0 < s.M; r0 += kChunk) {
-      const int64_t n = std::min(kChunk, s.M - r0);
-      const A* v = load(xp, off + r0, n, buf);
-      const double cm = lane_sum(n, [&](int64_t i) { return static_cast<double>(v[i]); }) / n;
-      const double cm2 = lane_sum(n, [&](int64_t i) {
-        const double d = static_cast<double>(v[i]) - cm;
-        return d * d;
-      });
-      const double delta = cm - mu, total = count + n;
-      mu += delta * n / total;
-      m2 += cm2 + delta * delta * count * n / total;
-      count = total;
-    }
-    const double r = 1.0 / std::sqrt(m2 / s.M + eps);
-    mp[p] = static_cast<A>(mu);
-    rp[p] = static_cast<A>(r);
-    // The mean as hi + lo in A: x - mean stays exact-ish when |mean| >> std (float input, large offset).
-    const A mu_hi = static_cast<A>(mu), mu_lo = static_cast<A>(mu - static_cast<double>(mu_hi));
-    for (int64_t ch = 0; ch < s.Cg; ++ch) {
-      const int64_t nc = p * s.Cg + ch;  // (n*G + g)*Cg + ch = n*C + c
-      const A a = static_cast<A>(sp[nc] * r), b = static_cast<A>(bp[nc]);
-      for (int64_t r0 = 0; r0 < s.L; r0 += kChunk) {
-        const int64_t n = std::min(kChunk, s.L - r0), o = off + ch * s.L + r0;
-        const A* v = load(xp, o, n, buf);
-        A* out = buf + kChunk;
-        for (int64_t i = 0; i < n; ++i) out[i] = act_f<ACT>(((v[i] - mu_hi) - mu_lo) * a + b, al);
-        store(yp, o, n, out);
+  std::vector<A> mean_lo(static_cast<size_t>(s.N * s.G));
+  auto finish = [&](int64_t p, const Moments& m) {
+    mp[p] = static_cast<A>(m.mean);
+    mean_lo[p] = static_cast<A>(m.mean - static_cast<double>(mp[p]));
+    rp[p] = static_cast<A>(1.0 / std::sqrt(m.m2 / s.M + eps));
+  };
+  // Elements [j0, j1) of channel run nc; the group's rstd times scale[nc] is the channel's multiplier.
+  auto emit = [&](int64_t nc, int64_t j0, int64_t j1) {
+    const int64_t p = nc / s.Cg;
+    const A a = static_cast<A>(sp[nc] * static_cast<double>(rp[p])), b = static_cast<A>(bp[nc]);
+    k.fwd_out(xp + nc * s.L + j0, j1 - j0, mp[p], mean_lo[p], a, b, al, yp + nc * s.L + j0);
+  };
+  if (!split_groups(s)) {
+    run_tasks(s.N * s.G, s.M, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        Moments m;
+        k.moments(xp + p * s.M, s.M, &m);  // a group is one contiguous run
+        finish(p, m);
+        for (int64_t ch = 0; ch < s.Cg; ++ch) emit(p * s.Cg + ch, 0, s.L);
       }
+    });
+    return;
+  }
+  const Pieces pc(s.L);
+  const int64_t count = s.N * s.C * pc.per_run;
+  std::vector<Moments> parts(static_cast<size_t>(count));
+  at::parallel_for(0, count, std::max<int64_t>(1, kTaskElems / pc.len), [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      int64_t nc, j0, j1;
+      pc.at(q, nc, j0, j1);
+      k.moments(xp + nc * s.L + j0, j1 - j0, &parts[q]);
+    }
+  });
+  for (int64_t p = 0; p < s.N * s.G; ++p) {
+    Moments m;
+    for (int64_t q = p * s.Cg * pc.per_run; q < (p + 1) * s.Cg * pc.per_run; ++q)
+      m.merge(parts[q].count, parts[q].mean, parts[q].m2);
+    finish(p, m);
+  }
+  at::parallel_for(0, count, std::max<int64_t>(1, kTaskElems / pc.len), [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      int64_t nc, j0, j1;
+      pc.at(q, nc, j0, j1);
+      emit(nc, j0, j1);
     }
   });
 }
@@ -150,79 +344,104 @@ void fwd_kernel(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& 
 // ------------------------------------------------------------------------------------------------ backward
 // gz = gy * f'(z); gscale = sum_L gz*xhat, gshift = sum_L gz per channel; with h = scale * gz and group means
 // m_h, m_hx of h and h*xhat: gx = rstd * (h - m_h - xhat * m_hx). The group sums follow from the per-channel
-// ones (sum h = sum_c scale_c * gshift_c, sum h*xhat = sum_c scale_c * gscale_c), so one reduction pass.
+// ones (sum h = sum_c scale_c * gshift_c, sum h*xhat = sum_c scale_c * gscale_c), so one reduction pass. On the
+// group path gz is kept for the output pass (per thread, groups up to kGzCap elements) rather than recomputed:
+// SiLU's exp twice per element was a third of the backward.
 template <typename T, int ACT>
 void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
                 const at::Tensor& scale, const at::Tensor& shift, double alpha, const Shape& s, at::Tensor& gx,
                 at::Tensor& gscale, at::Tensor& gshift) {
   using A = acc_of<T>;
+  const Loops<T, ACT> k;
   const T *xp = x.data_ptr<T>(), *gp = gy.data_ptr<T>();
   T* gxp = gx.data_ptr<T>();
   const A *mp = mean.data_ptr<A>(), *rp = rstd.data_ptr<A>();
   const double *sp = scale.data_ptr<double>(), *bp = shift.data_ptr<double>();
   double *gsp = gscale.data_ptr<double>(), *gbp = gshift.data_ptr<double>();
   const A al = static_cast<A>(alpha);
-  for_each_group<A>(s, 3, [&](int64_t p, A* buf) {
-    const int64_t off = p * s.M;
-    const A mu = mp[p], r = rp[p];
-    // gz of one chunk into buf + 2*kChunk (or gy itself for linear).
-    auto chunk_gz = [&](int64_t o, int64_t n, A a, A b, const A*& xs) -> const A* {
-      xs = load(xp, o, n, buf);
-      const A* gs = load(gp, o, n, buf + kChunk);
-      if constexpr (ACT == kLinear) return gs;
-      A* gz = buf + 2 * kChunk;
-      for (int64_t i = 0; i < n; ++i) gz[i] = gs[i] * act_d1<ACT>((xs[i] - mu) * r * a + b, al);
-      return gz;
-    };
-    // mean was stored rounded to A; delta = exact mean - stored mean comes free from pass 1 (x is loaded anyway)
-    // and corrects every x - mean below: on small groups of close values rstd is large and the rounding of the
-    // stored mean showed in gscale (up to 8x eager's error).
-    std::vector<double> sg(s.Cg), sgx(s.Cg);
+  // gz of elements [j0, j1) of channel run nc into gz; their three sums added to sums.
+  auto sums_of = [&](int64_t nc, int64_t j0, int64_t j1, A* gz, double* sums) {
+    const int64_t p = nc / s.Cg, o = nc * s.L + j0;
+    k.bwd_sums(xp + o, gp + o, j1 - j0, mp[p], rp[p], static_cast<A>(sp[nc]), static_cast<A>(bp[nc]), al, gz, sums);
+  };
+  // Group p's output-pass constants from its per-channel sums[3 * ch + {0, 1, 2}] = sum gz, sum gz * (x - mean),
+  // sum (x - mean) (mean as stored, rounded to A); writes gscale, gshift. delta = exact - stored mean comes free
+  // and corrects every x - mean: on small groups of close values rstd is large and the stored mean's rounding
+  // showed in gscale (up to 8x eager's error).
+  struct Coef {
+    double mu, m_h, m_hx;
+  };
+  auto finish = [&](int64_t p, const double* sums) -> Coef {
+    const double r = rp[p];
     double sx = 0;
-    for (int64_t ch = 0; ch < s.Cg; ++ch) {
-      const int64_t nc = p * s.Cg + ch;
-      double s_g = 0, s_gx = 0;  // s_gx = sum(gz * (x - mean))
-      for (int64_t r0 = 0; r0 < s.L; r0 += kChunk) {
-        const int64_t n = std::min(kChunk, s.L - r0);
-        const A* xs;
-        const A* gz = chunk_gz(off + ch * s.L + r0, n, static_cast<A>(sp[nc]), static_cast<A>(bp[nc]), xs);
-        s_g += lane_sum(n, [&](int64_t i) { return static_cast<double>(gz[i]); });
-        s_gx += lane_sum(n, [&](int64_t i) {
-          return static_cast<double>(gz[i]) * (static_cast<double>(xs[i]) - mu);
-        });
-        sx += lane_sum(n, [&](int64_t i) { return static_cast<double>(xs[i]) - mu; });
-      }
-      sg[ch] = s_g;
-      sgx[ch] = s_gx;
-    }
-    const double delta = sx / s.M, mu_d = static_cast<double>(mu) + delta;
+    for (int64_t ch = 0; ch < s.Cg; ++ch) sx += sums[3 * ch + 2];
+    const double delta = sx / s.M;
     double h = 0, hx = 0;
     for (int64_t ch = 0; ch < s.Cg; ++ch) {
       const int64_t nc = p * s.Cg + ch;
-      const double s_gx = (sgx[ch] - delta * sg[ch]) * r;  // sum(gz * xhat) about the exact mean
-      gsp[nc] = s_gx;
-      gbp[nc] = sg[ch];
-      h += sp[nc] * sg[ch];
-      hx += sp[nc] * s_gx;
+      const double sg = sums[3 * ch], sgx = (sums[3 * ch + 1] - delta * sg) * r;  // sum(gz * xhat), exact mean
+      gsp[nc] = sgx;
+      gbp[nc] = sg;
+      h += sp[nc] * sg;
+      hx += sp[nc] * sgx;
     }
-    // The output combination cancels (gx is the projection of h off 1 and xhat), so it runs in double: in float
-    // its roundings were up to 3x eager's error on small groups.
-    const double m_h = h / s.M, m_hx = hx / s.M, rd = r;
-    for (int64_t ch = 0; ch < s.Cg; ++ch) {
-      const int64_t nc = p * s.Cg + ch;
-      const double a = sp[nc];
-      for (int64_t r0 = 0; r0 < s.L; r0 += kChunk) {
-        const int64_t n = std::min(kChunk, s.L - r0), o = off + ch * s.L + r0;
-        const A* xs;
-        const A* gz = chunk_gz(o, n, static_cast<A>(a), static_cast<A>(bp[nc]), xs);
-        // Written in gy's slot: element i of gz (possibly that slot) is read before out[i] is written.
-        A* out = buf + kChunk;
-        for (int64_t i = 0; i < n; ++i) {
-          const double xh = (static_cast<double>(xs[i]) - mu_d) * rd;
-          out[i] = static_cast<A>(rd * (a * gz[i] - m_h - xh * m_hx));
-        }
-        store(gxp, o, n, out);
+    return Coef{static_cast<double>(mp[p]) + delta, h / s.M, hx / s.M};
+  };
+  auto emit = [&](int64_t nc, int64_t j0, int64_t j1, const A* gz, const Coef& c) {
+    const int64_t o = nc * s.L + j0;
+    k.bwd_out(xp + o, gz, j1 - j0, c.mu, rp[nc / s.Cg], sp[nc], c.m_h, c.m_hx, gxp + o);
+  };
+  if (!split_groups(s)) {
+    const bool keep = s.M <= kGzCap;
+    run_tasks(s.N * s.G, s.M, [&](int64_t begin, int64_t end) {
+      A* gz = scratch<A>(keep ? s.M : kChunk);
+      std::vector<double> sums(static_cast<size_t>(3 * s.Cg));
+      for (int64_t p = begin; p < end; ++p) {
+        std::fill(sums.begin(), sums.end(), 0.0);
+        for (int64_t ch = 0; ch < s.Cg; ++ch)
+          for (int64_t j0 = 0; j0 < s.L; j0 += kChunk)
+            sums_of(p * s.Cg + ch, j0, std::min(s.L, j0 + kChunk), keep ? gz + ch * s.L + j0 : gz, &sums[3 * ch]);
+        const Coef c = finish(p, sums.data());
+        double unused[3] = {0, 0, 0};
+        for (int64_t ch = 0; ch < s.Cg; ++ch)
+          for (int64_t j0 = 0; j0 < s.L; j0 += kChunk) {
+            const int64_t nc = p * s.Cg + ch, j1 = std::min(s.L, j0 + kChunk);
+            if (!keep) sums_of(nc, j0, j1, gz, unused);
+            emit(nc, j0, j1, keep ? gz + ch * s.L + j0 : gz, c);
+          }
       }
+    });
+    return;
+  }
+  // Split path: sums per piece, merged per channel in piece order; the output pass recomputes gz.
+  const Pieces pc(s.L);
+  const int64_t count = s.N * s.C * pc.per_run, grain = std::max<int64_t>(1, kTaskElems / pc.len);
+  std::vector<double> parts(static_cast<size_t>(3 * count), 0.0);
+  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
+    A* gz = scratch<A>(kChunk);
+    for (int64_t q = begin; q < end; ++q) {
+      int64_t nc, j0, j1;
+      pc.at(q, nc, j0, j1);
+      sums_of(nc, j0, j1, gz, &parts[3 * q]);
+    }
+  });
+  std::vector<Coef> coefs(static_cast<size_t>(s.N * s.G));
+  std::vector<double> sums(static_cast<size_t>(3 * s.Cg));
+  for (int64_t p = 0; p < s.N * s.G; ++p) {
+    std::fill(sums.begin(), sums.end(), 0.0);
+    for (int64_t ch = 0; ch < s.Cg; ++ch)
+      for (int64_t j = 0; j < pc.per_run; ++j)
+        for (int v = 0; v < 3; ++v) sums[3 * ch + v] += parts[3 * ((p * s.Cg + ch) * pc.per_run + j) + v];
+    coefs[p] = finish(p, sums.data());
+  }
+  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
+    A* gz = scratch<A>(kChunk);
+    double unused[3] = {0, 0, 0};
+    for (int64_t q = begin; q < end; ++q) {
+      int64_t nc, j0, j1;
+      pc.at(q, nc, j0, j1);
+      sums_of(nc, j0, j1, gz, unused);
+      emit(nc, j0, j1, gz, coefs[nc / s.Cg]);
     }
   });
 }
