@@ -23,13 +23,19 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <cmath>
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 namespace fastgan {
 namespace {
+
+#define FASTGAN_ALWAYS_INLINE inline __attribute__((always_inline))
 
 enum Act : int64_t { kLinear = 0, kRelu, kLrelu, kTanh, kSigmoid, kSilu, kGelu, kNumActs };
 
@@ -102,49 +108,173 @@ inline A act_d2(A z, A alpha) {
   return A(0) * z;  // piecewise linear: 0 (NaN for NaN z)
 }
 
+// 16-bit <-> float conversions restating c10's portable ones bit for bit (fp16_ieee_to_fp32_value,
+// fp16_ieee_from_fp32_value, BFloat16's f32_from_bits and round_to_nearest_even: what c10::Half / c10::BFloat16
+// compile to without F16C, as in this build), with every branch written as a select so GCC vectorises them: through
+// c10's operators the half and bfloat16 loops stayed scalar in every ISA clone.
+FASTGAN_ALWAYS_INLINE float half_to_float(uint16_t h) {
+  const uint32_t w = uint32_t(h) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const float normalized = std::bit_cast<float>((two_w >> 4) + (0xE0u << 23)) * std::bit_cast<float>(15u << 23);
+  const float denormalized = std::bit_cast<float>((two_w >> 17) | (126u << 23)) - 0.5f;
+  const uint32_t bits = two_w < (1u << 27) ? std::bit_cast<uint32_t>(denormalized) : std::bit_cast<uint32_t>(normalized);
+  return std::bit_cast<float>(sign | bits);
+}
+
+FASTGAN_ALWAYS_INLINE uint16_t float_to_half(float f) {
+  float base = (std::fabs(f) * std::bit_cast<float>(239u << 23)) * std::bit_cast<float>(17u << 23);
+  const uint32_t w = std::bit_cast<uint32_t>(f);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  bias = bias < 0x71000000u ? 0x71000000u : bias;
+  base = std::bit_cast<float>((bias >> 1) + 0x07800000u) + base;  // must not become an FMA (see the clones)
+  const uint32_t bits = std::bit_cast<uint32_t>(base);
+  const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+  return uint16_t((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+FASTGAN_ALWAYS_INLINE float bf16_to_float(uint16_t b) {
+  return std::bit_cast<float>(uint32_t(b) << 16);
+}
+
+FASTGAN_ALWAYS_INLINE uint16_t float_to_bf16(float f) {
+  const uint32_t u = std::bit_cast<uint32_t>(f);
+  const uint32_t rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
+  return uint16_t(f != f ? 0x7FC0u : rounded);  // NaN: c10's canonical quiet NaN
+}
+
+// x's element in the compute type A, and back: the conversions above for the 16-bit types (a double A gets the
+// float value, and a double result is rounded to float first, as c10::Half(double) and c10::BFloat16(double) do).
+template <typename A, typename T>
+FASTGAN_ALWAYS_INLINE A load_as(const T& v) {
+  if constexpr (std::is_same_v<T, c10::Half>) return A(half_to_float(v.x));
+  else if constexpr (std::is_same_v<T, c10::BFloat16>) return A(bf16_to_float(v.x));
+  else return A(v);
+}
+
+template <typename T, typename A>
+FASTGAN_ALWAYS_INLINE T store_as(A v) {
+  if constexpr (std::is_same_v<T, c10::Half>) return T(float_to_half(float(v)), T::from_bits());
+  else if constexpr (std::is_same_v<T, c10::BFloat16>) return T(float_to_bf16(float(v)), T::from_bits());
+  else return T(v);
+}
+
 struct Params {
   int64_t numel, C, inner;
   double alpha, gain, clamp;
 };
 
-// Calls run(i0, len, b, bstep) over [0, numel) in parallel: elements i0 .. i0 + len - 1 have bias b[j * bstep];
-// bstep (0 or 1) is a compile-time constant, so the loops vectorise.
+// Calls run(i0, len, b, bstep) over [begin, end): elements i0 .. i0 + len - 1 have bias b[j * bstep]; bstep (0 or
+// 1) is a compile-time constant, so the loops vectorise. Always inlined, with run's loop, into the ISA clones below:
+// the whole chunk is compiled for the clone's ISA, and a short run (channels_last with a small C) costs no call.
 template <typename A, typename Run>
-void for_each_run(const Params& p, const A* bias, Run run) {
+FASTGAN_ALWAYS_INLINE void chunk_runs(const Params& p, const A* bias, int64_t begin, int64_t end, const Run& run) {
   const int64_t C = p.C, inner = p.inner;
-  at::parallel_for(0, p.numel, 32768, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    while (i < end) {
-      if (inner == 1) {  // bias index walks with the offset, wrapping every C elements
-        const int64_t c = i % C;
-        const int64_t len = std::min(end - i, C - c);
-        run(i, len, bias + c, std::integral_constant<int64_t, 1>{});
-        i += len;
-      } else {  // a run of `inner` elements shares one channel
-        const int64_t c = (i / inner) % C;
-        const int64_t len = std::min(end - i, inner - i % inner);
-        run(i, len, bias + c, std::integral_constant<int64_t, 0>{});
-        i += len;
-      }
+  int64_t i = begin;
+  while (i < end) {
+    if (inner == 1) {  // bias index walks with the offset, wrapping every C elements
+      const int64_t c = i % C;
+      const int64_t len = std::min(end - i, C - c);
+      run(i, len, bias + c, std::integral_constant<int64_t, 1>{});
+      i += len;
+    } else {  // a run of `inner` elements shares one channel
+      const int64_t c = (i / inner) % C;
+      const int64_t len = std::min(end - i, inner - i % inner);
+      run(i, len, bias + c, std::integral_constant<int64_t, 0>{});
+      i += len;
     }
+  }
+}
+
+// ISA clones of a chunk. The build has no -march (the wheel runs on any x86-64), so plain code is SSE2: 4 floats a
+// vector, and 16-bit <-> float conversions mostly scalar; eager PyTorch picks AVX2/AVX-512 kernels at run time and
+// was 2x faster on in-cache tensors. Each chunk is compiled three times, for the baseline, AVX2 and AVX-512
+// (F/BW/VL/DQ), and the best the CPU (and OS) supports is picked once. None of the targets enables FMA (GCC keeps
+// FMA out of "avx2" and "avx512f"; -std=c++20 also means -ffp-contract=off), nothing is reassociated, and every
+// element is computed on its own (no reductions), so the three clones give the same bits (checked by
+// tests/test_bias_act.py::test_isa_clones_bitwise_equal). ATEN_CPU_CAPABILITY=default|avx2|avx512 caps the choice as
+// it does for ATen's own kernels. Manual dispatch rather than target_clones: GCC's function multiversioning does
+// not take templates.
+enum Isa { kIsaBase = 0, kIsaAvx2, kIsaAvx512 };
+
+Isa detect_isa() {
+  __builtin_cpu_init();
+  Isa isa = kIsaBase;
+  if (__builtin_cpu_supports("avx2")) isa = kIsaAvx2;
+  if (isa == kIsaAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    isa = kIsaAvx512;
+  if (const char* cap = std::getenv("ATEN_CPU_CAPABILITY")) {
+    const std::string c(cap);
+    if (c == "default") isa = kIsaBase;
+    if (c == "avx2") isa = std::min(isa, kIsaAvx2);
+  }
+  return isa;
+}
+
+Isa cpu_isa() {
+  static const Isa isa = detect_isa();
+  return isa;
+}
+
+template <typename A, typename Run>
+void chunk_base(const Params& p, const A* bias, int64_t begin, int64_t end, const Run& run) {
+  chunk_runs(p, bias, begin, end, run);
+}
+template <typename A, typename Run>
+__attribute__((target("avx2"))) void chunk_avx2(const Params& p, const A* bias, int64_t begin, int64_t end,
+                                                 const Run& run) {
+  chunk_runs(p, bias, begin, end, run);
+}
+template <typename A, typename Run>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512"), optimize("fp-contract=off")))
+void chunk_avx512(
+    const Params& p, const A* bias, int64_t begin, int64_t end, const Run& run) {
+  chunk_runs(p, bias, begin, end, run);
+}
+
+// run over [0, numel) in parallel. VEC: whether the loop vectorises at all (the piecewise-linear activations); the
+// others call scalar libm per element, gain nothing from a wider ISA, and get only the baseline clone.
+template <bool VEC, typename A, typename Run>
+void for_each_run(const Params& p, const A* bias, const Run& run) {
+  const Isa isa = VEC ? cpu_isa() : kIsaBase;
+  at::parallel_for(0, p.numel, 32768, [&](int64_t begin, int64_t end) {
+    if constexpr (VEC) {
+      if (isa == kIsaAvx512) return chunk_avx512(p, bias, begin, end, run);
+      if (isa == kIsaAvx2) return chunk_avx2(p, bias, begin, end, run);
+    }
+    chunk_base(p, bias, begin, end, run);
   });
 }
 
 template <typename T, int64_t ACT, bool CLAMP>
-void fwd_kernel(const T* x, const acc_t<T>* bias, T* y, const Params& p) {
+struct FwdRun {
   using A = acc_t<T>;
-  const A alpha = A(p.alpha), gain = A(p.gain), c = A(p.clamp);
-  for_each_run<A>(p, bias, [&](int64_t i0, int64_t len, const A* b, auto bstep) {
-    const A al = alpha, ga = gain, cl = c;  // locals (registers), see grad_kernel
+  const T* x;
+  T* y;
+  A al, ga, cl;  // copies of the constants (registers), see GradRun
+  template <int64_t BSTEP>
+  FASTGAN_ALWAYS_INLINE void operator()(int64_t i0, int64_t len, const A* b,
+                                        std::integral_constant<int64_t, BSTEP>) const {
+    const A al_ = al, ga_ = ga, cl_ = cl;
     const T* __restrict xp = x + i0;
     T* __restrict yp = y + i0;
 #pragma omp simd
     for (int64_t j = 0; j < len; ++j) {
-      A v = act_f<ACT>(A(xp[j]) + b[j * bstep], al) * ga;
-      if constexpr (CLAMP) v = v < -cl ? -cl : (v > cl ? cl : v);  // NaN compares false: stays NaN
-      yp[j] = T(v);
+      A v = act_f<ACT>(load_as<A>(xp[j]) + b[j * BSTEP], al_) * ga_;
+      if constexpr (CLAMP) v = v < -cl_ ? -cl_ : (v > cl_ ? cl_ : v);  // NaN compares false: stays NaN
+      yp[j] = store_as<T>(v);
     }
-  });
+  }
+};
+
+template <typename T, int64_t ACT, bool CLAMP>
+void fwd_kernel(const T* x, const acc_t<T>* bias, T* y, const Params& p) {
+  using A = acc_t<T>;
+  const FwdRun<T, ACT, CLAMP> run{x, y, A(p.alpha), A(p.gain), A(p.clamp)};
+  for_each_run<(ACT <= kLrelu)>(p, bias, run);
 }
 
 // MODE 1: out = g * gain * f'(z) * m; MODE 2: out = g * h * gain * f''(z) * m. Computed in double for every
@@ -156,38 +286,51 @@ template <int64_t ACT, typename T>
 using grad_acc_t = std::conditional_t<(ACT <= kLrelu), acc_t<T>, double>;
 
 template <typename T, int64_t ACT, bool CLAMP, int MODE>
-void grad_kernel(const T* g, const T* h, const T* x, const grad_acc_t<ACT, T>* bias, T* out, const Params& p) {
+struct GradRun {
   using A = grad_acc_t<ACT, T>;
-  const A alpha = A(p.alpha), gain = A(p.gain), c = A(p.clamp);
-  for_each_run<A>(p, bias, [&](int64_t i0, int64_t len, const A* b, auto bstep) {
+  const T* g;
+  const T* h;
+  const T* x;
+  T* out;
+  A al, ga, cl;
+  template <int64_t BSTEP>
+  FASTGAN_ALWAYS_INLINE void operator()(int64_t i0, int64_t len, const A* b,
+                                        std::integral_constant<int64_t, BSTEP>) const {
     // Constants as locals and restrict pointers, so they stay in registers. The selects below become vector
     // blends only with -fno-trapping-math (setup.py): without it the relu/lrelu backward and every clamped path
     // ran as a compare-and-branch per element (1.5-3.8 ms for 1M random floats; 0.1-0.4 ms with it).
-    const A al = alpha, ga = gain, cl = c;
-    const A slope_pos = ga, slope_neg = ACT == kRelu ? A(0) : ga * al;
+    const A al_ = al, ga_ = ga, cl_ = cl;
+    const A slope_pos = ga_, slope_neg = ACT == kRelu ? A(0) : ga_ * al_;
     const T* __restrict gp = g + i0;
     const T* __restrict hp = MODE == 2 ? h + i0 : g + i0;
     const T* __restrict xp = x + i0;
     T* __restrict op = out + i0;
 #pragma omp simd
     for (int64_t j = 0; j < len; ++j) {
-      const A z = A(xp[j]) + b[j * bstep];
+      const A z = load_as<A>(xp[j]) + b[j * BSTEP];
       A o;
       if constexpr (MODE == 1 && (ACT == kRelu || ACT == kLrelu)) {
-        o = A(gp[j]) * (z > A(0) ? slope_pos : slope_neg);  // a select of two slopes, not gain * f'(z)
+        o = load_as<A>(gp[j]) * (z > A(0) ? slope_pos : slope_neg);  // a select of two slopes, not gain * f'(z)
       } else if constexpr (MODE == 1) {
-        o = A(gp[j]) * (ga * act_d1<ACT>(z, al));
+        o = load_as<A>(gp[j]) * (ga_ * act_d1<ACT>(z, al_));
       } else {
-        o = A(gp[j]) * A(hp[j]) * (ga * act_d2<ACT>(z, al));
+        o = load_as<A>(gp[j]) * load_as<A>(hp[j]) * (ga_ * act_d2<ACT>(z, al_));
       }
       if constexpr (CLAMP) {
-        const A v = act_f<ACT>(z, al) * ga;
+        const A v = act_f<ACT>(z, al_) * ga_;
         const A lim = v < A(0) ? -v : v;  // |v| as a select (NaN stays NaN and keeps o below)
-        o = lim > cl ? A(0) : o;           // clamped outputs pass no gradient
+        o = lim > cl_ ? A(0) : o;          // clamped outputs pass no gradient
       }
-      op[j] = T(o);
+      op[j] = store_as<T>(o);
     }
-  });
+  }
+};
+
+template <typename T, int64_t ACT, bool CLAMP, int MODE>
+void grad_kernel(const T* g, const T* h, const T* x, const grad_acc_t<ACT, T>* bias, T* out, const Params& p) {
+  using A = grad_acc_t<ACT, T>;
+  const GradRun<T, ACT, CLAMP, MODE> run{g, h, x, out, A(p.alpha), A(p.gain), A(p.clamp)};
+  for_each_run<(ACT <= kLrelu)>(p, bias, run);
 }
 
 // Compile-time activation and clamp flag from the runtime arguments.

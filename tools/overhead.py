@@ -13,6 +13,7 @@ and prints the median µs per call over the rounds with the spread (min-max of t
     python tools/overhead.py -k bias_act -k fwd+bwd # cases whose name contains every -k
     python tools/overhead.py --profile "bias_act lrelu nobias 2x16x32x32 fwd+bwd public"   # cProfile one variant
     python tools/overhead.py --json /tmp/o.json     # also write the numbers
+    python tools/overhead.py --large --iters 5 --threads 2   # bias_act at 8x64x128x128 instead
 
 To compare two trees (before/after), run it alternately with ``PYTHONPATH=<tree>`` from outside both checkouts.
 """
@@ -34,6 +35,7 @@ import fastgan.nn as fnn
 import fastgan.ops as fops
 
 SIZES = ((2, 16, 32, 32), (2, 64, 16, 16))
+LARGE = (8, 64, 128, 128)  # --large: 8M elements (32 MB fp32), out of cache: memory-bound, threads matter
 LRELU = 2  # ACT_CODES["lrelu"]
 
 
@@ -41,7 +43,7 @@ def _grad(outs, ins, gout):
     return torch.autograd.grad(outs, ins, gout)
 
 
-def bias_act_cases(shape, with_bias: bool):
+def bias_act_cases(shape, with_bias: bool, dbl: bool = True):
     torch.manual_seed(0)
     x = torch.randn(shape)
     c = shape[1]
@@ -67,7 +69,7 @@ def bias_act_cases(shape, with_bias: bool):
     }
     tag = f"bias_act lrelu {'bias' if with_bias else 'nobias'} {'x'.join(map(str, shape))}"
     out = {f"{tag} fwd": fwd, f"{tag} fwd+bwd": fwdbwd}
-    if not with_bias:
+    if dbl and not with_bias:
         # R1-style: gradient with create_graph, then the gradient of its squared norm (double backward).
         def dbl(f):
             def run():
@@ -159,6 +161,14 @@ def adain_cases(shape, style_dim: int = 16):
     return {f"{tag} fwd": fwd, f"{tag} fwd+bwd": fwdbwd}
 
 
+def large_cases():
+    """bias_act lrelu fwd and fwd+bwd at LARGE, with and without bias (use fewer --iters)."""
+    cases = {}
+    for with_bias in (False, True):
+        cases.update(bias_act_cases(LARGE, with_bias, dbl=False))
+    return cases
+
+
 def all_cases():
     cases = {}
     for shape in SIZES:
@@ -199,9 +209,10 @@ def main(argv=None) -> int:
     ap.add_argument("-k", action="append", default=[], help="only cases whose name contains this (repeatable)")
     ap.add_argument("--profile", metavar="CASE VARIANT", help="cProfile one variant ('<case name> <variant>')")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--large", action="store_true", help=f"bias_act cases at {LARGE} instead of the small ones")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cases = all_cases()
+    cases = large_cases() if args.large else all_cases()
     if args.profile:
         case, _, variant = args.profile.rpartition(" ")
         fn = cases[case][variant]
