@@ -1,11 +1,12 @@
 """fastgan.models.unet.UNet: shapes over odd configurations, class conditioning with the null class, gradient flow,
-the fused norm+SiLU, configuration errors, and sampling with the DDPM/DDIM samplers. Tiny models only."""
+the ResBlock on fused GroupNorm+SiLU+scale-shift against plain torch, configuration errors, and sampling with the DDPM/DDIM samplers. Tiny models only."""
 import pytest
 import torch
 import torch.nn.functional as F
 
+import fastgan.nn
 from fastgan.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule
-from fastgan.models.unet import UNet, _norm_silu, timestep_embedding
+from fastgan.models.unet import ResBlock, UNet, timestep_embedding
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,18 +88,33 @@ def test_gradients_flow_to_every_parameter():
     assert x.grad.abs().max() > 0
 
 
-def test_fused_norm_silu_equals_groupnorm_then_silu():
-    norm = torch.nn.GroupNorm(4, 12)
+def test_resblock_equals_the_plain_torch_formulation():
+    """A ResBlock on fastgan's GroupNorm (SiLU and the AdaGN scale-shift fused into the norm) against the same
+    parameters run through nn.GroupNorm, F.silu and addcmul, in float64, values and gradients."""
+    torch.manual_seed(3)
+    blk = ResBlock(12, 8, emb_dim=6, dropout=0.0, max_groups=4).double()
+    randomize_zero_inits(blk)
     with torch.no_grad():
-        norm.weight.normal_()
-        norm.bias.normal_()
+        for norm in (blk.norm1, blk.norm2):
+            norm.weight.normal_()
+            norm.bias.normal_()
+    assert isinstance(blk.norm1, fastgan.nn.GroupNorm) and isinstance(blk.norm1, torch.nn.GroupNorm)
     x = torch.randn(2, 12, 5, 3, dtype=torch.float64, requires_grad=True)
-    norm = norm.double()
-    got, want = _norm_silu(norm, x), F.silu(norm(x))
+    emb = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+
+    def plain(x, emb):
+        gn = lambda norm, h: F.group_norm(h, norm.num_groups, norm.weight, norm.bias, norm.eps)  # noqa: E731
+        h = blk.conv1(F.silu(gn(blk.norm1, x)))
+        scale, shift = blk.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = blk.conv2(F.silu(torch.addcmul(shift, gn(blk.norm2, h), 1 + scale)))
+        return blk.skip(x) + h
+
+    got, want = blk(x, emb), plain(x, emb)
     assert (got - want).abs().max().item() < 1e-12
-    g1 = torch.autograd.grad(got.sum(), [x, norm.bias])
-    g2 = torch.autograd.grad(want.sum(), [x, norm.bias])
-    assert all((a - b).abs().max().item() < 1e-10 for a, b in zip(g1, g2))
+    params = [x, emb, blk.norm1.weight, blk.norm2.bias, blk.emb.weight]
+    g1 = torch.autograd.grad(got.square().sum(), params)
+    g2 = torch.autograd.grad(want.square().sum(), params)
+    assert all((a - b).abs().max().item() < 1e-10 * (1 + b.abs().max().item()) for a, b in zip(g1, g2))
 
 
 def test_timestep_embedding():
@@ -151,3 +167,14 @@ def test_samplers_run_with_the_unet(sampler):
     for out in (plain, cond, guided):
         assert out.shape == x_T.shape and torch.isfinite(out).all()
     assert not torch.allclose(plain, cond) and not torch.allclose(cond, guided)
+
+
+def test_compile_fullgraph_traces_the_unet():
+    """Every fastgan op in the UNet (group norm with SiLU and scale-shift) traces under fullgraph=True."""
+    model = UNet(base_channels=8, channel_mult=(1, 2), img_size=8, attn_resolutions=(4,), norm_groups=4,
+                 num_classes=3)
+    randomize_zero_inits(model)
+    x, t, y = torch.randn(2, 3, 8, 8), torch.tensor([3, 5]), torch.tensor([0, 3])
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    got, want = compiled(x, t, y), model(x, t, y)
+    assert want.abs().max() > 0 and torch.allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -5,11 +5,11 @@ followed by self-attention) with strided-conv downsampling; a middle ResBlock-At
 concatenates the encoder's skip activations, with nearest-neighbour upsampling; GroupNorm + SiLU + conv out.
 
 Residual blocks condition on the time (+ class) embedding by scale-shift ("AdaGN"): ``h = norm(h) * (1 + scale)
-+ shift``. Normalisation is ``torch.nn.GroupNorm`` followed by fastgan's fused ``bias_act(act="silu")`` (the norm's
-bias is added inside the activation pass); a fused group-norm kernel family does not exist in fastgan yet, so the
-norm itself is PyTorch's. Attention uses ``F.scaled_dot_product_attention``. The convolutions that end a residual
-branch and the output convolution are zero-initialised, so an untrained model outputs zeros and each block starts
-as the identity.
++ shift``. Every normalisation is :class:`fastgan.nn.GroupNorm` (a ``torch.nn.GroupNorm`` subclass: same
+parameters and state_dict keys) on fastgan's fused group-norm kernel: the SiLU that follows a norm and the
+scale-shift are applied in the norm's output pass, not as separate element passes. Attention uses
+``F.scaled_dot_product_attention``. The convolutions that end a residual branch and the output convolution are
+zero-initialised, so an untrained model outputs zeros and each block starts as the identity.
 
 Class conditioning (``num_classes=K``) learns ``K + 1`` class embeddings: index ``K`` is the null class for
 classifier-free guidance (``y=None`` means "all null"), so :class:`~fastgan.diffusion.DDPMSampler` runs CFG with
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.bias_act import bias_act
+from ..nn.group_norm import GroupNorm
 
 __all__ = ["UNet", "timestep_embedding"]
 
@@ -56,12 +56,6 @@ def _zero(module: nn.Module) -> nn.Module:
     return module
 
 
-def _norm_silu(norm: nn.GroupNorm, h: torch.Tensor) -> torch.Tensor:
-    """GroupNorm with its bias folded into the fused SiLU pass: one fewer element pass than norm then act."""
-    h = F.group_norm(h, norm.num_groups, norm.weight, None, norm.eps)
-    return bias_act(h, norm.bias, act="silu")
-
-
 class ResBlock(nn.Module):
     """GN-SiLU-conv, then AdaGN(emb)-SiLU-dropout-conv (zero-init), plus a (1x1 conv) skip.
 
@@ -74,20 +68,19 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, max_groups: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(in_ch, max_groups), in_ch)
+        self.norm1 = GroupNorm(_groups(in_ch, max_groups), in_ch, act="silu")
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_ch)
-        self.norm2 = nn.GroupNorm(_groups(out_ch, max_groups), out_ch)
+        self.norm2 = GroupNorm(_groups(out_ch, max_groups), out_ch, act="silu")
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """``x (N, in_ch, H, W)``, ``emb (N, emb_dim)`` (already SiLU-activated) -> ``(N, out_ch, H, W)``."""
-        h = self.conv1(_norm_silu(self.norm1, x))
-        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h)
-        h = bias_act(torch.addcmul(shift, h, 1 + scale), None, act="silu")  # norm(h) (1 + scale) + shift
+        h = self.conv1(self.norm1(x))
+        scale, shift = self.emb(emb).chunk(2, dim=1)  # (N, out_ch) each
+        h = self.norm2(h, scale=scale, shift=shift)  # silu(norm(h) (1 + scale) + shift), one pass
         h = self.conv2(self.dropout(h))
         return self.skip(x) + h
 
@@ -98,7 +91,7 @@ class AttnBlock(nn.Module):
     def __init__(self, ch: int, num_heads: int, max_groups: int):
         super().__init__()
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(_groups(ch, max_groups), ch)
+        self.norm = GroupNorm(_groups(ch, max_groups), ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = _zero(nn.Conv2d(ch, ch, 1))
 
@@ -216,7 +209,7 @@ class UNet(nn.Module):
                     layers.append(Upsample(width))
                 self.up.append(nn.ModuleList(layers))
                 ch = width
-        self.norm_out = nn.GroupNorm(_groups(ch, norm_groups), ch)
+        self.norm_out = GroupNorm(_groups(ch, norm_groups), ch, act="silu")
         self.conv_out = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
 
     def _check(self, x, t, y):
@@ -240,11 +233,11 @@ class UNet(nn.Module):
         if y.dtype.is_floating_point or y.dtype == torch.bool or y.shape != (n,):
             raise ValueError(f"fastgan: UNet y must be an (N,) = ({n},) integer tensor, got {tuple(y.shape)} "
                              f"{y.dtype}")
-        if y.device.type == "cpu":
+        if y.device.type == "cpu" and not torch.compiler.is_compiling():  # traced: the async assert (no break)
             if y.numel() and not bool(((y >= 0) & (y <= self.num_classes)).all()):
                 raise ValueError(f"fastgan: UNet class labels must be in [0, {self.num_classes}] "
                                  f"({self.num_classes} = null class), got {y.min().item()}..{y.max().item()}")
-        else:  # no host sync on accelerators: an asynchronous assert
+        else:  # no host sync on accelerators (nor a graph break when traced): an asynchronous assert
             torch._assert_async(((y >= 0) & (y <= self.num_classes)).all(), "fastgan: UNet class label out of range")
         return t, y
 
@@ -278,4 +271,4 @@ class UNet(nn.Module):
             h = torch.cat([h, hs.pop()], dim=1)
             for layer in layers:
                 h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
-        return self.conv_out(_norm_silu(self.norm_out, h))
+        return self.conv_out(self.norm_out(h))
