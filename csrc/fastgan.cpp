@@ -20,12 +20,15 @@ TORCH_LIBRARY(fastgan, m) {
       "Tensor rstd, Tensor scale, float eps) -> (Tensor, Tensor, Tensor)");
   // Group norm with a per-(n, c) affine and a fused activation (math: fastgan/ops/group_norm_kernels.py).
   // mean/rstd are (N, G); act as bias_act's codes (0 linear, 1 relu, 2 lrelu with slope alpha, 5 silu).
+  // gamma/beta: optional per-element modulation maps (SPADE), both or neither: y = f(z + z * gamma + beta).
+  // bwd returns (gx, gscale, gshift, ggamma, gbeta); ggamma/gbeta have 0 elements without maps, gbeta also for
+  // linear act (it is grad_y).
   m.def(
-      "group_norm_fwd(Tensor x, Tensor scale, Tensor shift, int groups, float eps, int act, float alpha) "
-      "-> (Tensor, Tensor, Tensor)");
+      "group_norm_fwd(Tensor x, Tensor scale, Tensor shift, Tensor? gamma, Tensor? beta, int groups, float eps, "
+      "int act, float alpha) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "group_norm_bwd(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, Tensor scale, Tensor shift, int groups, "
-      "float eps, int act, float alpha) -> (Tensor, Tensor, Tensor)");
+      "group_norm_bwd(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, Tensor scale, Tensor shift, Tensor? gamma, "
+      "Tensor? beta, int groups, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // One fused DDPM/DDIM step; coef holds 8 per-sample (or shared) coefficients (fastgan/diffusion/steps.py).
   m.def(
       "diffusion_step(Tensor x, Tensor model_out, Tensor? model_out_uncond, Tensor? noise, Tensor coef, "

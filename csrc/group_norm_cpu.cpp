@@ -9,6 +9,10 @@
 // calling thread: an OpenMP region costs more than the work there, and far more on a busy machine.
 // Channels-last and other strided inputs are copied to contiguous first and the outputs copied back to the
 // input's layout (a native channels-last path is future work).
+// Optional per-element modulation maps gamma, beta (SPADE; both or neither, x's shape and dtype): the output is
+// f(u), u = z + z * gamma + beta with z the affine-normalised value (MOD template flag), and the backward also
+// writes d/dgamma = gu * z and, for a non-linear f, d/dbeta = gu (gu = gy * f'(u); for linear f d/dbeta is gy
+// itself, which the caller uses without a copy).
 //
 // Speed: the inner loops are small functions compiled twice, for the baseline ISA (the build has no -march) and
 // for AVX2, picked once at load time (as grad_penalty_cpu.cpp does). The AVX2 clone does not enable FMA and
@@ -169,25 +173,52 @@ FASTGAN_GN_INLINE void moments_impl(const T* x, int64_t n, Moments* m) {
 }
 
 // y = f(((x - mu_hi) - mu_lo) * a + b): the mean as hi + lo keeps x - mean exact-ish when |mean| >> std.
-template <typename T, int ACT>
+// With MOD: u = z + z * gm + bm (z * (1 + gm) without rounding 1 + gm), y = f(u).
+template <typename T, int ACT, bool MOD>
 FASTGAN_GN_INLINE void fwd_out_impl(const T* x, int64_t n, acc_of<T> mu_hi, acc_of<T> mu_lo, acc_of<T> a,
-                                    acc_of<T> b, acc_of<T> al, T* y) {
+                                    acc_of<T> b, acc_of<T> al, const T* gm, const T* bm, T* y) {
   using A = acc_of<T>;
   const ExpRange er = exp_range();
-  for (int64_t i = 0; i < n; ++i)
-    y[i] = static_cast<T>(act_f<ACT>(((static_cast<A>(x[i]) - mu_hi) - mu_lo) * a + b, al, er));
+  for (int64_t i = 0; i < n; ++i) {
+    A z = ((static_cast<A>(x[i]) - mu_hi) - mu_lo) * a + b;
+    if constexpr (MOD) z = (z + z * static_cast<A>(gm[i])) + static_cast<A>(bm[i]);
+    y[i] = static_cast<T>(act_f<ACT>(z, al, er));
+  }
 }
 
-// gz = gy * f'(z) into gz[0, n); s += {sum gz, sum gz * (x - mu), sum (x - mu)} in double.
-template <typename T, int ACT>
+// gz = gy * f'(z) into gz[0, n); s += {sum gz, sum gz * (x - mu), sum (x - mu)} in double. With MOD, gz is the
+// gradient of z: gu = gy * f'(u), gz = gu + gu * gm; and when ggm is given (the pass that writes outputs) also
+// ggm = gu * z and, for non-linear f, gbm = gu.
+template <typename T, int ACT, bool MOD>
 FASTGAN_GN_INLINE void bwd_sums_impl(const T* x, const T* gy, int64_t n, acc_of<T> mu, acc_of<T> r, acc_of<T> a,
-                                     acc_of<T> b, acc_of<T> al, acc_of<T>* gz, double* s) {
+                                     acc_of<T> b, acc_of<T> al, const T* gm, const T* bm, T* ggm, T* gbm,
+                                     acc_of<T>* gz, double* s) {
   using A = acc_of<T>;
   const A ra = r * a;
   const ExpRange er = exp_range();
-  for (int64_t i = 0; i < n; ++i) {
-    const A g = static_cast<A>(gy[i]);
-    gz[i] = ACT == kLinear ? g : g * act_d1<ACT>((static_cast<A>(x[i]) - mu) * ra + b, al, er);
+  if constexpr (!MOD) {
+    for (int64_t i = 0; i < n; ++i) {
+      const A g = static_cast<A>(gy[i]);
+      gz[i] = ACT == kLinear ? g : g * act_d1<ACT>((static_cast<A>(x[i]) - mu) * ra + b, al, er);
+    }
+  } else if (ggm == nullptr) {
+    for (int64_t i = 0; i < n; ++i) {
+      const A z = (static_cast<A>(x[i]) - mu) * ra + b, gmi = static_cast<A>(gm[i]);
+      A gu = static_cast<A>(gy[i]);
+      if constexpr (ACT != kLinear) gu = gu * act_d1<ACT>((z + z * gmi) + static_cast<A>(bm[i]), al, er);
+      gz[i] = gu + gu * gmi;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const A z = (static_cast<A>(x[i]) - mu) * ra + b, gmi = static_cast<A>(gm[i]);
+      A gu = static_cast<A>(gy[i]);
+      if constexpr (ACT != kLinear) {
+        gu = gu * act_d1<ACT>((z + z * gmi) + static_cast<A>(bm[i]), al, er);
+        gbm[i] = static_cast<T>(gu);
+      }
+      ggm[i] = static_cast<T>(gu * z);
+      gz[i] = gu + gu * gmi;
+    }
   }
   s[0] += lane_sum(n, [&](int64_t i) { return static_cast<double>(gz[i]); });
   s[1] += lane_sum(n, [&](int64_t i) {
@@ -213,13 +244,14 @@ FASTGAN_GN_INLINE void bwd_out_impl(const T* x, const acc_of<T>* gz, int64_t n, 
   template <TPL> FASTGAN_GN_AVX2 void NAME##_avx2 PARAMS { NAME##_impl ARGS; }
 #define FASTGAN_COMMA ,
 FASTGAN_GN_CLONES(moments, typename T, (const T* x, int64_t n, Moments* m), <T>(x, n, m))
-FASTGAN_GN_CLONES(fwd_out, typename T FASTGAN_COMMA int ACT,
-                  (const T* x, int64_t n, acc_of<T> mh, acc_of<T> ml, acc_of<T> a, acc_of<T> b, acc_of<T> al, T* y),
-                  <T FASTGAN_COMMA ACT>(x, n, mh, ml, a, b, al, y))
-FASTGAN_GN_CLONES(bwd_sums, typename T FASTGAN_COMMA int ACT,
+FASTGAN_GN_CLONES(fwd_out, typename T FASTGAN_COMMA int ACT FASTGAN_COMMA bool MOD,
+                  (const T* x, int64_t n, acc_of<T> mh, acc_of<T> ml, acc_of<T> a, acc_of<T> b, acc_of<T> al,
+                   const T* gm, const T* bm, T* y),
+                  <T FASTGAN_COMMA ACT FASTGAN_COMMA MOD>(x, n, mh, ml, a, b, al, gm, bm, y))
+FASTGAN_GN_CLONES(bwd_sums, typename T FASTGAN_COMMA int ACT FASTGAN_COMMA bool MOD,
                   (const T* x, const T* gy, int64_t n, acc_of<T> mu, acc_of<T> r, acc_of<T> a, acc_of<T> b,
-                   acc_of<T> al, acc_of<T>* gz, double* s),
-                  <T FASTGAN_COMMA ACT>(x, gy, n, mu, r, a, b, al, gz, s))
+                   acc_of<T> al, const T* gm, const T* bm, T* ggm, T* gbm, acc_of<T>* gz, double* s),
+                  <T FASTGAN_COMMA ACT FASTGAN_COMMA MOD>(x, gy, n, mu, r, a, b, al, gm, bm, ggm, gbm, gz, s))
 FASTGAN_GN_CLONES(bwd_out, typename T,
                   (const T* x, const acc_of<T>* gz, int64_t n, double mu, double r, double a, double m_h,
                    double m_hx, T* gx),
@@ -232,11 +264,13 @@ bool use_avx2() {
   return yes;
 }
 
-template <typename T, int ACT>
+template <typename T, int ACT, bool MOD>
 struct Loops {
   decltype(&moments_base<T>) moments = use_avx2() ? &moments_avx2<T> : &moments_base<T>;
-  decltype(&fwd_out_base<T, ACT>) fwd_out = use_avx2() ? &fwd_out_avx2<T, ACT> : &fwd_out_base<T, ACT>;
-  decltype(&bwd_sums_base<T, ACT>) bwd_sums = use_avx2() ? &bwd_sums_avx2<T, ACT> : &bwd_sums_base<T, ACT>;
+  decltype(&fwd_out_base<T, ACT, MOD>) fwd_out =
+      use_avx2() ? &fwd_out_avx2<T, ACT, MOD> : &fwd_out_base<T, ACT, MOD>;
+  decltype(&bwd_sums_base<T, ACT, MOD>) bwd_sums =
+      use_avx2() ? &bwd_sums_avx2<T, ACT, MOD> : &bwd_sums_base<T, ACT, MOD>;
   decltype(&bwd_out_base<T>) bwd_out = use_avx2() ? &bwd_out_avx2<T> : &bwd_out_base<T>;
 };
 
@@ -283,12 +317,15 @@ struct Pieces {
 
 // ------------------------------------------------------------------------------------------------- forward
 // mean, var over the group; y = f((x - mean) * (rstd * scale[n, c]) + shift[n, c]).
-template <typename T, int ACT>
-void fwd_kernel(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, double eps, double alpha,
-                const Shape& s, at::Tensor& y, at::Tensor& mean, at::Tensor& rstd) {
+template <typename T, int ACT, bool MOD>
+void fwd_kernel(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& gamma,
+                const at::Tensor& beta, double eps, double alpha, const Shape& s, at::Tensor& y, at::Tensor& mean,
+                at::Tensor& rstd) {
   using A = acc_of<T>;
-  const Loops<T, ACT> k;
+  const Loops<T, ACT, MOD> k;
   const T* xp = x.data_ptr<T>();
+  const T* gmp = MOD ? gamma.data_ptr<T>() : nullptr;
+  const T* bmp = MOD ? beta.data_ptr<T>() : nullptr;
   T* yp = y.data_ptr<T>();
   const double *sp = scale.data_ptr<double>(), *bp = shift.data_ptr<double>();
   A *mp = mean.data_ptr<A>(), *rp = rstd.data_ptr<A>();
@@ -303,7 +340,9 @@ void fwd_kernel(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& 
   auto emit = [&](int64_t nc, int64_t j0, int64_t j1) {
     const int64_t p = nc / s.Cg;
     const A a = static_cast<A>(sp[nc] * static_cast<double>(rp[p])), b = static_cast<A>(bp[nc]);
-    k.fwd_out(xp + nc * s.L + j0, j1 - j0, mp[p], mean_lo[p], a, b, al, yp + nc * s.L + j0);
+    const int64_t o = nc * s.L + j0;
+    k.fwd_out(xp + o, j1 - j0, mp[p], mean_lo[p], a, b, al, MOD ? gmp + o : nullptr, MOD ? bmp + o : nullptr,
+              yp + o);
   };
   if (!split_groups(s)) {
     run_tasks(s.N * s.G, s.M, [&](int64_t begin, int64_t end) {
@@ -347,22 +386,30 @@ void fwd_kernel(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& 
 // ones (sum h = sum_c scale_c * gshift_c, sum h*xhat = sum_c scale_c * gscale_c), so one reduction pass. On the
 // group path gz is kept for the output pass (per thread, groups up to kGzCap elements) rather than recomputed:
 // SiLU's exp twice per element was a third of the backward.
-template <typename T, int ACT>
+template <typename T, int ACT, bool MOD>
 void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
-                const at::Tensor& scale, const at::Tensor& shift, double alpha, const Shape& s, at::Tensor& gx,
-                at::Tensor& gscale, at::Tensor& gshift) {
+                const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& gamma, const at::Tensor& beta,
+                double alpha, const Shape& s, at::Tensor& gx, at::Tensor& gscale, at::Tensor& gshift,
+                at::Tensor& ggamma, at::Tensor& gbeta) {
   using A = acc_of<T>;
-  const Loops<T, ACT> k;
+  const Loops<T, ACT, MOD> k;
+  const T* gmp = MOD ? gamma.data_ptr<T>() : nullptr;
+  const T* bmp = MOD ? beta.data_ptr<T>() : nullptr;
+  T* ggmp = MOD ? ggamma.data_ptr<T>() : nullptr;
+  T* gbmp = MOD && ACT != kLinear ? gbeta.data_ptr<T>() : nullptr;
   const T *xp = x.data_ptr<T>(), *gp = gy.data_ptr<T>();
   T* gxp = gx.data_ptr<T>();
   const A *mp = mean.data_ptr<A>(), *rp = rstd.data_ptr<A>();
   const double *sp = scale.data_ptr<double>(), *bp = shift.data_ptr<double>();
   double *gsp = gscale.data_ptr<double>(), *gbp = gshift.data_ptr<double>();
   const A al = static_cast<A>(alpha);
-  // gz of elements [j0, j1) of channel run nc into gz; their three sums added to sums.
-  auto sums_of = [&](int64_t nc, int64_t j0, int64_t j1, A* gz, double* sums) {
+  // gz of elements [j0, j1) of channel run nc into gz; their three sums added to sums; with write, the map
+  // gradients too (each element is written by exactly one call).
+  auto sums_of = [&](int64_t nc, int64_t j0, int64_t j1, A* gz, double* sums, bool write) {
     const int64_t p = nc / s.Cg, o = nc * s.L + j0;
-    k.bwd_sums(xp + o, gp + o, j1 - j0, mp[p], rp[p], static_cast<A>(sp[nc]), static_cast<A>(bp[nc]), al, gz, sums);
+    k.bwd_sums(xp + o, gp + o, j1 - j0, mp[p], rp[p], static_cast<A>(sp[nc]), static_cast<A>(bp[nc]), al,
+               MOD ? gmp + o : nullptr, MOD ? bmp + o : nullptr, MOD && write ? ggmp + o : nullptr,
+               gbmp && write ? gbmp + o : nullptr, gz, sums);
   };
   // Group p's output-pass constants from its per-channel sums[3 * ch + {0, 1, 2}] = sum gz, sum gz * (x - mean),
   // sum (x - mean) (mean as stored, rounded to A); writes gscale, gshift. delta = exact - stored mean comes free
@@ -400,13 +447,14 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
         std::fill(sums.begin(), sums.end(), 0.0);
         for (int64_t ch = 0; ch < s.Cg; ++ch)
           for (int64_t j0 = 0; j0 < s.L; j0 += kChunk)
-            sums_of(p * s.Cg + ch, j0, std::min(s.L, j0 + kChunk), keep ? gz + ch * s.L + j0 : gz, &sums[3 * ch]);
+            sums_of(p * s.Cg + ch, j0, std::min(s.L, j0 + kChunk), keep ? gz + ch * s.L + j0 : gz, &sums[3 * ch],
+                    keep);
         const Coef c = finish(p, sums.data());
         double unused[3] = {0, 0, 0};
         for (int64_t ch = 0; ch < s.Cg; ++ch)
           for (int64_t j0 = 0; j0 < s.L; j0 += kChunk) {
             const int64_t nc = p * s.Cg + ch, j1 = std::min(s.L, j0 + kChunk);
-            if (!keep) sums_of(nc, j0, j1, gz, unused);
+            if (!keep) sums_of(nc, j0, j1, gz, unused, true);
             emit(nc, j0, j1, keep ? gz + ch * s.L + j0 : gz, c);
           }
       }
@@ -422,7 +470,7 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
     for (int64_t q = begin; q < end; ++q) {
       int64_t nc, j0, j1;
       pc.at(q, nc, j0, j1);
-      sums_of(nc, j0, j1, gz, &parts[3 * q]);
+      sums_of(nc, j0, j1, gz, &parts[3 * q], false);
     }
   });
   std::vector<Coef> coefs(static_cast<size_t>(s.N * s.G));
@@ -440,7 +488,7 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
     for (int64_t q = begin; q < end; ++q) {
       int64_t nc, j0, j1;
       pc.at(q, nc, j0, j1);
-      sums_of(nc, j0, j1, gz, unused);
+      sums_of(nc, j0, j1, gz, unused, true);
       emit(nc, j0, j1, gz, coefs[nc / s.Cg]);
     }
   });
@@ -472,14 +520,37 @@ void check_group_stat(const at::Tensor& t, const Shape& s, const at::Tensor& x, 
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
+// gamma and beta: both or neither; x's shape, dtype and device. Returned contiguous (copied when x is not:
+// the kernels index them like x's contiguous copy). Returns whether they are present.
+bool check_maps(const std::optional<at::Tensor>& gamma, const std::optional<at::Tensor>& beta, const at::Tensor& x,
+                const char* op, at::Tensor& g_out, at::Tensor& b_out) {
+  TORCH_CHECK(gamma.has_value() == beta.has_value(), op, ": gamma and beta must be given together (pass zeros for "
+              "the missing one), got only ", gamma.has_value() ? "gamma" : "beta");
+  if (!gamma.has_value()) return false;
+  for (const auto* t : {&*gamma, &*beta}) {
+    const char* name = t == &*gamma ? "gamma" : "beta";
+    check_like_input(*t, x, op, name);
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(),
+                ", got ", t->scalar_type());
+  }
+  g_out = gamma->contiguous();
+  b_out = beta->contiguous();
+  return true;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(const at::Tensor& x_in, const at::Tensor& scale,
-                                                                 const at::Tensor& shift, int64_t groups,
-                                                                 double eps, int64_t act, double alpha) {
+                                                                 const at::Tensor& shift,
+                                                                 const std::optional<at::Tensor>& gamma_in,
+                                                                 const std::optional<at::Tensor>& beta_in,
+                                                                 int64_t groups, double eps, int64_t act,
+                                                                 double alpha) {
   const char* op = "fastgan::group_norm_fwd";
   const Shape s = check_group_shape(x_in, groups, op);
   check_affine(scale, s, x_in, op, "scale");
   check_affine(shift, s, x_in, op, "shift");
   TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  at::Tensor gamma, beta;
+  const bool mod = check_maps(gamma_in, beta_in, x_in, op, gamma, beta);
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = x_in.contiguous();
   at::Tensor y = empty_in_layout(x, false, x.scalar_type());
@@ -487,17 +558,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(const at::Tens
   at::Tensor rstd = at::empty_like(mean);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_fwd_cpu", [&] {
     dispatch_act(act, op, [&](auto k) {
-      fwd_kernel<scalar_t, decltype(k)::value>(x, scale, shift, eps, alpha, s, y, mean, rstd);
+      if (mod) fwd_kernel<scalar_t, decltype(k)::value, true>(x, scale, shift, gamma, beta, eps, alpha, s, y, mean, rstd);
+      else fwd_kernel<scalar_t, decltype(k)::value, false>(x, scale, shift, gamma, beta, eps, alpha, s, y, mean, rstd);
     });
   });
   return {cl ? match_layout(y, true) : y, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(const at::Tensor& gy_in, const at::Tensor& x_in,
-                                                                 const at::Tensor& mean, const at::Tensor& rstd,
-                                                                 const at::Tensor& scale, const at::Tensor& shift,
-                                                                 int64_t groups, double eps, int64_t act,
-                                                                 double alpha) {
+using Tensor5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// (gx, gscale, gshift, ggamma, gbeta); ggamma, gbeta are empty (0 elements) without maps, and gbeta is empty for
+// linear act too (it equals grad_y).
+Tensor5 group_norm_bwd_cpu(const at::Tensor& gy_in, const at::Tensor& x_in, const at::Tensor& mean,
+                           const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& shift,
+                           const std::optional<at::Tensor>& gamma_in, const std::optional<at::Tensor>& beta_in,
+                           int64_t groups, double eps, int64_t act, double alpha) {
   const char* op = "fastgan::group_norm_bwd";
   (void)eps;  // in the schema for the composite double backward, which recomputes rstd
   const Shape s = check_group_shape(x_in, groups, op);
@@ -506,17 +581,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_bwd_cpu(const at::Tens
   check_group_stat(rstd, s, x_in, op, "rstd");
   check_affine(scale, s, x_in, op, "scale");
   check_affine(shift, s, x_in, op, "shift");
+  at::Tensor gamma, beta;
+  const bool mod = check_maps(gamma_in, beta_in, x_in, op, gamma, beta);
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor gy = (gy_in.scalar_type() == x.scalar_type() ? gy_in : gy_in.to(x.scalar_type())).contiguous();
   at::Tensor gx = empty_in_layout(x, false, x.scalar_type());
   at::Tensor gscale = at::empty({s.N, s.C}, mean.options().dtype(at::kDouble)), gshift = at::empty_like(gscale);
+  at::Tensor ggamma = mod ? empty_in_layout(x, false, x.scalar_type()) : x.new_empty({0});
+  at::Tensor gbeta = mod && act != kLinear ? empty_in_layout(x, false, x.scalar_type()) : x.new_empty({0});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_bwd_cpu", [&] {
     dispatch_act(act, op, [&](auto k) {
-      bwd_kernel<scalar_t, decltype(k)::value>(gy, x, mean, rstd, scale, shift, alpha, s, gx, gscale, gshift);
+      if (mod)
+        bwd_kernel<scalar_t, decltype(k)::value, true>(gy, x, mean, rstd, scale, shift, gamma, beta, alpha, s, gx,
+                                                       gscale, gshift, ggamma, gbeta);
+      else
+        bwd_kernel<scalar_t, decltype(k)::value, false>(gy, x, mean, rstd, scale, shift, gamma, beta, alpha, s, gx,
+                                                        gscale, gshift, ggamma, gbeta);
     });
   });
-  return {cl ? match_layout(gx, true) : gx, gscale, gshift};
+  auto back = [&](const at::Tensor& t) { return cl && t.numel() ? match_layout(t, true) : t; };
+  return {back(gx), gscale, gshift, back(ggamma), back(gbeta)};
 }
 
 }  // namespace

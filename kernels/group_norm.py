@@ -72,14 +72,15 @@ def _tile(ptr, base, c0, l0, Cg, L, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BL
 
 
 @triton.jit
-def _fwd_kernel(X, Y, SCALE, SHIFT, MEAN, RSTD, G, Cg, L, eps_hi, eps_lo, alpha, ACT: tl.constexpr,
-                BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
+def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, eps_lo, alpha, ACT: tl.constexpr,
+                MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
     """Forward of group p = n*G + g over its M = Cg*L elements::
 
         k    = sum(x) / M                               (pass 1: a shift near the mean)
         s1   = sum(x - k),  s2 = sum((x - k)^2)         (pass 2)
         mean = k + s1/M,    var = (s2 - s1^2/M) / M,    rstd = 1 / sqrt(var + eps)
-        y    = f(((x - k) - s1/M) * (rstd * scale[n, c]) + shift[n, c])      (pass 3)
+        z    = ((x - k) - s1/M) * (rstd * scale[n, c]) + shift[n, c]          (pass 3)
+        y    = f(z),  or with the maps (MOD)  y = f(z + z * gamma + beta)
 
     The shift k makes s1 tiny, so the corrected two-pass variance loses nothing to cancellation, and x - mean is
     formed as (x - k) - s1/M, not limited by mean's rounding. rstd is computed in float64 (a per-group scalar);
@@ -122,29 +123,47 @@ def _fwd_kernel(X, Y, SCALE, SHIFT, MEAN, RSTD, G, Cg, L, eps_hi, eps_lo, alpha,
             a = (tl.cast(rstd, tl.float64) * tl.load(SCALE + p * Cg + rc, mask=cm, other=0.0)).to(ACC)
             b = tl.load(SHIFT + p * Cg + rc, mask=cm, other=0.0).to(ACC)
             z = ((x - k) - mean_rel) * a[:, None] + b[:, None]
+            if MOD:
+                z = z + z * tl.load(GAMMA + offs, mask=mask, other=0.0).to(ACC)
+                z = z + tl.load(BETA + offs, mask=mask, other=0.0).to(ACC)
             tl.store(Y + offs, _act(z, alpha, ACT).to(OUT), mask=mask)
 
 
 @triton.jit
-def _gz_tile(GY, X, base, c0, l0, Cg, L, mean, rstd, a, b, alpha, ACC: tl.constexpr, ACT: tl.constexpr,
-             BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-    """gz = gy * f'(xhat * scale + shift) on one tile, with x - mean and the offsets and mask."""
+def _gz_tile(GY, X, GAMMA, BETA, base, c0, l0, Cg, L, mean, rstd, a, b, alpha, ACC: tl.constexpr,
+             ACT: tl.constexpr, MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """On one tile: gz (the gradient reaching z = xhat * scale + shift), x - mean, the offsets and mask, and with
+    the maps also gu = gy * f'(u) and z (for ggamma = gu * z, gbeta = gu)."""
     x, offs, mask, _ = _tile(X, base, c0, l0, Cg, L, ACC, BLOCK_C, BLOCK_L)
     g, _, _, _ = _tile(GY, base, c0, l0, Cg, L, ACC, BLOCK_C, BLOCK_L)
     xc = x - mean
-    if ACT != 0:
-        g = g * _act_d1(xc * rstd * a[:, None] + b[:, None], alpha, ACT)
-    return tl.where(mask, g, 0.0), tl.where(mask, xc, 0.0), offs, mask
+    z = xc * rstd * a[:, None] + b[:, None]
+    if MOD:
+        gm = tl.load(GAMMA + offs, mask=mask, other=0.0).to(ACC)
+        if ACT != 0:
+            u = z + z * gm + tl.load(BETA + offs, mask=mask, other=0.0).to(ACC)
+            g = g * _act_d1(u, alpha, ACT)
+        gu = g
+        g = gu + gu * gm
+    else:
+        if ACT != 0:
+            g = g * _act_d1(z, alpha, ACT)
+        gu = g
+    return tl.where(mask, g, 0.0), tl.where(mask, xc, 0.0), offs, mask, gu, z
 
 
 @triton.jit
-def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GX, GSCALE, GSHIFT, G, Cg, L, alpha, ACT: tl.constexpr,
-                BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
+def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GAMMA, BETA, GX, GSCALE, GSHIFT, GGAMMA, GBETA, G, Cg, L, alpha,
+                ACT: tl.constexpr, MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+                IDX64: tl.constexpr):
     """Backward of group p, with xhat = (x - mean) * rstd, gz = gy * f'(xhat * scale + shift)::
 
         gshift[n, c] = sum_L(gz),   gscale[n, c] = rstd * sum_L(gz * (x - mean))        (pass 1, per channel)
         m_h  = sum_c scale_c * gshift_c / M,   m_hx = sum_c scale_c * gscale_c / M
         gx   = rstd * (scale[n, c] * gz - m_h - xhat * m_hx)                           (pass 2)
+
+    With the maps (MOD), gu = gy * f'(z + z * gamma + beta) and gz = gu + gu * gamma; pass 2 also writes
+    ggamma = gu * z and, for a non-linear f, gbeta = gu.
     """
     ACC: tl.constexpr = MEAN.dtype.element_ty
     p = tl.program_id(0)
@@ -164,7 +183,8 @@ def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GX, GSCALE, GSHIFT, G, Cg, L, a
         t_g = tl.zeros([BLOCK_C, BLOCK_L], ACC)
         t_gx = tl.zeros([BLOCK_C, BLOCK_L], ACC)
         for l0 in range(0, L, BLOCK_L):
-            gz, xc, _, _ = _gz_tile(GY, X, base, c0, l0, Cg, L, mean, rstd, a, b, alpha, ACC, ACT, BLOCK_C, BLOCK_L)
+            gz, xc, _, _, _, _ = _gz_tile(GY, X, GAMMA, BETA, base, c0, l0, Cg, L, mean, rstd, a, b, alpha, ACC, ACT,
+                                          MOD, BLOCK_C, BLOCK_L)
             t_g += gz
             t_gx += gz * xc
         s_g = tl.sum(t_g, 1)
@@ -182,10 +202,14 @@ def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GX, GSCALE, GSHIFT, G, Cg, L, a
         a = tl.load(SCALE + p * Cg + rc, mask=cm, other=0.0).to(ACC)
         b = tl.load(SHIFT + p * Cg + rc, mask=cm, other=0.0).to(ACC)
         for l0 in range(0, L, BLOCK_L):
-            gz, xc, offs, mask = _gz_tile(GY, X, base, c0, l0, Cg, L, mean, rstd, a, b, alpha, ACC, ACT, BLOCK_C,
-                                          BLOCK_L)
+            gz, xc, offs, mask, gu, z = _gz_tile(GY, X, GAMMA, BETA, base, c0, l0, Cg, L, mean, rstd, a, b, alpha,
+                                                 ACC, ACT, MOD, BLOCK_C, BLOCK_L)
             gx = rstd * (a[:, None] * gz - m_h - xc * rstd * m_hx)
             tl.store(GX + offs, gx.to(OUT), mask=mask)
+            if MOD:
+                tl.store(GGAMMA + offs, (gu * z).to(OUT), mask=mask)
+                if ACT != 0:
+                    tl.store(GBETA + offs, gu.to(OUT), mask=mask)
 
 
 # --------------------------------------------------------------------------------------------- launchers
@@ -203,35 +227,53 @@ def _meta(x: torch.Tensor, groups: int) -> tuple[int, int, dict]:
     return cg, length, dict(BLOCK_C=block_c, BLOCK_L=block_l, IDX64=x.numel() >= 2**31, num_warps=warps)
 
 
-def forward(x, scale, shift, groups: int, eps: float, act: int, alpha: float):
+def _maps(gamma, beta, x):
+    """The maps as contiguous tensors in x's dtype (x itself stands in for the pointers when there are none)."""
+    if gamma is None:
+        return x, x, False
+    return gamma.to(x.dtype).contiguous(), beta.to(x.dtype).contiguous(), True
+
+
+def forward(x, scale, shift, gamma, beta, groups: int, eps: float, act: int, alpha: float):
     """``reference_fwd``: ``(y, mean, rstd)``; y in x's layout and dtype, stats ``(N, G)`` in the acc dtype."""
     cl = is_channels_last(x)
     xc = x.contiguous()
+    gm, bm, mod = _maps(gamma, beta, xc)
     acc = acc_dtype(x.dtype)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # dense strides even where x has size-1 dims
     mean = torch.empty((x.shape[0], groups), dtype=acc, device=x.device)
     rstd = torch.empty_like(mean)
     cg, length, meta = _meta(xc, groups)
     eps_hi = float(torch.tensor(float(eps), dtype=torch.float32))
+    f64 = torch.float64
     _fwd_kernel[(x.shape[0] * groups,)](
-        xc, y, scale.to(torch.float64).contiguous(), shift.to(torch.float64).contiguous(), mean, rstd, groups, cg, length, eps_hi,
-        float(eps) - eps_hi, float(alpha), ACT=int(act), **meta)
+        xc, y, scale.to(f64).contiguous(), shift.to(f64).contiguous(), gm, bm, mean, rstd, groups, cg, length, eps_hi,
+        float(eps) - eps_hi, float(alpha), ACT=int(act), MOD=mod, **meta)
     return (match_layout(y, x) if cl else y), mean, rstd
 
 
-def backward(gy, x, mean, rstd, scale, shift, act: int, alpha: float):
-    """``reference_bwd``: ``(gx, gscale, gshift)``; gx like x, the sums ``(N, C)`` in float64."""
+def backward(gy, x, mean, rstd, scale, shift, gamma, beta, act: int, alpha: float):
+    """``reference_bwd``: ``(gx, gscale, gshift, ggamma, gbeta)``; gx and the map gradients like x (0 elements where
+    the op returns none), the sums ``(N, C)`` in float64."""
     cl = is_channels_last(x)
     xc = x.contiguous()
+    gm, bm, mod = _maps(gamma, beta, xc)
     gyc = gy.to(x.dtype).contiguous()
     acc = acc_dtype(x.dtype)
     groups = mean.shape[1]
     gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     gscale = torch.empty(x.shape[:2], dtype=torch.float64, device=x.device)
     gshift = torch.empty_like(gscale)
+    ggamma = torch.empty_like(gx) if mod else x.new_empty((0,))  # two distinct tensors: outputs may not alias
+    gbeta = torch.empty_like(gx) if mod and act != 0 else x.new_empty((0,))
     cg, length, meta = _meta(xc, groups)
+    f64 = torch.float64
     _bwd_kernel[(x.shape[0] * groups,)](
-        gyc, xc, mean.to(acc).contiguous(), rstd.to(acc).contiguous(), scale.to(torch.float64).contiguous(),
-        shift.to(torch.float64).contiguous(), gx, gscale, gshift, groups, cg, length, float(alpha), ACT=int(act), **meta)
-    return (match_layout(gx, x) if cl else gx), gscale, gshift
+        gyc, xc, mean.to(acc).contiguous(), rstd.to(acc).contiguous(), scale.to(f64).contiguous(),
+        shift.to(f64).contiguous(), gm, bm, gx, gscale, gshift, ggamma if mod else gx, gbeta if gbeta.numel() else gx,
+        groups, cg, length, float(alpha), ACT=int(act), MOD=mod, **meta)
 
+    def layout(t):
+        return match_layout(t, x) if cl and t.numel() else t
+
+    return layout(gx), gscale, gshift, layout(ggamma), layout(gbeta)

@@ -159,9 +159,11 @@ def test_opcheck_kernel_ops(device, impl):
     for layout in ("contiguous", "channels_last"):
         x = _to_layout(torch.randn(2, 4, 3, 3, device=device), layout)
         a, b = fold_affine(x, torch.randn(4, device=device), torch.randn(4, device=device), None, None)
-        y, mean, rstd = ops.fwd(x, a, b, 2, EPS, 5, 0.0)
-        torch.library.opcheck(ops.fwd, (x, a, b, 2, EPS, 5, 0.0))
-        torch.library.opcheck(ops.bwd, (torch.randn_like(y), x, mean, rstd, a, b, 2, EPS, 5, 0.0))
+        for act in (5, 0):
+            for maps in ((None, None), (torch.randn_like(x), torch.randn_like(x))):
+                y, mean, rstd = ops.fwd(x, a, b, *maps, 2, EPS, act, 0.0)
+                torch.library.opcheck(ops.fwd, (x, a, b, *maps, 2, EPS, act, 0.0))
+                torch.library.opcheck(ops.bwd, (torch.randn_like(y), x, mean, rstd, a, b, *maps, 2, EPS, act, 0.0))
 
 
 @pytest.mark.parametrize("device,impl", [p for p in impl_params() if "cpp" in p.id])
@@ -203,9 +205,9 @@ def test_errors_are_clear():
     if "cpp" in _backend.live_impls("group_norm_fwd", "cpu"):  # the op's own checks, below the Python layer
         a = torch.ones(2, 6, dtype=torch.float64)
         with pytest.raises(RuntimeError, match="num_groups must divide"):
-            torch.ops.fastgan.group_norm_fwd(x, a, a, 4, EPS, 0, 0.0)
+            torch.ops.fastgan.group_norm_fwd(x, a, a, None, None, 4, EPS, 0, 0.0)
         with pytest.raises(RuntimeError, match="act must be"):
-            torch.ops.fastgan.group_norm_fwd(x, a, a, 3, EPS, 3, 0.0)
+            torch.ops.fastgan.group_norm_fwd(x, a, a, None, None, 3, EPS, 3, 0.0)
 
 
 @pytest.mark.parametrize("device,impl", impl_params())

@@ -48,7 +48,7 @@ def _case(shape, dtype, mode: str, raw: bool) -> dict:
         fns["ours"] = lambda: ours(x, w, b)
         if raw:
             a_, b_ = fold_affine(x, w, b, None, None)
-            fns["raw"] = lambda: torch.ops.fastgan.group_norm_fwd(x, a_, b_, G, EPS, SILU, 0.0)
+            fns["raw"] = lambda: torch.ops.fastgan.group_norm_fwd(x, a_, b_, None, None, G, EPS, SILU, 0.0)
     else:
         xr, wr, br = (t.clone().requires_grad_() for t in (x, w, b))
 
@@ -61,8 +61,8 @@ def _case(shape, dtype, mode: str, raw: bool) -> dict:
             a_, b_ = fold_affine(x, w, b, None, None)
 
             def raw_fb():
-                _, mean, rstd = torch.ops.fastgan.group_norm_fwd(x, a_, b_, G, EPS, SILU, 0.0)
-                return torch.ops.fastgan.group_norm_bwd(gy, x, mean, rstd, a_, b_, G, EPS, SILU, 0.0)
+                _, mean, rstd = torch.ops.fastgan.group_norm_fwd(x, a_, b_, None, None, G, EPS, SILU, 0.0)
+                return torch.ops.fastgan.group_norm_bwd(gy, x, mean, rstd, a_, b_, None, None, G, EPS, SILU, 0.0)
 
             fns["raw"] = raw_fb
     return fns

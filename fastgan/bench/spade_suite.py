@@ -23,8 +23,9 @@ H100_MIN_CEILING_PCT = 80.0  # the issue's goal, checked by eye in the report's 
 NOTES = f"""
 Eager is `F.instance_norm(x) * (1 + gamma) + beta`, gamma and beta full `(N, C, H, W)` maps. Bytes floor with
 E = N·C·H·W·itemsize: **fwd** = read x, gamma, beta + write y = 4E; **fwd+bwd** = the forward plus read gy, x and
-gamma, write gx, grad gamma and grad beta = 10E. fastgan's SPADE is currently instance norm on the fused kernels
-plus one addcmul (one extra pass over the normalised tensor); the issue's goal is >= {H100_MIN_CEILING_PCT:g}% of
+gamma, write gx and grad gamma = 9E (grad beta is gy itself: autograd passes it on, in eager and in fastgan).
+fastgan's SPADE on C++ and Triton is one fused group-norm pass with the maps inside the kernel; on the CUDA C++
+backend it is still the instance-norm kernel plus one addcmul. The issue's goal is >= {H100_MIN_CEILING_PCT:g}% of
 the copy ceiling on the H100. eps = {EPS}. CPU default preset: batch {CPU_BATCH}, fp32.
 """
 
@@ -60,7 +61,7 @@ def _make_inputs(shape, dtype, layout: str, mode: str, device: str):
 def bytes_floor(shape, dtype, mode: str) -> int:
     """Fewest bytes one call moves (see NOTES)."""
     e = tensor_bytes(shape, dtype)
-    return 4 * e if mode == "fwd" else 10 * e
+    return 4 * e if mode == "fwd" else 9 * e
 
 
 def matrix(device: str, preset: str) -> list[tuple]:
@@ -84,6 +85,6 @@ def spade_cases(opts: SuiteOptions):
     """Yield the SPADE cases for ``opts``."""
     return standard_cases(
         "spade", opts, matrix(opts.device, opts.preset), op="instance_norm_fwd", eager=_eager, fastgan=_fastgan,
-        make_inputs=_make_inputs, bytes_floor=bytes_floor, bytes_detail=lambda m: "4E" if m == "fwd" else "10E",
+        make_inputs=_make_inputs, bytes_floor=bytes_floor, bytes_detail=lambda m: "4E" if m == "fwd" else "9E",
         targets=_targets,
     )

@@ -11,6 +11,10 @@ spatial size. The affine is folded here, on ``(N, C)`` tensors, into one per-(n,
     A = weight * (1 + scale),   B = bias * (1 + scale) + shift,   y = act(xhat * A + B)
 
 so autograd of that tiny fold gives the gradients of weight, bias, scale and shift from the kernels' (N, C) ones.
+
+Per-element modulation maps (SPADE's ``gamma``/``beta``, x-shaped) go to the kernels as they are, applied after
+the per-channel affine: ``y = act(z + z * gamma + beta)`` with ``z = xhat * A + B``. Maps without spatial extent
+(``(N, C, 1, 1)``) are per-channel after all and fold into A and B instead.
 """
 from __future__ import annotations
 
@@ -20,9 +24,9 @@ from .. import _backend
 from ._layout import canonical, match_layout
 from .adain import _as_per_plane
 from .group_norm_kernels import ACTS, kernel_ops
-from .instance_norm import _check_param, check_norm_input
+from .instance_norm import FLOAT_DTYPES, _check_param, check_norm_input
 
-__all__ = ["group_norm", "group_norm_reference", "resolve_act"]
+__all__ = ["group_norm", "group_norm_reference", "resolve_act", "check_map"]
 
 
 def resolve_act(act: str, alpha=None) -> tuple[int, float]:
@@ -43,7 +47,44 @@ def _check_groups(x: torch.Tensor, num_groups) -> int:
     return num_groups
 
 
-def fold_affine(x: torch.Tensor, weight, bias, scale, shift) -> tuple[torch.Tensor, torch.Tensor]:
+def check_map(m, name: str, x: torch.Tensor) -> None:
+    """A per-element modulation map: None, or a floating tensor on x's device broadcastable to x's shape."""
+    if m is None:
+        return
+    if not isinstance(m, torch.Tensor):
+        raise TypeError(f"fastgan: {name} must be a torch.Tensor or None, got {type(m).__name__}")
+    ok = m.dim() <= x.dim()
+    if ok:
+        try:
+            ok = torch.broadcast_shapes(m.shape, x.shape) == x.shape
+        except RuntimeError:
+            ok = False
+    if not ok:
+        raise ValueError(
+            f"fastgan: {name} must be broadcastable to x's shape {tuple(x.shape)} (e.g. (N, C, H, W), "
+            f"(N, C, 1, 1) or (1, C, H, W)), got {tuple(m.shape)}"
+        )
+    if m.device != x.device:
+        raise ValueError(f"fastgan: {name} is on {m.device} but x is on {x.device}; move both to one device")
+    if m.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"fastgan: {name} must be a floating tensor, got {m.dtype}")
+
+
+def _is_per_channel(m, x: torch.Tensor) -> bool:
+    """True for None and for a map with no spatial extent (``(N, C, 1, 1)``, ``(C, 1, 1)``, ...)."""
+    return m is None or all(d == 1 for d in m.shape[max(0, m.dim() - (x.dim() - 2)):])
+
+
+def _plane(m, x: torch.Tensor):
+    """A map without spatial extent as ``(N, C)``."""
+    if m is None:
+        return None
+    m = m.reshape(m.shape[: max(0, m.dim() - (x.dim() - 2))])
+    return m.expand(x.shape[:2])
+
+
+def fold_affine(x: torch.Tensor, weight, bias, scale, shift, gamma=None, beta=None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-(n, c) pair ``A = w * (1 + scale)``, ``B = b * (1 + scale) + shift``, float64 and contiguous.
 
     float64 whatever x's dtype (N x C values: free): the kernels take and return the (N, C) affine and its
@@ -59,11 +100,17 @@ def fold_affine(x: torch.Tensor, weight, bias, scale, shift) -> tuple[torch.Tens
         b = b * s1
     if shift is not None:
         b = b + shift.to(f64).expand(n, c)
+    if gamma is not None:  # (N, C) maps: u = z * (1 + gamma) + beta
+        g1 = 1.0 + gamma.to(f64)
+        a = a * g1
+        b = b * g1
+    if beta is not None:
+        b = b + beta.to(f64)
     return a.contiguous(), b.contiguous()
 
 
 def group_norm_reference(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *, scale=None, shift=None,
-                         act: str = "linear", alpha=None) -> torch.Tensor:
+                         gamma=None, beta=None, act: str = "linear", alpha=None) -> torch.Tensor:
     """:func:`group_norm` written out in plain PyTorch, differentiable by autograd to any order (``impl="ref"``).
 
     Computed in float64 for float32/float64 inputs (it is the fallback, so as exact as possible) and float32 for
@@ -85,6 +132,10 @@ def group_norm_reference(x, num_groups: int, weight=None, bias=None, eps: float 
         y = y * (1 + scale.to(acc).expand(n, c).reshape(view))
     if shift is not None:
         y = y + shift.to(acc).expand(n, c).reshape(view)
+    if gamma is not None:
+        y = y + y * gamma.to(acc)
+    if beta is not None:
+        y = y + beta.to(acc)
     if code == ACTS["silu"]:
         y = torch.nn.functional.silu(y)
     elif code == ACTS["relu"]:
@@ -95,7 +146,7 @@ def group_norm_reference(x, num_groups: int, weight=None, bias=None, eps: float 
 
 
 def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *, scale=None, shift=None,
-               act: str = "linear", alpha=None, impl: str | None = None) -> torch.Tensor:
+               gamma=None, beta=None, act: str = "linear", alpha=None, impl: str | None = None) -> torch.Tensor:
     """Group norm with an optional per-sample scale/shift and a fused activation, in one fused kernel.
 
     ``act(F.group_norm(x, num_groups, weight, bias, eps) * (1 + scale) + shift)``: with only weight/bias and
@@ -114,6 +165,10 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
         eps: added to the variance before the square root.
         scale, shift: optional per-sample ``(N, C)`` (or ``(N, C, 1, ...)``, or broadcasting to ``(N, C)``);
             applied as ``* (1 + scale) + shift`` after weight/bias.
+        gamma, beta: optional per-element maps broadcastable to x (SPADE: ``(N, C, H, W)``), applied as
+            ``z + z * gamma + beta`` after scale/shift and before act (``1 + gamma`` is never rounded to x's
+            dtype). A missing one of the pair is zeros; maps are cast to x's dtype and expanded to x's shape
+            (a broadcast map is materialised once); maps with no spatial extent fold into the per-channel affine.
         act: ``"linear"``, ``"relu"``, ``"lrelu"`` or ``"silu"`` (alias ``"swish"``), applied last.
         alpha: lrelu's negative slope (default 0.2); ignored by the others.
         impl: ``"ref"``, ``"cpp"`` or ``"triton"`` to pin an implementation; None picks by device (no CUDA C++
@@ -128,13 +183,22 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
     _check_param(bias, "bias", x)
     scale = _as_per_plane(scale, "scale", x)
     shift = _as_per_plane(shift, "shift", x)
+    check_map(gamma, "gamma", x)
+    check_map(beta, "beta", x)
     code, alpha = resolve_act(act, alpha)
     eps = float(eps)
     if not eps >= 0.0:
         raise ValueError(f"fastgan: eps must be >= 0, got {eps}")
     which = _backend.select("group_norm_fwd", x.device, impl)
     if which == "ref":
-        return group_norm_reference(x, groups, weight, bias, eps, scale=scale, shift=shift, act=act, alpha=alpha)
-    a, b = fold_affine(x, weight, bias, scale, shift)
-    return kernel_ops(which).fwd(x, a, b, groups, eps, code, alpha)[0]
+        return group_norm_reference(x, groups, weight, bias, eps, scale=scale, shift=shift, gamma=gamma, beta=beta,
+                                    act=act, alpha=alpha)
+    if _is_per_channel(gamma, x) and _is_per_channel(beta, x):
+        a, b = fold_affine(x, weight, bias, scale, shift, _plane(gamma, x), _plane(beta, x))
+        gamma = beta = None
+    else:
+        a, b = fold_affine(x, weight, bias, scale, shift)
+        gamma = torch.zeros_like(x) if gamma is None else gamma.to(x.dtype).expand(x.shape)
+        beta = torch.zeros_like(x) if beta is None else beta.to(x.dtype).expand(x.shape)
+    return kernel_ops(which).fwd(x, a, b, gamma, beta, groups, eps, code, alpha)[0]
 

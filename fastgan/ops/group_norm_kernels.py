@@ -10,6 +10,11 @@ Group norm with a per-(n, c) affine and a fused activation ``f``. For sample n a
                h = scale[n, c] * gz
                gx = r * (h - mean_M(h) - xhat * mean_M(h * xhat))                    (per group)
 
+With per-element modulation maps gamma, beta (SPADE; both or neither, x's shape and dtype) the output is
+``y = f(u)``, ``u = z + z * gamma + beta``, and the backward starts from ``gu = gy * f'(u)``::
+
+               ggamma = gu * z,   gbeta = gu,   gz = gu + gu * gamma        (then as above)
+
 The group means come from the per-channel sums: ``sum_M(h) = sum_c scale_c * gshift_c`` and
 ``sum_M(h * xhat) = sum_c scale_c * gscale_c``, so the backward is one reduction pass and one output pass.
 With one channel per group (G = C) and ``f`` linear this is exactly the instance-norm family.
@@ -20,8 +25,12 @@ and ``gscale``/``gshift`` are float64 whatever x's dtype (see ``fold_affine``); 
 
 Two kernel ops (schemas in ``csrc/fastgan.cpp``; ``*_triton`` twins defined here around ``fastgan.kernels``)::
 
-    group_norm_fwd(x, scale, shift, groups, eps, act, alpha)                   -> (y, mean, rstd)    stats (N, G)
-    group_norm_bwd(gy, x, mean, rstd, scale, shift, groups, eps, act, alpha)   -> (gx, gscale, gshift)  (N, C)
+    group_norm_fwd(x, scale, shift, gamma?, beta?, groups, eps, act, alpha)    -> (y, mean, rstd)    stats (N, G)
+    group_norm_bwd(gy, x, mean, rstd, scale, shift, gamma?, beta?, groups, eps, act, alpha)
+                                                    -> (gx, gscale, gshift, ggamma, gbeta)   sums (N, C)
+
+``ggamma``/``gbeta`` have 0 elements without maps; ``gbeta`` also for linear ``f``, where it is ``gy`` itself (the
+autograd formula passes gy on instead of a copy).
 
 Autograd: the backward of ``fwd`` is ``bwd`` (fused kernels). The backward of ``bwd`` (double backward, e.g. a
 gradient penalty) is **composite**: the vector-Jacobian product of :func:`reference_bwd` written in plain torch
@@ -76,46 +85,67 @@ def _xhat(xf: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Ten
     return ((g - mean[..., None]) * rstd[..., None]).reshape(xf.shape)
 
 
-def reference_fwd(x, scale, shift, groups: int, eps: float, act: int, alpha: float):
+def _no_map(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((0,))
+
+
+def reference_fwd(x, scale, shift, gamma, beta, groups: int, eps: float, act: int, alpha: float):
     """Kernel-level forward. Returns ``(y, mean, rstd)``; mean/rstd ``(N, G)`` in the acc dtype."""
     xf = x.to(acc_dtype(x.dtype))
     mean, rstd = _stats(xf, groups, eps)
     z = _xhat(xf, mean, rstd) * _per_channel(scale.to(xf.dtype), x) + _per_channel(shift.to(xf.dtype), x)
+    if gamma is not None:
+        z = z + z * gamma.to(xf.dtype) + beta.to(xf.dtype)
     return _act(z, act, alpha).to(x.dtype), mean, rstd
 
 
-def reference_bwd(gy, x, mean, rstd, scale, shift, act: int, alpha: float):
-    """Kernel-level backward. Returns ``(gx, gscale, gshift)``: gx like x, the sums ``(N, C)`` in float64.
-    Differentiable in every tensor input (the composite double backward differentiates it)."""
+def reference_bwd(gy, x, mean, rstd, scale, shift, gamma, beta, act: int, alpha: float):
+    """Kernel-level backward. Returns ``(gx, gscale, gshift, ggamma, gbeta)``: gx (and the map gradients) like x,
+    the sums ``(N, C)`` in float64. Differentiable in every tensor input (the composite double backward
+    differentiates it)."""
     acc = mean.dtype
     xf = x.to(acc)
     dims = tuple(range(2, x.dim()))
     xhat = _xhat(xf, mean, rstd)
     a = _per_channel(scale.to(acc), x)
-    gz = gy.to(acc) * _act_d1(xhat * a + _per_channel(shift.to(acc), x), act, alpha)
+    z = xhat * a + _per_channel(shift.to(acc), x)
+    ggamma = gbeta = _no_map(x)
+    if gamma is None:
+        gz = gy.to(acc) * _act_d1(z, act, alpha)
+    else:
+        gm = gamma.to(acc)
+        gu = gy.to(acc) * _act_d1(z + z * gm + beta.to(acc), act, alpha)
+        ggamma = (gu * z).to(x.dtype)
+        if act != 0:
+            gbeta = gu.to(x.dtype)
+        gz = gu + gu * gm
     n, groups = mean.shape
     h = (a * gz).reshape(n, groups, -1)
     xg = xhat.reshape(n, groups, -1)
     gx = rstd[..., None] * (h - h.mean(-1, keepdim=True) - xg * (h * xg).mean(-1, keepdim=True))
     f64 = torch.float64
-    return gx.reshape(x.shape).to(x.dtype), (gz * xhat).sum(dim=dims).to(f64), gz.sum(dim=dims).to(f64)
+    return (gx.reshape(x.shape).to(x.dtype), (gz * xhat).sum(dim=dims).to(f64), gz.sum(dim=dims).to(f64), ggamma,
+            gbeta)
 
 
-def composite_bwd(gy, x, scale, shift, groups: int, eps: float, act: int, alpha: float):
-    """:func:`reference_bwd` with mean/rstd recomputed from x: the backward as a function of (gy, x, scale, shift)."""
+def composite_bwd(gy, x, scale, shift, gamma, beta, groups: int, eps: float, act: int, alpha: float):
+    """:func:`reference_bwd` with mean/rstd recomputed from x: the backward as a function of (gy, x, scale, shift,
+    gamma, beta)."""
     mean, rstd = _stats(x.to(acc_dtype(x.dtype)), groups, eps)
-    return reference_bwd(gy, x, mean, rstd, scale, shift, act, alpha)
+    return reference_bwd(gy, x, mean, rstd, scale, shift, gamma, beta, act, alpha)
 
 
 # -------------------------------------------------------------------------------------------------- fakes
-def fake_fwd(x, scale, shift, groups, eps, act, alpha):
+def fake_fwd(x, scale, shift, gamma, beta, groups, eps, act, alpha):
     stats = x.new_empty((x.shape[0], groups), dtype=acc_dtype(x.dtype))
     return empty_like_layout(x), stats, torch.empty_like(stats)
 
 
-def fake_bwd(gy, x, mean, rstd, scale, shift, groups, eps, act, alpha):
+def fake_bwd(gy, x, mean, rstd, scale, shift, gamma, beta, groups, eps, act, alpha):
     sums = x.new_empty(x.shape[:2], dtype=torch.float64)
-    return empty_like_layout(x), sums, torch.empty_like(sums)
+    ggamma = empty_like_layout(x) if gamma is not None else _no_map(x)
+    gbeta = empty_like_layout(x) if gamma is not None and act != 0 else _no_map(x)
+    return empty_like_layout(x), sums, torch.empty_like(sums), ggamma, gbeta
 
 
 # -------------------------------------------------------------------------------------------- Triton ops
@@ -125,9 +155,17 @@ def _triton_module():
 
 @torch.library.custom_op("fastgan::group_norm_fwd_triton", mutates_args=())
 def _fwd_triton(
-    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, groups: int, eps: float, act: int, alpha: float
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    groups: int,
+    eps: float,
+    act: int,
+    alpha: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _triton_module().forward(x, scale, shift, groups, eps, act, alpha)
+    return _triton_module().forward(x, scale, shift, gamma, beta, groups, eps, act, alpha)
 
 
 @torch.library.custom_op("fastgan::group_norm_bwd_triton", mutates_args=())
@@ -138,12 +176,14 @@ def _bwd_triton(
     rstd: torch.Tensor,
     scale: torch.Tensor,
     shift: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
     groups: int,
     eps: float,
     act: int,
     alpha: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _triton_module().backward(gy, x, mean, rstd, scale, shift, act, alpha)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _triton_module().backward(gy, x, mean, rstd, scale, shift, gamma, beta, act, alpha)
 
 
 _fwd_triton.register_fake(fake_fwd)
@@ -155,29 +195,42 @@ def _attach_autograd(fwd, bwd, names: tuple[str, str]) -> None:
     """``fwd`` differentiates through ``bwd``; ``bwd`` through the vjp of :func:`composite_bwd` (any order)."""
 
     def fwd_setup(ctx, inputs, output):
-        x, scale, shift, ctx.groups, ctx.eps, ctx.act, ctx.alpha = inputs
+        x, scale, shift, gamma, beta, ctx.groups, ctx.eps, ctx.act, ctx.alpha = inputs
         _y, mean, rstd = output
         ctx.mark_non_differentiable(mean, rstd)
-        ctx.save_for_backward(x, scale, shift, mean, rstd)
+        ctx.save_for_backward(x, scale, shift, gamma, beta, mean, rstd)
 
     def fwd_backward(ctx, gy, _g_mean, _g_rstd):
-        x, scale, shift, mean, rstd = ctx.saved_tensors
-        gx, gscale, gshift = bwd(gy, x, mean, rstd, scale, shift, ctx.groups, ctx.eps, ctx.act, ctx.alpha)
-        return gx, gscale, gshift, None, None, None, None
+        x, scale, shift, gamma, beta, mean, rstd = ctx.saved_tensors
+        gx, gscale, gshift, ggamma, gbeta = bwd(gy, x, mean, rstd, scale, shift, gamma, beta, ctx.groups, ctx.eps,
+                                                ctx.act, ctx.alpha)
+        if gamma is None:
+            ggamma = gbeta = None
+        elif ctx.act == 0:
+            gbeta = gy  # d y / d beta is the identity: no kernel output, no copy
+        return gx, gscale, gshift, ggamma, gbeta, None, None, None, None
 
     def bwd_setup(ctx, inputs, output):
-        gy, x, _mean, _rstd, scale, shift, ctx.groups, ctx.eps, ctx.act, ctx.alpha = inputs
-        ctx.save_for_backward(gy, x, scale, shift)
+        gy, x, _mean, _rstd, scale, shift, gamma, beta, ctx.groups, ctx.eps, ctx.act, ctx.alpha = inputs
+        ctx.save_for_backward(gy, x, scale, shift, gamma, beta)
 
-    def bwd_backward(ctx, ggx, ggscale, ggshift):
+    def bwd_backward(ctx, ggx, ggscale, ggshift, gggamma, ggbeta):
         # torch.func.vjp differentiates at the saved values without walking back through their own history
         # (autograd.grad would, double-counting paths into x); its result stays differentiable in the outer
         # graph, so third and higher orders work too.
-        gy, x, scale, shift = ctx.saved_tensors
+        gy, x, scale, shift, gamma, beta = ctx.saved_tensors
         args = (ctx.groups, ctx.eps, ctx.act, ctx.alpha)
-        _, vjp = torch.func.vjp(lambda *t: composite_bwd(*t, *args), gy, x, scale, shift)
-        g_gy, g_x, g_scale, g_shift = vjp((ggx.to(x.dtype), ggscale.to(torch.float64), ggshift.to(torch.float64)))
-        return g_gy, g_x, None, None, g_scale, g_shift, None, None, None, None
+        cot = [ggx.to(x.dtype), ggscale.to(torch.float64), ggshift.to(torch.float64)]
+        if gamma is None:
+            _, vjp = torch.func.vjp(lambda *t: composite_bwd(*t, None, None, *args)[:3], gy, x, scale, shift)
+            g_gy, g_x, g_scale, g_shift = vjp(tuple(cot))
+            g_gamma = g_beta = None
+        else:
+            n_out = 5 if ctx.act != 0 else 4  # the op's gbeta is empty for linear act: nothing flows through it
+            _, vjp = torch.func.vjp(lambda *t: composite_bwd(*t, *args)[:n_out], gy, x, scale, shift, gamma, beta)
+            cot += [gggamma.to(x.dtype), ggbeta.to(x.dtype)][: n_out - 3]
+            g_gy, g_x, g_scale, g_shift, g_gamma, g_beta = vjp(tuple(cot))
+        return g_gy, g_x, None, None, g_scale, g_shift, g_gamma, g_beta, None, None, None, None
 
     torch.library.register_autograd(names[0], fwd_backward, setup_context=fwd_setup)
     torch.library.register_autograd(names[1], bwd_backward, setup_context=bwd_setup)
