@@ -15,7 +15,8 @@
 // itself, which the caller uses without a copy).
 //
 // Speed: the inner loops are small functions compiled twice, for the baseline ISA (the build has no -march) and
-// for AVX2, picked once at load time (as grad_penalty_cpu.cpp does). The AVX2 clone does not enable FMA and
+// for AVX2, picked once at load time (as grad_penalty_cpu.cpp does); 16-bit elements go through convert16.h's
+// select-only conversions (through c10's operators those loops stayed scalar). The AVX2 clone does not enable FMA and
 // the build is ISO C++ (-ffp-contract=off), so both clones give the same bits. SiLU's exp is exp_f below, a
 // Cephes-style float exp written so that GCC vectorises it (libm's expf is a call per element: that alone made
 // the forward 3-5x slower than eager, whose exp is vectorised).
@@ -37,6 +38,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "convert16.h"
 #include "norm_common.h"
 
 namespace fastgan {
@@ -156,16 +158,29 @@ struct Moments {
   }
 };
 
+// v itself, or for 16-bit T its values widened into buf (n <= kChunk): the lane sums below vectorise over float
+// input but stay scalar over 16-bit loads (3x slower bfloat16 statistics than float32 when read directly).
+template <typename T>
+FASTGAN_GN_INLINE const acc_of<T>* widened(const T* v, int64_t n, acc_of<T>* buf) {
+  if constexpr (sizeof(T) == 2) {
+    for (int64_t i = 0; i < n; ++i) buf[i] = load_as<acc_of<T>>(v[i]);
+    return buf;
+  } else {
+    return v;
+  }
+}
+
 // Moments of x[0, n) merged into m, chunk by chunk: a mean, then squares centred on it (the chunk is in L1).
 template <typename T>
 FASTGAN_GN_INLINE void moments_impl(const T* x, int64_t n, Moments* m) {
   using A = acc_of<T>;
+  A buf[sizeof(T) == 2 ? kChunk : 1];
   for (int64_t r0 = 0; r0 < n; r0 += kChunk) {
     const int64_t k = std::min(kChunk, n - r0);
-    const T* v = x + r0;
-    const double cm = lane_sum(k, [&](int64_t i) { return static_cast<double>(static_cast<A>(v[i])); }) / k;
+    const A* v = widened(x + r0, k, buf);
+    const double cm = lane_sum(k, [&](int64_t i) { return static_cast<double>(v[i]); }) / k;
     const double cm2 = lane_sum(k, [&](int64_t i) {
-      const double d = static_cast<double>(static_cast<A>(v[i])) - cm;
+      const double d = static_cast<double>(v[i]) - cm;
       return d * d;
     });
     m->merge(static_cast<double>(k), cm, cm2);
@@ -180,15 +195,15 @@ FASTGAN_GN_INLINE void fwd_out_impl(const T* x, int64_t n, acc_of<T> mu_hi, acc_
   using A = acc_of<T>;
   const ExpRange er = exp_range();
   for (int64_t i = 0; i < n; ++i) {
-    A z = ((static_cast<A>(x[i]) - mu_hi) - mu_lo) * a + b;
-    if constexpr (MOD) z = (z + z * static_cast<A>(gm[i])) + static_cast<A>(bm[i]);
-    y[i] = static_cast<T>(act_f<ACT>(z, al, er));
+    A z = ((load_as<A>(x[i]) - mu_hi) - mu_lo) * a + b;
+    if constexpr (MOD) z = (z + z * load_as<A>(gm[i])) + load_as<A>(bm[i]);
+    y[i] = store_as<T>(act_f<ACT>(z, al, er));
   }
 }
 
-// gz = gy * f'(z) into gz[0, n); s += {sum gz, sum gz * (x - mu), sum (x - mu)} in double. With MOD, gz is the
-// gradient of z: gu = gy * f'(u), gz = gu + gu * gm; and when ggm is given (the pass that writes outputs) also
-// ggm = gu * z and, for non-linear f, gbm = gu.
+// gz = gy * f'(z) into gz[0, n) (n <= kChunk); s += {sum gz, sum gz * (x - mu), sum (x - mu)} in double.
+// With MOD, gz is the gradient of z: gu = gy * f'(u), gz = gu + gu * gm; and when ggm is given (the pass that
+// writes outputs) also ggm = gu * z and, for non-linear f, gbm = gu.
 template <typename T, int ACT, bool MOD>
 FASTGAN_GN_INLINE void bwd_sums_impl(const T* x, const T* gy, int64_t n, acc_of<T> mu, acc_of<T> r, acc_of<T> a,
                                      acc_of<T> b, acc_of<T> al, const T* gm, const T* bm, T* ggm, T* gbm,
@@ -198,33 +213,33 @@ FASTGAN_GN_INLINE void bwd_sums_impl(const T* x, const T* gy, int64_t n, acc_of<
   const ExpRange er = exp_range();
   if constexpr (!MOD) {
     for (int64_t i = 0; i < n; ++i) {
-      const A g = static_cast<A>(gy[i]);
-      gz[i] = ACT == kLinear ? g : g * act_d1<ACT>((static_cast<A>(x[i]) - mu) * ra + b, al, er);
+      const A g = load_as<A>(gy[i]);
+      gz[i] = ACT == kLinear ? g : g * act_d1<ACT>((load_as<A>(x[i]) - mu) * ra + b, al, er);
     }
   } else if (ggm == nullptr) {
     for (int64_t i = 0; i < n; ++i) {
-      const A z = (static_cast<A>(x[i]) - mu) * ra + b, gmi = static_cast<A>(gm[i]);
-      A gu = static_cast<A>(gy[i]);
-      if constexpr (ACT != kLinear) gu = gu * act_d1<ACT>((z + z * gmi) + static_cast<A>(bm[i]), al, er);
+      const A z = (load_as<A>(x[i]) - mu) * ra + b, gmi = load_as<A>(gm[i]);
+      A gu = load_as<A>(gy[i]);
+      if constexpr (ACT != kLinear) gu = gu * act_d1<ACT>((z + z * gmi) + load_as<A>(bm[i]), al, er);
       gz[i] = gu + gu * gmi;
     }
   } else {
     for (int64_t i = 0; i < n; ++i) {
-      const A z = (static_cast<A>(x[i]) - mu) * ra + b, gmi = static_cast<A>(gm[i]);
-      A gu = static_cast<A>(gy[i]);
+      const A z = (load_as<A>(x[i]) - mu) * ra + b, gmi = load_as<A>(gm[i]);
+      A gu = load_as<A>(gy[i]);
       if constexpr (ACT != kLinear) {
-        gu = gu * act_d1<ACT>((z + z * gmi) + static_cast<A>(bm[i]), al, er);
-        gbm[i] = static_cast<T>(gu);
+        gu = gu * act_d1<ACT>((z + z * gmi) + load_as<A>(bm[i]), al, er);
+        gbm[i] = store_as<T>(gu);
       }
-      ggm[i] = static_cast<T>(gu * z);
+      ggm[i] = store_as<T>(gu * z);
       gz[i] = gu + gu * gmi;
     }
   }
+  A buf[sizeof(T) == 2 ? kChunk : 1];
+  const A* xa = widened(x, n, buf);
   s[0] += lane_sum(n, [&](int64_t i) { return static_cast<double>(gz[i]); });
-  s[1] += lane_sum(n, [&](int64_t i) {
-    return static_cast<double>(gz[i]) * (static_cast<double>(static_cast<A>(x[i])) - mu);
-  });
-  s[2] += lane_sum(n, [&](int64_t i) { return static_cast<double>(static_cast<A>(x[i])) - mu; });
+  s[1] += lane_sum(n, [&](int64_t i) { return static_cast<double>(gz[i]) * (static_cast<double>(xa[i]) - mu); });
+  s[2] += lane_sum(n, [&](int64_t i) { return static_cast<double>(xa[i]) - mu; });
 }
 
 // gx = r * (a * gz - m_h - xhat * m_hx), xhat = (x - mean) * r, combined in double (see the header).
@@ -233,8 +248,8 @@ FASTGAN_GN_INLINE void bwd_out_impl(const T* x, const acc_of<T>* gz, int64_t n, 
                                     double m_h, double m_hx, T* gx) {
   using A = acc_of<T>;
   for (int64_t i = 0; i < n; ++i) {
-    const double xh = (static_cast<double>(static_cast<A>(x[i])) - mu) * r;
-    gx[i] = static_cast<T>(static_cast<A>(r * (a * static_cast<double>(gz[i]) - m_h - xh * m_hx)));
+    const double xh = (static_cast<double>(load_as<A>(x[i])) - mu) * r;
+    gx[i] = store_as<T>(static_cast<A>(r * (a * static_cast<double>(gz[i]) - m_h - xh * m_hx)));
   }
 }
 
@@ -558,8 +573,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(const at::Tens
   at::Tensor rstd = at::empty_like(mean);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_fwd_cpu", [&] {
     dispatch_act(act, op, [&](auto k) {
-      if (mod) fwd_kernel<scalar_t, decltype(k)::value, true>(x, scale, shift, gamma, beta, eps, alpha, s, y, mean, rstd);
-      else fwd_kernel<scalar_t, decltype(k)::value, false>(x, scale, shift, gamma, beta, eps, alpha, s, y, mean, rstd);
+      constexpr int kAct = decltype(k)::value;
+      if (mod) fwd_kernel<scalar_t, kAct, true>(x, scale, shift, gamma, beta, eps, alpha, s, y, mean, rstd);
+      else fwd_kernel<scalar_t, kAct, false>(x, scale, shift, gamma, beta, eps, alpha, s, y, mean, rstd);
     });
   });
   return {cl ? match_layout(y, true) : y, mean, rstd};
