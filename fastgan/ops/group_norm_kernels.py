@@ -32,9 +32,11 @@ Two kernel ops (schemas in ``csrc/fastgan.cpp``; ``*_triton`` twins defined here
 ``ggamma``/``gbeta`` have 0 elements without maps; ``gbeta`` also for linear ``f``, where it is ``gy`` itself (the
 autograd formula passes gy on instead of a copy).
 
-Autograd: the backward of ``fwd`` is ``bwd`` (fused kernels). The backward of ``bwd`` (double backward, e.g. a
-gradient penalty) is **composite**: the vector-Jacobian product of :func:`reference_bwd` written in plain torch
-ops with mean/rstd recomputed from x, so second and higher orders are correct but run on eager torch ops.
+Autograd: the backward of ``fwd`` is ``bwd`` (fused kernels; for the extension's op this formula is registered in
+C++, ``csrc/group_norm_autograd.cpp``, saving the Python autograd.Function's per-call cost). The backward of
+``bwd`` (double backward, e.g. a gradient penalty) is **composite**: the vector-Jacobian product of
+:func:`reference_bwd` written in plain torch ops with mean/rstd recomputed from x, so second and higher orders
+are correct but run on eager torch ops.
 """
 from __future__ import annotations
 
@@ -191,8 +193,10 @@ _bwd_triton.register_fake(fake_bwd)
 
 
 # ---------------------------------------------------------------------------------------------- autograd
-def _attach_autograd(fwd, bwd, names: tuple[str, str]) -> None:
-    """``fwd`` differentiates through ``bwd``; ``bwd`` through the vjp of :func:`composite_bwd` (any order)."""
+def _attach_autograd(fwd, bwd, names: tuple[str, str], native: bool = False) -> None:
+    """``fwd`` differentiates through ``bwd``; ``bwd`` through the vjp of :func:`composite_bwd` (any order).
+    ``native``: the extension registered fwd's formula in C++ (csrc/group_norm_autograd.cpp); only bwd's is
+    attached here."""
 
     def fwd_setup(ctx, inputs, output):
         x, scale, shift, gamma, beta, ctx.groups, ctx.eps, ctx.act, ctx.alpha = inputs
@@ -232,7 +236,8 @@ def _attach_autograd(fwd, bwd, names: tuple[str, str]) -> None:
             g_gy, g_x, g_scale, g_shift, g_gamma, g_beta = vjp(tuple(cot))
         return g_gy, g_x, None, None, g_scale, g_shift, g_gamma, g_beta, None, None, None, None
 
-    torch.library.register_autograd(names[0], fwd_backward, setup_context=fwd_setup)
+    if not native:
+        torch.library.register_autograd(names[0], fwd_backward, setup_context=fwd_setup)
     torch.library.register_autograd(names[1], bwd_backward, setup_context=bwd_setup)
 
 
@@ -254,7 +259,8 @@ def _compiled_ops() -> _Ops:
         for name, fake in zip(names, (fake_fwd, fake_bwd)):
             torch.library.register_fake(name)(fake)
         pair = tuple(getattr(torch.ops.fastgan, n).default for n in OP_NAMES)
-        _attach_autograd(*pair, names=names)
+        native = torch._C._dispatch_has_kernel_for_dispatch_key(names[0], "Autograd")
+        _attach_autograd(*pair, names=names, native=native)
         _compiled = _Ops(*pair)
     return _compiled
 
