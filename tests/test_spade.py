@@ -159,3 +159,19 @@ def test_module_loads_the_usual_spade_state_dict_and_matches_it():
     torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-10, atol=1e-10)
     for a, b in zip(outs[1][1], outs[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_path_choice():
+    """Contiguous x with x-shaped maps takes the fused group-norm kernel; channels_last x and broadcast spatial
+    maps take instance norm + addcmul (no copies to contiguous)."""
+    if "cpp" not in fastgan._backend.live_impls("group_norm_fwd", "cpu"):
+        pytest.skip("compiled extension not loaded")
+    x = torch.randn(2, 3, 5, 6, requires_grad=True)
+    g, b = torch.randn(2, 3, 5, 6), torch.randn(2, 3, 5, 6)
+    fused = fastgan.ops.spatial_adaptive_norm(x, g, b, impl="cpp")
+    assert "GroupNormFwdFn" in fused.grad_fn.name()
+    cl = fastgan.ops.spatial_adaptive_norm(x.contiguous(memory_format=torch.channels_last), g, b, impl="cpp")
+    bcast = fastgan.ops.spatial_adaptive_norm(x, g, b[:1], impl="cpp")
+    for y in (cl, bcast):
+        assert "GroupNormFwdFn" not in y.grad_fn.name()
+    assert cl.is_contiguous(memory_format=torch.channels_last)
