@@ -7,8 +7,8 @@
 // into channel runs instead: partial sums per run in one parallel region, a merge per group, the output pass in a
 // second region (the instance-norm kernel's channels-last scheme). Inputs under kSerial elements run on the
 // calling thread: an OpenMP region costs more than the work there, and far more on a busy machine.
-// Channels-last and other strided inputs are copied to contiguous first and the outputs copied back to the
-// input's layout (a native channels-last path is future work).
+// Channels-last input without modulation maps runs the channels-last kernels (group_norm_cl_cpu.cpp); other
+// strided inputs, and channels-last with maps, are copied to contiguous first and the outputs copied back.
 // Optional per-element modulation maps gamma, beta (SPADE; both or neither, x's shape and dtype): the output is
 // f(u), u = z + z * gamma + beta with z the affine-normalised value (MOD template flag), and the backward also
 // writes d/dgamma = gu * z and, for a non-linear f, d/dbeta = gu (gu = gy * f'(u); for linear f d/dbeta is gy
@@ -39,6 +39,8 @@
 #include <vector>
 
 #include "convert16.h"
+#include "group_norm_cl.h"
+#include "group_norm_math.h"
 #include "norm_common.h"
 
 namespace fastgan {
@@ -49,115 +51,7 @@ constexpr int64_t kSerial = 1 << 15;    // inputs up to this many elements run o
 constexpr int64_t kTaskElems = 1 << 15; // elements per parallel task (grain) at least
 constexpr int64_t kGzCap = 1 << 18;     // backward keeps a group's gz (<= 1 MiB float) instead of recomputing it
 
-#define FASTGAN_GN_INLINE inline __attribute__((always_inline))
-#define FASTGAN_GN_AVX2 __attribute__((target("avx2")))
-
-template <typename T>
-using acc_of = std::conditional_t<std::is_same<T, double>::value, double, float>;
-
-// Activation codes shared with bias_act (fastgan/ops/bias_act_kernels.py ACT_CODES).
-constexpr int kLinear = 0, kRelu = 1, kLrelu = 2, kSilu = 5;
-
-// ------------------------------------------------------------------------------------------- elementwise math
-// exp(x) in float without a libm call, so that loops over it vectorise: x = k ln2 + r (Cody-Waite, k rounded by
-// the 1.5 * 2^23 trick), Cephes' degree-6 polynomial for e^r (max error ~1 ulp, as Sleef's expf_u10 eager uses),
-// and 2^k put into the exponent bits. x is clamped to [-87, 88] so that 2^k stays a normal float: e^-87 ~ 1.6e-38
-// and e^88 ~ 1.7e38 stand in for 0 and inf, which changes silu and its derivative by under 1e-36 absolute. NaN
-// passes through (the clamps compare false, and the polynomial of NaN is NaN).
-// The clamp bounds come in as run-time values (ExpRange, read from volatile storage once per loop): with literal
-// bounds GCC threads the clamped case into a constant e^88 and computes z / (1 + e^88) for every element before
-// blending; that quotient is a denormal for |z| < ~40, and the microcode assists made the SiLU forward 20x slower
-// (1.9 ms instead of ~0.1 ms for 2x128x32x32 on one core), whichever of ?: or std::min/max was written.
-struct ExpRange {
-  float lo, hi;
-};
-volatile float g_exp_lo = -87.0f, g_exp_hi = 88.0f;
-FASTGAN_GN_INLINE ExpRange exp_range() { return ExpRange{g_exp_lo, g_exp_hi}; }
-
-FASTGAN_GN_INLINE float exp_f(float x, const ExpRange& er) {
-  x = std::min(std::max(x, er.lo), er.hi);
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold round(x / ln2)
-  const float t = x * 1.44269504088896341f + kMagic;
-  const float k = t - kMagic;
-  float r = x - k * 0.693359375f;  // k * C1 is exact (C1 has 9 significant bits)
-  r = r - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e_r = p * (r * r) + r + 1.0f;
-  uint32_t bits;
-  std::memcpy(&bits, &t, sizeof bits);
-  bits = (bits - 0x4B400000u + 127u) << 23;  // k + 127 into the exponent field (unsigned: no UB on NaN input)
-  float two_k;
-  std::memcpy(&two_k, &bits, sizeof two_k);
-  return e_r * two_k;
-}
-
-FASTGAN_GN_INLINE float exp_a(float x, const ExpRange& er) { return exp_f(x, er); }
-FASTGAN_GN_INLINE double exp_a(double x, const ExpRange&) { return std::exp(x); }  // float64 input: libm's exp, to full precision
-
-// f(z). NaN propagates through relu/lrelu (`z < 0` is false for NaN), as in torch. SiLU as eager's CPU kernel
-// writes it: z / (1 + exp(-z)).
-template <int ACT, typename A>
-FASTGAN_GN_INLINE A act_f(A z, A alpha, const ExpRange& er) {
-  if constexpr (ACT == kRelu) return z < A(0) ? A(0) : z;
-  else if constexpr (ACT == kLrelu) return z < A(0) ? z * alpha : z;
-  else if constexpr (ACT == kSilu) return z / (A(1) + exp_a(-z, er));
-  else return z;
-}
-
-// f'(z); at z = 0 relu's is 0 and lrelu's alpha, as torch's backward has them. SiLU: s (1 + z (1 - s)) with
-// 1 - s = sigmoid(-z) = e * s computed directly (no cancellation where s is near 1; eager's 1 - s loses bits there).
-template <int ACT, typename A>
-FASTGAN_GN_INLINE A act_d1(A z, A alpha, const ExpRange& er) {
-  if constexpr (ACT == kRelu) return z > A(0) ? A(1) : A(0);
-  else if constexpr (ACT == kLrelu) return z > A(0) ? A(1) : alpha;
-  else if constexpr (ACT == kSilu) {
-    const A e = exp_a(-z, er);
-    const A s = A(1) / (A(1) + e);
-    return s * (A(1) + z * (e * s));
-  } else return A(1);
-}
-
-template <typename F>
-void dispatch_act(int64_t act, const char* op, F f) {
-  switch (act) {
-    case kLinear: f(std::integral_constant<int, kLinear>{}); break;
-    case kRelu: f(std::integral_constant<int, kRelu>{}); break;
-    case kLrelu: f(std::integral_constant<int, kLrelu>{}); break;
-    case kSilu: f(std::integral_constant<int, kSilu>{}); break;
-    default: TORCH_CHECK(false, op, ": act must be 0 (linear), 1 (relu), 2 (lrelu) or 5 (silu), got ", act);
-  }
-}
-
-// sum_i f(i) over 8 independent double lanes (vectorisable without reassociation).
-template <typename F>
-FASTGAN_GN_INLINE double lane_sum(int64_t n, F f) {
-  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int k = 0; k < 8; ++k) lanes[k] += f(i + k);
-  }
-  for (; i < n; ++i) lanes[0] += f(i);
-  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-}
-
 // ------------------------------------------------------------------------------------------- inner loops
-// Running (count, mean, M2), merged chunk by chunk (Chan et al.).
-struct Moments {
-  double count = 0, mean = 0, m2 = 0;
-  void merge(double n, double chunk_mean, double chunk_m2) {
-    if (n == 0) return;
-    const double delta = chunk_mean - mean, total = count + n;
-    mean += delta * n / total;
-    m2 += chunk_m2 + delta * delta * count * n / total;
-    count = total;
-  }
-};
-
 // v itself, or for 16-bit T its values widened into buf (n <= kChunk): the lane sums below vectorise over float
 // input but stay scalar over 16-bit loads (3x slower bfloat16 statistics than float32 when read directly).
 template <typename T>
@@ -298,10 +192,6 @@ A* scratch(int64_t n) {
 }
 
 // ------------------------------------------------------------------------------------------- work split
-struct Shape {
-  int64_t N, C, G, Cg, L, M;  // M = Cg * L elements per group
-};
-
 // Groups (fused statistics + output per task) unless there are fewer groups than threads and enough work to
 // share: then pieces of at most kChunk elements within a channel run, in two parallel regions.
 bool split_groups(const Shape& s) {
@@ -426,30 +316,10 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
                MOD ? gmp + o : nullptr, MOD ? bmp + o : nullptr, MOD && write ? ggmp + o : nullptr,
                gbmp && write ? gbmp + o : nullptr, gz, sums);
   };
-  // Group p's output-pass constants from its per-channel sums[3 * ch + {0, 1, 2}] = sum gz, sum gz * (x - mean),
-  // sum (x - mean) (mean as stored, rounded to A); writes gscale, gshift. delta = exact - stored mean comes free
-  // and corrects every x - mean: on small groups of close values rstd is large and the stored mean's rounding
-  // showed in gscale (up to 8x eager's error).
-  struct Coef {
-    double mu, m_h, m_hx;
+  auto finish = [&](int64_t p, const double* sums) {
+    return group_coef(p, sums, s, static_cast<double>(mp[p]), rp[p], sp, gsp, gbp);
   };
-  auto finish = [&](int64_t p, const double* sums) -> Coef {
-    const double r = rp[p];
-    double sx = 0;
-    for (int64_t ch = 0; ch < s.Cg; ++ch) sx += sums[3 * ch + 2];
-    const double delta = sx / s.M;
-    double h = 0, hx = 0;
-    for (int64_t ch = 0; ch < s.Cg; ++ch) {
-      const int64_t nc = p * s.Cg + ch;
-      const double sg = sums[3 * ch], sgx = (sums[3 * ch + 1] - delta * sg) * r;  // sum(gz * xhat), exact mean
-      gsp[nc] = sgx;
-      gbp[nc] = sg;
-      h += sp[nc] * sg;
-      hx += sp[nc] * sgx;
-    }
-    return Coef{static_cast<double>(mp[p]) + delta, h / s.M, hx / s.M};
-  };
-  auto emit = [&](int64_t nc, int64_t j0, int64_t j1, const A* gz, const Coef& c) {
+  auto emit = [&](int64_t nc, int64_t j0, int64_t j1, const A* gz, const GroupCoef& c) {
     const int64_t o = nc * s.L + j0;
     k.bwd_out(xp + o, gz, j1 - j0, c.mu, rp[nc / s.Cg], sp[nc], c.m_h, c.m_hx, gxp + o);
   };
@@ -464,7 +334,7 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
           for (int64_t j0 = 0; j0 < s.L; j0 += kChunk)
             sums_of(p * s.Cg + ch, j0, std::min(s.L, j0 + kChunk), keep ? gz + ch * s.L + j0 : gz, &sums[3 * ch],
                     keep);
-        const Coef c = finish(p, sums.data());
+        const GroupCoef c = finish(p, sums.data());
         double unused[3] = {0, 0, 0};
         for (int64_t ch = 0; ch < s.Cg; ++ch)
           for (int64_t j0 = 0; j0 < s.L; j0 += kChunk) {
@@ -488,7 +358,7 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
       sums_of(nc, j0, j1, gz, &parts[3 * q], false);
     }
   });
-  std::vector<Coef> coefs(static_cast<size_t>(s.N * s.G));
+  std::vector<GroupCoef> coefs(static_cast<size_t>(s.N * s.G));
   std::vector<double> sums(static_cast<size_t>(3 * s.Cg));
   for (int64_t p = 0; p < s.N * s.G; ++p) {
     std::fill(sums.begin(), sums.end(), 0.0);
@@ -567,10 +437,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_fwd_cpu(const at::Tens
   at::Tensor gamma, beta;
   const bool mod = check_maps(gamma_in, beta_in, x_in, op, gamma, beta);
   const bool cl = is_channels_last(x_in);
+  at::Tensor mean = at::empty({s.N, s.G}, x_in.options().dtype(acc_type_of(x_in.scalar_type())));
+  at::Tensor rstd = at::empty_like(mean);
+  if (cl && !mod) {
+    at::Tensor y = empty_in_layout(x_in, true, x_in.scalar_type());
+    group_norm_fwd_cl(x_in, scale, shift, groups, eps, act, alpha, y, mean, rstd);
+    return {y, mean, rstd};
+  }
   const at::Tensor x = x_in.contiguous();
   at::Tensor y = empty_in_layout(x, false, x.scalar_type());
-  at::Tensor mean = at::empty({s.N, s.G}, x.options().dtype(acc_type_of(x.scalar_type())));
-  at::Tensor rstd = at::empty_like(mean);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_fwd_cpu", [&] {
     dispatch_act(act, op, [&](auto k) {
       constexpr int kAct = decltype(k)::value;
@@ -600,10 +475,17 @@ Tensor5 group_norm_bwd_cpu(const at::Tensor& gy_in, const at::Tensor& x_in, cons
   at::Tensor gamma, beta;
   const bool mod = check_maps(gamma_in, beta_in, x_in, op, gamma, beta);
   const bool cl = is_channels_last(x_in);
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor gy = (gy_in.scalar_type() == x.scalar_type() ? gy_in : gy_in.to(x.scalar_type())).contiguous();
-  at::Tensor gx = empty_in_layout(x, false, x.scalar_type());
+  const at::Tensor gy_t = gy_in.scalar_type() == x_in.scalar_type() ? gy_in : gy_in.to(x_in.scalar_type());
   at::Tensor gscale = at::empty({s.N, s.C}, mean.options().dtype(at::kDouble)), gshift = at::empty_like(gscale);
+  if (cl && !mod) {
+    at::Tensor gx = empty_in_layout(x_in, true, x_in.scalar_type());
+    group_norm_bwd_cl(match_layout(gy_t, true), x_in, mean, rstd, scale, shift, groups, act, alpha, gx, gscale,
+                      gshift);
+    return {gx, gscale, gshift, x_in.new_empty({0}), x_in.new_empty({0})};
+  }
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor gy = gy_t.contiguous();
+  at::Tensor gx = empty_in_layout(x, false, x.scalar_type());
   at::Tensor ggamma = mod ? empty_in_layout(x, false, x.scalar_type()) : x.new_empty({0});
   at::Tensor gbeta = mod && act != kLinear ? empty_in_layout(x, false, x.scalar_type()) : x.new_empty({0});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_bwd_cpu", [&] {

@@ -1,0 +1,201 @@
+// Channels-last CPU kernels of group norm (per-(n, c) affine, fused activation; no modulation maps, which take the
+// contiguous kernels in group_norm_cpu.cpp after a copy). Math: fastgan/ops/group_norm_kernels.py.
+//
+// Memory is (N, L, C): a group's Cg channels are a short run in every one of the L rows. The scheme is the
+// instance-norm kernel's channels-last one (cl_tasks.h): per sample, row chunks in parallel accumulate
+// per-channel partial sums with the inner loops along C (contiguous, vectorised), the partials are merged per
+// channel and then per group, and a second parallel pass writes the output. Copying channels-last input to
+// contiguous and back instead cost more than the kernel itself (PyTorch's transposing copy of a 2x512x64x64
+// float tensor takes ~9 ms on 2 cores, the whole GN + SiLU forward ~3 ms).
+//
+// Precision as the contiguous kernels: channel moments (a mean, then centred squares) in double merged with
+// Chan's formula into group moments; the group mean stored as hi + lo; backward sums in double and the output
+// combination in double.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cl_tasks.h"
+#include "convert16.h"
+#include "group_norm_cl.h"
+#include "group_norm_math.h"
+#include "norm_common.h"
+
+namespace fastgan {
+namespace {
+
+Shape shape_of(const at::Tensor& x, int64_t groups) {
+  const int64_t N = x.size(0), C = x.size(1), L = x.numel() / std::max<int64_t>(1, N * C);
+  return Shape{N, C, groups, C / groups, L, (C / groups) * L};
+}
+
+template <typename T, int ACT>
+void fwd_cl(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, const Shape& s, double eps,
+            double alpha, at::Tensor& y, at::Tensor& mean, at::Tensor& rstd) {
+  using A = acc_of<T>;
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  const double *sp = scale.data_ptr<double>(), *bp = shift.data_ptr<double>();
+  A *mp = mean.data_ptr<A>(), *rp = rstd.data_ptr<A>();
+  const int64_t C = s.C, L = s.L;
+  const A al = static_cast<A>(alpha);
+  // Per (n, c): the group's mean as hi + lo, the channel's multiplier rstd * scale and its shift.
+  std::vector<A> mu(s.N * C), lo(s.N * C), a(s.N * C), b(s.N * C);
+  for_each_sample_cl(
+      PlaneShape{s.N, C, L, true}, sizeof(T), 2,
+      [&](int64_t n, int64_t r0, int64_t r1, double* out) {
+        double *mean_c = out, *m2_c = out + C;
+        const T* base = xp + n * L * C;
+        std::fill(out, out + 2 * C, 0.0);
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = 0; c < C; ++c) mean_c[c] += static_cast<double>(load_as<A>(base[r * C + c]));
+        for (int64_t c = 0; c < C; ++c) mean_c[c] /= static_cast<double>(r1 - r0);
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = 0; c < C; ++c) {
+            const double d = static_cast<double>(load_as<A>(base[r * C + c])) - mean_c[c];
+            m2_c[c] += d * d;
+          }
+      },
+      [&](int64_t n, const double* parts, int64_t chunks) {
+        const int64_t rows = cl_rows(C);
+        for (int64_t g = 0; g < s.G; ++g) {
+          Moments m;
+          for (int64_t c = g * s.Cg; c < (g + 1) * s.Cg; ++c) {
+            Moments mc;
+            for (int64_t j = 0; j < chunks; ++j)
+              mc.merge(static_cast<double>(std::min(rows, L - j * rows)), parts[j * 2 * C + c],
+                       parts[j * 2 * C + C + c]);
+            m.merge(mc.count, mc.mean, mc.m2);
+          }
+          const int64_t p = n * s.G + g;
+          mp[p] = static_cast<A>(m.mean);
+          const A mean_lo = static_cast<A>(m.mean - static_cast<double>(mp[p]));
+          rp[p] = static_cast<A>(1.0 / std::sqrt(m.m2 / s.M + eps));
+          for (int64_t nc = n * C + g * s.Cg; nc < n * C + (g + 1) * s.Cg; ++nc) {
+            mu[nc] = mp[p];
+            lo[nc] = mean_lo;
+            a[nc] = static_cast<A>(sp[nc] * static_cast<double>(rp[p]));
+            b[nc] = static_cast<A>(bp[nc]);
+          }
+        }
+      },
+      [&](int64_t n, int64_t r0, int64_t r1) {
+        const ExpRange er = exp_range();
+        const A *mun = mu.data() + n * C, *lon = lo.data() + n * C, *an = a.data() + n * C, *bn = b.data() + n * C;
+        const T* src = xp + n * L * C;
+        T* dst = yp + n * L * C;
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = 0; c < C; ++c) {
+            const A z = ((load_as<A>(src[r * C + c]) - mun[c]) - lon[c]) * an[c] + bn[c];
+            dst[r * C + c] = store_as<T>(act_f<ACT>(z, al, er));
+          }
+      });
+}
+
+// gz = gy * f'((x - mean) * (rstd * scale) + shift), as the contiguous kernel forms it (A arithmetic).
+template <int ACT, typename A, typename T>
+inline A grad_z(const T& x, const T& gy, A mu, A ra, A b, A al, const ExpRange& er) {
+  const A g = load_as<A>(gy);
+  if constexpr (ACT == kLinear) return g;
+  else return g * act_d1<ACT>((load_as<A>(x) - mu) * ra + b, al, er);
+}
+
+template <typename T, int ACT>
+void bwd_cl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+            const at::Tensor& scale, const at::Tensor& shift, const Shape& s, double alpha, at::Tensor& gx,
+            at::Tensor& gscale, at::Tensor& gshift) {
+  using A = acc_of<T>;
+  const T *xp = x.data_ptr<T>(), *gp = gy.data_ptr<T>();
+  T* gxp = gx.data_ptr<T>();
+  const A *mp = mean.data_ptr<A>(), *rp = rstd.data_ptr<A>();
+  const double *sp = scale.data_ptr<double>(), *bp = shift.data_ptr<double>();
+  double *gsp = gscale.data_ptr<double>(), *gbp = gshift.data_ptr<double>();
+  const int64_t C = s.C, L = s.L, NC = s.N * C;
+  const A al = static_cast<A>(alpha);
+  // Per (n, c): what gz needs (stored mean, rstd * scale, shift) and the output pass's constants.
+  std::vector<A> mu(NC), ra(NC), b(NC);
+  for (int64_t nc = 0; nc < NC; ++nc) {
+    const int64_t p = (nc / C) * s.G + (nc % C) / s.Cg;
+    mu[nc] = mp[p];
+    ra[nc] = rp[p] * static_cast<A>(sp[nc]);
+    b[nc] = static_cast<A>(bp[nc]);
+  }
+  std::vector<double> c_mu(NC), c_r(NC), c_mh(NC), c_mhx(NC);
+  for_each_sample_cl(
+      PlaneShape{s.N, C, L, true}, 2 * sizeof(T), 3,
+      [&](int64_t n, int64_t r0, int64_t r1, double* out) {
+        const ExpRange er = exp_range();
+        double *s_g = out, *s_gx = out + C, *s_x = out + 2 * C;
+        std::fill(out, out + 3 * C, 0.0);
+        const A *mun = mu.data() + n * C, *ran = ra.data() + n * C, *bn = b.data() + n * C;
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t row = (n * L + r) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const double gz = static_cast<double>(grad_z<ACT>(xp[row + c], gp[row + c], mun[c], ran[c], bn[c], al, er));
+            const double xc = static_cast<double>(load_as<A>(xp[row + c])) - static_cast<double>(mun[c]);
+            s_g[c] += gz;
+            s_gx[c] += gz * xc;
+            s_x[c] += xc;
+          }
+        }
+      },
+      [&](int64_t n, const double* parts, int64_t chunks) {
+        std::vector<double> sums(static_cast<size_t>(3 * s.Cg));
+        for (int64_t g = 0; g < s.G; ++g) {
+          std::fill(sums.begin(), sums.end(), 0.0);
+          for (int64_t ch = 0; ch < s.Cg; ++ch)
+            for (int64_t j = 0; j < chunks; ++j)
+              for (int v = 0; v < 3; ++v) sums[3 * ch + v] += parts[(j * 3 + v) * C + g * s.Cg + ch];
+          const int64_t p = n * s.G + g;
+          const GroupCoef k = group_coef(p, sums.data(), s, static_cast<double>(mp[p]), rp[p], sp, gsp, gbp);
+          for (int64_t nc = n * C + g * s.Cg; nc < n * C + (g + 1) * s.Cg; ++nc) {
+            c_mu[nc] = k.mu;
+            c_r[nc] = rp[p];
+            c_mh[nc] = k.m_h;
+            c_mhx[nc] = k.m_hx;
+          }
+        }
+      },
+      [&](int64_t n, int64_t r0, int64_t r1) {
+        const ExpRange er = exp_range();
+        const int64_t o = n * C;
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t row = (n * L + r) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const A gz = grad_z<ACT>(xp[row + c], gp[row + c], mu[o + c], ra[o + c], b[o + c], al, er);
+            const double r_ = c_r[o + c];
+            const double xh = (static_cast<double>(load_as<A>(xp[row + c])) - c_mu[o + c]) * r_;
+            const double v = r_ * (sp[o + c] * static_cast<double>(gz) - c_mh[o + c] - xh * c_mhx[o + c]);
+            gxp[row + c] = store_as<T>(static_cast<A>(v));
+          }
+        }
+      });
+}
+
+}  // namespace
+
+void group_norm_fwd_cl(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, int64_t groups,
+                       double eps, int64_t act, double alpha, at::Tensor& y, at::Tensor& mean, at::Tensor& rstd) {
+  const Shape s = shape_of(x, groups);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_fwd_cl", [&] {
+    dispatch_act(act, "fastgan::group_norm_fwd", [&](auto k) {
+      fwd_cl<scalar_t, decltype(k)::value>(x, scale, shift, s, eps, alpha, y, mean, rstd);
+    });
+  });
+}
+
+void group_norm_bwd_cl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+                       const at::Tensor& scale, const at::Tensor& shift, int64_t groups, int64_t act, double alpha,
+                       at::Tensor& gx, at::Tensor& gscale, at::Tensor& gshift) {
+  const Shape s = shape_of(x, groups);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_bwd_cl", [&] {
+    dispatch_act(act, "fastgan::group_norm_bwd", [&](auto k) {
+      bwd_cl<scalar_t, decltype(k)::value>(gy, x, mean, rstd, scale, shift, s, alpha, gx, gscale, gshift);
+    });
+  });
+}
+
+}  // namespace fastgan
