@@ -32,10 +32,119 @@ Shape shape_of(const at::Tensor& x, int64_t groups) {
   return Shape{N, C, groups, C / groups, L, (C / groups) * L};
 }
 
+// ------------------------------------------------------------------------------------------ row loops
+// Over rows [r0, r1) of one sample's (L, C) slab, inner loops along C. Compiled for the baseline ISA and for AVX2
+// (without FMA: both give the same bits), as in group_norm_cpu.cpp.
+
+// Per-channel mean of the rows, then squares centred on it (the rows are cached), in double.
+template <typename T>
+FASTGAN_GN_INLINE void cl_moments_impl(const T* base, int64_t r0, int64_t r1, int64_t C, double* mean_c,
+                                       double* m2_c) {
+  using A = acc_of<T>;
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = 0; c < C; ++c) mean_c[c] += static_cast<double>(load_as<A>(base[r * C + c]));
+  for (int64_t c = 0; c < C; ++c) mean_c[c] /= static_cast<double>(r1 - r0);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = static_cast<double>(load_as<A>(base[r * C + c])) - mean_c[c];
+      m2_c[c] += d * d;
+    }
+}
+
+// y = f(((x - mu_hi) - mu_lo) * a + b) with per-channel mu (the group's), a = rstd * scale, b = shift.
+template <typename T, int ACT>
+FASTGAN_GN_INLINE void cl_fwd_rows_impl(const T* src, T* dst, int64_t r0, int64_t r1, int64_t C,
+                                        const acc_of<T>* mu, const acc_of<T>* lo, const acc_of<T>* a,
+                                        const acc_of<T>* b, acc_of<T> al) {
+  using A = acc_of<T>;
+  const ExpRange er = exp_range();
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      const A z = ((load_as<A>(src[r * C + c]) - mu[c]) - lo[c]) * a[c] + b[c];
+      dst[r * C + c] = store_as<T>(act_f<ACT>(z, al, er));
+    }
+}
+
+// gz = gy * f'((x - mean) * (rstd * scale) + shift), as the contiguous kernel forms it (A arithmetic).
+template <int ACT, typename A, typename T>
+FASTGAN_GN_INLINE A grad_z(const T& x, const T& gy, A mu, A ra, A b, A al, const ExpRange& er) {
+  const A g = load_as<A>(gy);
+  if constexpr (ACT == kLinear) return g;
+  else return g * act_d1<ACT>((load_as<A>(x) - mu) * ra + b, al, er);
+}
+
+// Per channel: s[c] += sum gz, s[C + c] += sum gz * (x - mu), s[2C + c] += sum (x - mu), in double.
+template <typename T, int ACT>
+FASTGAN_GN_INLINE void cl_bwd_sums_impl(const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C,
+                                        const acc_of<T>* mu, const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al,
+                                        double* s) {
+  using A = acc_of<T>;
+  const ExpRange er = exp_range();
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = r * C + c;
+      const double gz = static_cast<double>(grad_z<ACT>(x[i], gy[i], mu[c], ra[c], b[c], al, er));
+      const double xc = static_cast<double>(load_as<A>(x[i])) - static_cast<double>(mu[c]);
+      s[c] += gz;
+      s[C + c] += gz * xc;
+      s[2 * C + c] += xc;
+    }
+}
+
+// gx = r * (scale * gz - m_h - xhat * m_hx), xhat = (x - mean_exact) * r, in double; k[5C] = per channel
+// {mean_exact, r, scale, m_h, m_hx}.
+template <typename T, int ACT>
+FASTGAN_GN_INLINE void cl_bwd_out_impl(const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C,
+                                       const acc_of<T>* mu, const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al,
+                                       const double* k, T* gx) {
+  using A = acc_of<T>;
+  const ExpRange er = exp_range();
+  const double *k_mu = k, *k_r = k + C, *k_a = k + 2 * C, *k_mh = k + 3 * C, *k_mhx = k + 4 * C;
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = r * C + c;
+      const A gz = grad_z<ACT>(x[i], gy[i], mu[c], ra[c], b[c], al, er);
+      const double xh = (static_cast<double>(load_as<A>(x[i])) - k_mu[c]) * k_r[c];
+      gx[i] = store_as<T>(static_cast<A>(k_r[c] * (k_a[c] * static_cast<double>(gz) - k_mh[c] - xh * k_mhx[c])));
+    }
+}
+
+#define FASTGAN_GN_CLONES(NAME, TPL, PARAMS, ARGS)              \
+  template <TPL> void NAME##_base PARAMS { NAME##_impl ARGS; } \
+  template <TPL> FASTGAN_GN_AVX2 void NAME##_avx2 PARAMS { NAME##_impl ARGS; }
+#define FASTGAN_COMMA ,
+FASTGAN_GN_CLONES(cl_moments, typename T,
+                  (const T* base, int64_t r0, int64_t r1, int64_t C, double* mean_c, double* m2_c),
+                  <T>(base, r0, r1, C, mean_c, m2_c))
+FASTGAN_GN_CLONES(cl_fwd_rows, typename T FASTGAN_COMMA int ACT,
+                  (const T* src, T* dst, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
+                   const acc_of<T>* lo, const acc_of<T>* a, const acc_of<T>* b, acc_of<T> al),
+                  <T FASTGAN_COMMA ACT>(src, dst, r0, r1, C, mu, lo, a, b, al))
+FASTGAN_GN_CLONES(cl_bwd_sums, typename T FASTGAN_COMMA int ACT,
+                  (const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
+                   const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, double* s),
+                  <T FASTGAN_COMMA ACT>(x, gy, r0, r1, C, mu, ra, b, al, s))
+FASTGAN_GN_CLONES(cl_bwd_out, typename T FASTGAN_COMMA int ACT,
+                  (const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
+                   const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, const double* k, T* gx),
+                  <T FASTGAN_COMMA ACT>(x, gy, r0, r1, C, mu, ra, b, al, k, gx))
+#undef FASTGAN_COMMA
+#undef FASTGAN_GN_CLONES
+
+template <typename T, int ACT>
+struct ClLoops {
+  decltype(&cl_moments_base<T>) moments = use_avx2() ? &cl_moments_avx2<T> : &cl_moments_base<T>;
+  decltype(&cl_fwd_rows_base<T, ACT>) fwd_rows = use_avx2() ? &cl_fwd_rows_avx2<T, ACT> : &cl_fwd_rows_base<T, ACT>;
+  decltype(&cl_bwd_sums_base<T, ACT>) bwd_sums = use_avx2() ? &cl_bwd_sums_avx2<T, ACT> : &cl_bwd_sums_base<T, ACT>;
+  decltype(&cl_bwd_out_base<T, ACT>) bwd_out = use_avx2() ? &cl_bwd_out_avx2<T, ACT> : &cl_bwd_out_base<T, ACT>;
+};
+
+// ------------------------------------------------------------------------------------------------ kernels
 template <typename T, int ACT>
 void fwd_cl(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, const Shape& s, double eps,
             double alpha, at::Tensor& y, at::Tensor& mean, at::Tensor& rstd) {
   using A = acc_of<T>;
+  const ClLoops<T, ACT> k;
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const double *sp = scale.data_ptr<double>(), *bp = shift.data_ptr<double>();
@@ -47,17 +156,8 @@ void fwd_cl(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shif
   for_each_sample_cl(
       PlaneShape{s.N, C, L, true}, sizeof(T), 2,
       [&](int64_t n, int64_t r0, int64_t r1, double* out) {
-        double *mean_c = out, *m2_c = out + C;
-        const T* base = xp + n * L * C;
         std::fill(out, out + 2 * C, 0.0);
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < C; ++c) mean_c[c] += static_cast<double>(load_as<A>(base[r * C + c]));
-        for (int64_t c = 0; c < C; ++c) mean_c[c] /= static_cast<double>(r1 - r0);
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < C; ++c) {
-            const double d = static_cast<double>(load_as<A>(base[r * C + c])) - mean_c[c];
-            m2_c[c] += d * d;
-          }
+        k.moments(xp + n * L * C, r0, r1, C, out, out + C);
       },
       [&](int64_t n, const double* parts, int64_t chunks) {
         const int64_t rows = cl_rows(C);
@@ -83,24 +183,10 @@ void fwd_cl(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shif
         }
       },
       [&](int64_t n, int64_t r0, int64_t r1) {
-        const ExpRange er = exp_range();
-        const A *mun = mu.data() + n * C, *lon = lo.data() + n * C, *an = a.data() + n * C, *bn = b.data() + n * C;
-        const T* src = xp + n * L * C;
-        T* dst = yp + n * L * C;
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < C; ++c) {
-            const A z = ((load_as<A>(src[r * C + c]) - mun[c]) - lon[c]) * an[c] + bn[c];
-            dst[r * C + c] = store_as<T>(act_f<ACT>(z, al, er));
-          }
+        const int64_t o = n * C;
+        k.fwd_rows(xp + n * L * C, yp + n * L * C, r0, r1, C, mu.data() + o, lo.data() + o, a.data() + o,
+                   b.data() + o, al);
       });
-}
-
-// gz = gy * f'((x - mean) * (rstd * scale) + shift), as the contiguous kernel forms it (A arithmetic).
-template <int ACT, typename A, typename T>
-inline A grad_z(const T& x, const T& gy, A mu, A ra, A b, A al, const ExpRange& er) {
-  const A g = load_as<A>(gy);
-  if constexpr (ACT == kLinear) return g;
-  else return g * act_d1<ACT>((load_as<A>(x) - mu) * ra + b, al, er);
 }
 
 template <typename T, int ACT>
@@ -108,6 +194,7 @@ void bwd_cl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mean, c
             const at::Tensor& scale, const at::Tensor& shift, const Shape& s, double alpha, at::Tensor& gx,
             at::Tensor& gscale, at::Tensor& gshift) {
   using A = acc_of<T>;
+  const ClLoops<T, ACT> k;
   const T *xp = x.data_ptr<T>(), *gp = gy.data_ptr<T>();
   T* gxp = gx.data_ptr<T>();
   const A *mp = mean.data_ptr<A>(), *rp = rstd.data_ptr<A>();
@@ -115,7 +202,8 @@ void bwd_cl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mean, c
   double *gsp = gscale.data_ptr<double>(), *gbp = gshift.data_ptr<double>();
   const int64_t C = s.C, L = s.L, NC = s.N * C;
   const A al = static_cast<A>(alpha);
-  // Per (n, c): what gz needs (stored mean, rstd * scale, shift) and the output pass's constants.
+  // Per (n, c): what gz needs (stored mean, rstd * scale, shift), and per sample the output pass's constants
+  // {mean_exact, rstd, scale, m_h, m_hx} x C.
   std::vector<A> mu(NC), ra(NC), b(NC);
   for (int64_t nc = 0; nc < NC; ++nc) {
     const int64_t p = (nc / C) * s.G + (nc % C) / s.Cg;
@@ -123,55 +211,37 @@ void bwd_cl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mean, c
     ra[nc] = rp[p] * static_cast<A>(sp[nc]);
     b[nc] = static_cast<A>(bp[nc]);
   }
-  std::vector<double> c_mu(NC), c_r(NC), c_mh(NC), c_mhx(NC);
+  std::vector<double> coef(static_cast<size_t>(5 * NC));
   for_each_sample_cl(
       PlaneShape{s.N, C, L, true}, 2 * sizeof(T), 3,
       [&](int64_t n, int64_t r0, int64_t r1, double* out) {
-        const ExpRange er = exp_range();
-        double *s_g = out, *s_gx = out + C, *s_x = out + 2 * C;
         std::fill(out, out + 3 * C, 0.0);
-        const A *mun = mu.data() + n * C, *ran = ra.data() + n * C, *bn = b.data() + n * C;
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t row = (n * L + r) * C;
-          for (int64_t c = 0; c < C; ++c) {
-            const double gz = static_cast<double>(grad_z<ACT>(xp[row + c], gp[row + c], mun[c], ran[c], bn[c], al, er));
-            const double xc = static_cast<double>(load_as<A>(xp[row + c])) - static_cast<double>(mun[c]);
-            s_g[c] += gz;
-            s_gx[c] += gz * xc;
-            s_x[c] += xc;
-          }
-        }
+        const int64_t o = n * C;
+        k.bwd_sums(xp + n * L * C, gp + n * L * C, r0, r1, C, mu.data() + o, ra.data() + o, b.data() + o, al, out);
       },
       [&](int64_t n, const double* parts, int64_t chunks) {
         std::vector<double> sums(static_cast<size_t>(3 * s.Cg));
+        double* kn = coef.data() + 5 * n * C;
         for (int64_t g = 0; g < s.G; ++g) {
           std::fill(sums.begin(), sums.end(), 0.0);
           for (int64_t ch = 0; ch < s.Cg; ++ch)
             for (int64_t j = 0; j < chunks; ++j)
               for (int v = 0; v < 3; ++v) sums[3 * ch + v] += parts[(j * 3 + v) * C + g * s.Cg + ch];
           const int64_t p = n * s.G + g;
-          const GroupCoef k = group_coef(p, sums.data(), s, static_cast<double>(mp[p]), rp[p], sp, gsp, gbp);
-          for (int64_t nc = n * C + g * s.Cg; nc < n * C + (g + 1) * s.Cg; ++nc) {
-            c_mu[nc] = k.mu;
-            c_r[nc] = rp[p];
-            c_mh[nc] = k.m_h;
-            c_mhx[nc] = k.m_hx;
+          const GroupCoef gc = group_coef(p, sums.data(), s, static_cast<double>(mp[p]), rp[p], sp, gsp, gbp);
+          for (int64_t c = g * s.Cg; c < (g + 1) * s.Cg; ++c) {
+            kn[c] = gc.mu;
+            kn[C + c] = rp[p];
+            kn[2 * C + c] = sp[n * C + c];
+            kn[3 * C + c] = gc.m_h;
+            kn[4 * C + c] = gc.m_hx;
           }
         }
       },
       [&](int64_t n, int64_t r0, int64_t r1) {
-        const ExpRange er = exp_range();
-        const int64_t o = n * C;
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t row = (n * L + r) * C;
-          for (int64_t c = 0; c < C; ++c) {
-            const A gz = grad_z<ACT>(xp[row + c], gp[row + c], mu[o + c], ra[o + c], b[o + c], al, er);
-            const double r_ = c_r[o + c];
-            const double xh = (static_cast<double>(load_as<A>(xp[row + c])) - c_mu[o + c]) * r_;
-            const double v = r_ * (sp[o + c] * static_cast<double>(gz) - c_mh[o + c] - xh * c_mhx[o + c]);
-            gxp[row + c] = store_as<T>(static_cast<A>(v));
-          }
-        }
+        const int64_t o = n * C, base = n * L * C;
+        k.bwd_out(xp + base, gp + base, r0, r1, C, mu.data() + o, ra.data() + o, b.data() + o, al,
+                  coef.data() + 5 * o, gxp + base);
       });
 }
 

@@ -168,11 +168,6 @@ FASTGAN_GN_CLONES(bwd_out, typename T,
 #undef FASTGAN_COMMA
 #undef FASTGAN_GN_CLONES
 
-bool use_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
-  return yes;
-}
-
 template <typename T, int ACT, bool MOD>
 struct Loops {
   decltype(&moments_base<T>) moments = use_avx2() ? &moments_avx2<T> : &moments_base<T>;

@@ -111,6 +111,12 @@ FASTGAN_GN_INLINE double lane_sum(int64_t n, F f) {
   return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
 }
 
+// Whether to call the AVX2 clones of the inner loops (picked once; the build itself targets the baseline ISA).
+inline bool use_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+
 // Running (count, mean, M2), merged chunk by chunk (Chan et al.).
 struct Moments {
   double count = 0, mean = 0, m2 = 0;

@@ -25,8 +25,8 @@ GroupNorm({GROUPS}) + SiLU. Bytes floor, with E = N·C·H·W·itemsize and P = C
 dtype): **fwd** = read x + write y + read weight, bias = 2E + 2P; **fwd+bwd** = the forward's 2E + 2P plus the
 backward's read gy + read x + write gx (3E) + read weight + write grad weight, grad bias (3P) = 5E + 5P. Per-group
 statistics saved between forward and backward are not counted. fwd+bwd is timed as one forward plus
-`torch.autograd.grad(y, (x, weight, bias), gy)`. eps = {EPS}. fastgan copies channels_last input to contiguous
-(and the output back) for now: its channels_last cases move 2E more than the floor. On CPU the default preset uses
+`torch.autograd.grad(y, (x, weight, bias), gy)`. eps = {EPS}. fastgan's C++ kernels read channels_last input in
+place; its Triton kernels copy it to contiguous (and the output back), moving 2E more than the floor. On CPU the default preset uses
 batch {CPU_BATCH} with the listed C×H×W, fp32 only (`--full` for the listed batches and bf16).
 """
 FWD_DETAIL = "2E + 2P: read x, write y, read weight and bias"

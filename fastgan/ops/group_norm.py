@@ -158,8 +158,9 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
 
     Args:
         x: ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``; float16, bfloat16, float32 or float64.
-            Contiguous input is read in place; channels_last (and any other strides) is copied to contiguous
-            first, and the output returned in x's layout.
+            Contiguous input is read in place, and so is channels_last by the C++ kernels (without gamma/beta
+            maps); other strides (and channels_last on Triton or with maps) are copied to contiguous first. The
+            output is returned in x's layout.
         num_groups: G, dividing C.
         weight, bias: optional ``(C,)`` per-channel affine (as ``F.group_norm``).
         eps: added to the variance before the square root.
