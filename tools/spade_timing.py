@@ -16,13 +16,13 @@ fwd+bwd is one forward plus ``torch.autograd.grad(y, (x, gamma, beta), gy)``. Ea
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
 import fastgan
+from group_norm_timing import _time  # the same interleaved rounds (this folder is on sys.path)
 
 EPS = 1e-5
 SHAPES = ((2, 64, 128, 128), (2, 256, 64, 64), (8, 128, 32, 32))
@@ -51,20 +51,6 @@ def _case(shape, dtype, mode: str) -> dict:
     return {k: (lambda f=f: torch.autograd.grad(f(*ins), ins, gy)) for k, f in variants.items()}
 
 
-def _time(fns: dict, rounds: int, calls: int) -> dict:
-    for fn in fns.values():  # warm-up: allocator, OpenMP pool, first-call registration
-        for _ in range(3):
-            fn()
-    per = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            per[k].append((time.perf_counter() - t0) / calls * 1e3)
-    return {k: statistics.median(v) for k, v in per.items()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -85,7 +71,7 @@ def main() -> None:
         t0 = time.perf_counter()
         fns["eager"]()
         calls = max(1, min(100, int(args.budget / max(time.perf_counter() - t0, 1e-6))))
-        m = _time(fns, args.rounds, calls)
+        m = {k: v / 1e3 for k, v in _time(fns, args.rounds, calls).items()}  # µs -> ms
         print(f"{name:<30}{m['eager']:>9.2f}{m['composite']:>11.2f}{m['ours']:>9.2f}"
               f"{m['ours'] / m['eager']:>12.2f}{m['ours'] / m['composite']:>11.2f}", flush=True)
 
