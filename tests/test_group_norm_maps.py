@@ -81,11 +81,12 @@ def test_backward_matches_reference(device, impl, dtype, layout):
 
 
 @pytest.mark.parametrize("device,impl", impl_params())
-@pytest.mark.parametrize("act", ["silu", "linear"])
-def test_gradcheck_and_gradgradcheck_float64(device, impl, act):
+@pytest.mark.parametrize("act,maps", [("silu", ((2, 4, 3, 2), (1, 4, 3, 1))), ("linear", ((2, 4, 3, 2), (1, 4, 3, 1))),
+                                      ("silu", ((2, 4, 1, 1), (4, 1, 1)))])  # the last pair folds per channel
+def test_gradcheck_and_gradgradcheck_float64(device, impl, act, maps):
     f64 = dict(device=device, dtype=torch.float64)
     x = _to_layout(torch.randn(2, 4, 3, 2, **f64) + 0.3, "channels_last").requires_grad_()
-    ps = [torch.randn(*s, **f64, requires_grad=True) for s in ((4,), (4,), (2, 4, 3, 2), (1, 4, 3, 1))]
+    ps = [torch.randn(*s, **f64, requires_grad=True) for s in ((4,), (4,)) + maps]
 
     def fn(x, w, b, gm, bm):
         return fastgan.ops.group_norm(x, 2, w, b, gamma=gm, beta=bm, act=act, impl=impl)
