@@ -26,7 +26,7 @@ from .adain import _as_per_plane
 from .group_norm_kernels import ACTS, kernel_ops
 from .instance_norm import FLOAT_DTYPES, _check_param, check_norm_input
 
-__all__ = ["group_norm", "group_norm_reference", "resolve_act", "check_map"]
+__all__ = ["group_norm", "group_norm_reference", "resolve_act", "check_map", "is_per_channel"]
 
 
 def resolve_act(act: str, alpha=None) -> tuple[int, float]:
@@ -70,7 +70,7 @@ def check_map(m, name: str, x: torch.Tensor) -> None:
         raise TypeError(f"fastgan: {name} must be a floating tensor, got {m.dtype}")
 
 
-def _is_per_channel(m, x: torch.Tensor) -> bool:
+def is_per_channel(m, x: torch.Tensor) -> bool:
     """True for None and for a map with no spatial extent (``(N, C, 1, 1)``, ``(C, 1, 1)``, ...)."""
     return m is None or all(d == 1 for d in m.shape[max(0, m.dim() - (x.dim() - 2)):])
 
@@ -194,7 +194,7 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
     if which == "ref":
         return group_norm_reference(x, groups, weight, bias, eps, scale=scale, shift=shift, gamma=gamma, beta=beta,
                                     act=act, alpha=alpha)
-    if _is_per_channel(gamma, x) and _is_per_channel(beta, x):
+    if is_per_channel(gamma, x) and is_per_channel(beta, x):
         a, b = fold_affine(x, weight, bias, scale, shift, _plane(gamma, x), _plane(beta, x))
         gamma = beta = None
     else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
-from .group_norm import check_map, group_norm
+from .group_norm import check_map, group_norm, is_per_channel
 from .instance_norm import check_norm_input, instance_norm
 from .instance_norm_ref import plane_dims
 
@@ -42,11 +42,7 @@ def _fused_pays(x: torch.Tensor, gamma, beta) -> bool:
     than through the native channels-last instance-norm kernel); maps without spatial extent fold for free."""
     if not x.is_contiguous():
         return False
-    for m in (gamma, beta):
-        spatial = m.shape[max(0, m.dim() - (x.dim() - 2)):] if m is not None else ()
-        if m is not None and any(d != 1 for d in spatial) and not (m.shape == x.shape and m.is_contiguous()):
-            return False
-    return True
+    return all(is_per_channel(m, x) or (m.shape == x.shape and m.is_contiguous()) for m in (gamma, beta))
 
 
 def spatial_adaptive_norm(x, gamma, beta=None, eps: float = 1e-5, *, impl: str | None = None) -> torch.Tensor:
