@@ -20,7 +20,7 @@
 
 #include "cl_tasks.h"
 #include "convert16.h"
-#include "group_norm_cl.h"
+#include "group_norm_api.h"
 #include "group_norm_math.h"
 #include "norm_common.h"
 

@@ -39,7 +39,7 @@
 #include <vector>
 
 #include "convert16.h"
-#include "group_norm_cl.h"
+#include "group_norm_api.h"
 #include "group_norm_math.h"
 #include "norm_common.h"
 
@@ -498,6 +498,15 @@ Tensor5 group_norm_bwd_cpu(const at::Tensor& gy_in, const at::Tensor& x_in, cons
 }
 
 }  // namespace
+
+void group_norm_fwd_contiguous(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, int64_t groups,
+                               double eps, at::Tensor& y, at::Tensor& mean, at::Tensor& rstd) {
+  const Shape s = check_group_shape(x, groups, "fastgan::group_norm_fwd");
+  const at::Tensor none;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_fwd_contiguous", [&] {
+    fwd_kernel<scalar_t, kLinear, false>(x, scale, shift, none, none, eps, 0.0, s, y, mean, rstd);
+  });
+}
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("group_norm_fwd", &group_norm_fwd_cpu);
