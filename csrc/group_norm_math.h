@@ -12,14 +12,13 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cpu_reduce.h"
+
 namespace fastgan {
 namespace {
 
 #define FASTGAN_GN_INLINE inline __attribute__((always_inline))
 #define FASTGAN_GN_AVX2 __attribute__((target("avx2")))
-
-template <typename T>
-using acc_of = std::conditional_t<std::is_same<T, double>::value, double, float>;
 
 // Activation codes shared with bias_act (fastgan/ops/bias_act_kernels.py ACT_CODES).
 constexpr int kLinear = 0, kRelu = 1, kLrelu = 2, kSilu = 5;
@@ -99,35 +98,11 @@ void dispatch_act(int64_t act, const char* op, F f) {
   }
 }
 
-// sum_i f(i) over 8 independent double lanes (vectorisable without reassociation).
-template <typename F>
-FASTGAN_GN_INLINE double lane_sum(int64_t n, F f) {
-  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int k = 0; k < 8; ++k) lanes[k] += f(i + k);
-  }
-  for (; i < n; ++i) lanes[0] += f(i);
-  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-}
-
 // Whether to call the AVX2 clones of the inner loops (picked once; the build itself targets the baseline ISA).
 inline bool use_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2");
   return yes;
 }
-
-// Running (count, mean, M2), merged chunk by chunk (Chan et al.).
-struct Moments {
-  double count = 0, mean = 0, m2 = 0;
-  void merge(double n, double chunk_mean, double chunk_m2) {
-    if (n == 0) return;
-    const double delta = chunk_mean - mean, total = count + n;
-    mean += delta * n / total;
-    m2 += chunk_m2 + delta * delta * count * n / total;
-    count = total;
-  }
-};
 
 struct Shape {
   int64_t N, C, G, Cg, L, M;  // M = Cg * L elements per group

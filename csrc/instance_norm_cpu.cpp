@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "cl_tasks.h"
+#include "cpu_reduce.h"
 #include "group_norm_api.h"
 #include "norm_common.h"
 
@@ -30,36 +31,7 @@ namespace {
 
 constexpr int64_t kChunk = 4096;  // elements per chunk buffer (per input)
 
-template <typename T>
-using acc_of = std::conditional_t<std::is_same<T, double>::value, double, float>;
-
 // ------------------------------------------------------------------------------------------ shared pieces
-// sum_i f(i) for i < n, f returning double: 8 independent double lanes (the compiler vectorises them without
-// reassociating). Terms and sums are double, as in eager PyTorch on CPU (acc_type<float, false> is double):
-// float terms such as g * ((x - mu) * r) carry ~1.5 ulp each and, summed over a plane with cancellation, ended
-// up several ulps from the float64 result where eager was within one.
-template <typename F>
-inline double lane_sum(int64_t n, F f) {
-  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int k = 0; k < 8; ++k) lanes[k] += f(i + k);
-  }
-  for (; i < n; ++i) lanes[0] += f(i);
-  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-}
-
-// Running (count, mean, M2) of one channel, merged chunk by chunk (Chan et al.).
-struct Moments {
-  double count = 0, mean = 0, m2 = 0;
-  void merge(double n, double chunk_mean, double chunk_m2) {
-    const double delta = chunk_mean - mean, total = count + n;
-    mean += delta * n / total;
-    m2 += chunk_m2 + delta * delta * count * n / total;
-    count = total;
-  }
-};
-
 // The per-element second-order formulas (see instance_norm_ref.py), shared by both layouts.
 template <typename A>
 struct DbwdCoef {
