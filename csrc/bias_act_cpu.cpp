@@ -23,14 +23,13 @@
 #include <torch/library.h>
 
 #include "convert16.h"
+#include "cpu_isa.h"
 
 #include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <cmath>
-#include <cstdlib>
 #include <optional>
-#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -137,50 +136,20 @@ FASTGAN_ALWAYS_INLINE void chunk_runs(const Params& p, const A* bias, int64_t be
   }
 }
 
-// ISA clones of a chunk. The build has no -march (the wheel runs on any x86-64), so plain code is SSE2: 4 floats a
-// vector, and 16-bit <-> float conversions mostly scalar; eager PyTorch picks AVX2/AVX-512 kernels at run time and
-// was 2x faster on in-cache tensors. Each chunk is compiled three times, for the baseline, AVX2 and AVX-512
-// (F/BW/VL/DQ), and the best the CPU (and OS) supports is picked once. None of the targets enables FMA (GCC keeps
-// FMA out of "avx2" and "avx512f"; -std=c++20 also means -ffp-contract=off), nothing is reassociated, and every
-// element is computed on its own (no reductions), so the three clones give the same bits (checked by
-// tests/test_bias_act.py::test_isa_clones_bitwise_equal). ATEN_CPU_CAPABILITY=default|avx2|avx512 caps the choice as
-// it does for ATen's own kernels. Manual dispatch rather than target_clones: GCC's function multiversioning does
-// not take templates.
-enum Isa { kIsaBase = 0, kIsaAvx2, kIsaAvx512 };
-
-Isa detect_isa() {
-  __builtin_cpu_init();
-  Isa isa = kIsaBase;
-  if (__builtin_cpu_supports("avx2")) isa = kIsaAvx2;
-  if (isa == kIsaAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    isa = kIsaAvx512;
-  if (const char* cap = std::getenv("ATEN_CPU_CAPABILITY")) {
-    const std::string c(cap);
-    if (c == "default") isa = kIsaBase;
-    if (c == "avx2") isa = std::min(isa, kIsaAvx2);
-  }
-  return isa;
-}
-
-Isa cpu_isa() {
-  static const Isa isa = detect_isa();
-  return isa;
-}
-
+// ISA clones of a chunk (cpu_isa.h): the baseline, AVX2 and AVX-512; every element is computed on its own (no
+// reductions), so the three give the same bits (tests/test_bias_act.py::test_isa_clones_bitwise_equal). Eager
+// PyTorch picks AVX2/AVX-512 kernels itself and was 2x faster than the baseline clone on in-cache tensors. Written
+// out rather than FASTGAN_ISA_CLONES: the chunk takes the run functor as a template parameter.
 template <typename A, typename Run>
 void chunk_base(const Params& p, const A* bias, int64_t begin, int64_t end, const Run& run) {
   chunk_runs(p, bias, begin, end, run);
 }
 template <typename A, typename Run>
-__attribute__((target("avx2"))) void chunk_avx2(const Params& p, const A* bias, int64_t begin, int64_t end,
-                                                 const Run& run) {
+FASTGAN_TARGET_AVX2 void chunk_avx2(const Params& p, const A* bias, int64_t begin, int64_t end, const Run& run) {
   chunk_runs(p, bias, begin, end, run);
 }
 template <typename A, typename Run>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512"), optimize("fp-contract=off")))
-void chunk_avx512(
-    const Params& p, const A* bias, int64_t begin, int64_t end, const Run& run) {
+FASTGAN_TARGET_AVX512 void chunk_avx512(const Params& p, const A* bias, int64_t begin, int64_t end, const Run& run) {
   chunk_runs(p, bias, begin, end, run);
 }
 

@@ -33,8 +33,8 @@ Shape shape_of(const at::Tensor& x, int64_t groups) {
 }
 
 // ------------------------------------------------------------------------------------------ row loops
-// Over rows [r0, r1) of one sample's (L, C) slab, inner loops along C. Compiled for the baseline ISA and for AVX2
-// (without FMA: both give the same bits), as in group_norm_cpu.cpp.
+// Over rows [r0, r1) of one sample's (L, C) slab, inner loops along C. Compiled for the baseline ISA, AVX2 and
+// AVX-512 (same bits from each: cpu_isa.h), as in group_norm_cpu.cpp.
 
 // Per-channel mean of the rows, then squares centred on it (the rows are cached), in double.
 template <typename T>
@@ -109,34 +109,32 @@ FASTGAN_GN_INLINE void cl_bwd_out_impl(const T* x, const T* gy, int64_t r0, int6
     }
 }
 
-#define FASTGAN_GN_CLONES(NAME, TPL, PARAMS, ARGS)              \
-  template <TPL> void NAME##_base PARAMS { NAME##_impl ARGS; } \
-  template <TPL> FASTGAN_GN_AVX2 void NAME##_avx2 PARAMS { NAME##_impl ARGS; }
-#define FASTGAN_COMMA ,
-FASTGAN_GN_CLONES(cl_moments, typename T,
-                  (const T* base, int64_t r0, int64_t r1, int64_t C, double* mean_c, double* m2_c),
-                  <T>(base, r0, r1, C, mean_c, m2_c))
-FASTGAN_GN_CLONES(cl_fwd_rows, typename T FASTGAN_COMMA int ACT,
-                  (const T* src, T* dst, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
-                   const acc_of<T>* lo, const acc_of<T>* a, const acc_of<T>* b, acc_of<T> al),
-                  <T FASTGAN_COMMA ACT>(src, dst, r0, r1, C, mu, lo, a, b, al))
-FASTGAN_GN_CLONES(cl_bwd_sums, typename T FASTGAN_COMMA int ACT,
-                  (const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
-                   const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, double* s),
-                  <T FASTGAN_COMMA ACT>(x, gy, r0, r1, C, mu, ra, b, al, s))
-FASTGAN_GN_CLONES(cl_bwd_out, typename T FASTGAN_COMMA int ACT,
-                  (const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
-                   const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, const double* k, T* gx),
-                  <T FASTGAN_COMMA ACT>(x, gy, r0, r1, C, mu, ra, b, al, k, gx))
-#undef FASTGAN_COMMA
-#undef FASTGAN_GN_CLONES
+FASTGAN_ISA_CLONES(cl_moments, typename T,
+                   (const T* base, int64_t r0, int64_t r1, int64_t C, double* mean_c, double* m2_c),
+                   <T>(base, r0, r1, C, mean_c, m2_c))
+FASTGAN_ISA_CLONES(cl_fwd_rows, typename T FASTGAN_COMMA int ACT,
+                   (const T* src, T* dst, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
+                    const acc_of<T>* lo, const acc_of<T>* a, const acc_of<T>* b, acc_of<T> al),
+                   <T FASTGAN_COMMA ACT>(src, dst, r0, r1, C, mu, lo, a, b, al))
+FASTGAN_ISA_CLONES(cl_bwd_sums, typename T FASTGAN_COMMA int ACT,
+                   (const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
+                    const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, double* s),
+                   <T FASTGAN_COMMA ACT>(x, gy, r0, r1, C, mu, ra, b, al, s))
+FASTGAN_ISA_CLONES(cl_bwd_out, typename T FASTGAN_COMMA int ACT,
+                   (const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
+                    const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, const double* k, T* gx),
+                   <T FASTGAN_COMMA ACT>(x, gy, r0, r1, C, mu, ra, b, al, k, gx))
 
 template <typename T, int ACT>
 struct ClLoops {
-  decltype(&cl_moments_base<T>) moments = use_avx2() ? &cl_moments_avx2<T> : &cl_moments_base<T>;
-  decltype(&cl_fwd_rows_base<T, ACT>) fwd_rows = use_avx2() ? &cl_fwd_rows_avx2<T, ACT> : &cl_fwd_rows_base<T, ACT>;
-  decltype(&cl_bwd_sums_base<T, ACT>) bwd_sums = use_avx2() ? &cl_bwd_sums_avx2<T, ACT> : &cl_bwd_sums_base<T, ACT>;
-  decltype(&cl_bwd_out_base<T, ACT>) bwd_out = use_avx2() ? &cl_bwd_out_avx2<T, ACT> : &cl_bwd_out_base<T, ACT>;
+  decltype(&cl_moments_base<T>) moments =
+      pick_isa(&cl_moments_base<T>, &cl_moments_avx2<T>, &cl_moments_avx512<T>);
+  decltype(&cl_fwd_rows_base<T, ACT>) fwd_rows =
+      pick_isa(&cl_fwd_rows_base<T, ACT>, &cl_fwd_rows_avx2<T, ACT>, &cl_fwd_rows_avx512<T, ACT>);
+  decltype(&cl_bwd_sums_base<T, ACT>) bwd_sums =
+      pick_isa(&cl_bwd_sums_base<T, ACT>, &cl_bwd_sums_avx2<T, ACT>, &cl_bwd_sums_avx512<T, ACT>);
+  decltype(&cl_bwd_out_base<T, ACT>) bwd_out =
+      pick_isa(&cl_bwd_out_base<T, ACT>, &cl_bwd_out_avx2<T, ACT>, &cl_bwd_out_avx512<T, ACT>);
 };
 
 // ------------------------------------------------------------------------------------------------ kernels

@@ -14,10 +14,11 @@
 // writes d/dgamma = gu * z and, for a non-linear f, d/dbeta = gu (gu = gy * f'(u); for linear f d/dbeta is gy
 // itself, which the caller uses without a copy).
 //
-// Speed: the inner loops are small functions compiled twice, for the baseline ISA (the build has no -march) and
-// for AVX2, picked once at load time (as grad_penalty_cpu.cpp does); 16-bit elements go through convert16.h's
-// select-only conversions (through c10's operators those loops stayed scalar). The AVX2 clone does not enable FMA and
-// the build is ISO C++ (-ffp-contract=off), so both clones give the same bits. SiLU's exp is exp_f below, a
+// Speed: the inner loops are small functions compiled for the baseline ISA (the build has no -march), AVX2 and
+// AVX-512, the best the CPU has picked once (cpu_isa.h: no FMA, fixed summation order, so every clone gives the
+// same bits). The AVX-512 clone took the SiLU forward of 2x512x64x64 from 6.5 to 4.4 ms on one core, below eager's
+// group_norm + silu (5.5-5.7 ms), whose kernels are AVX-512 too. 16-bit elements go through convert16.h's
+// select-only conversions (through c10's operators those loops stayed scalar). SiLU's exp is exp_f below, a
 // Cephes-style float exp written so that GCC vectorises it (libm's expf is a call per element: that alone made
 // the forward 3-5x slower than eager, whose exp is vectorised).
 //
@@ -147,35 +148,29 @@ FASTGAN_GN_INLINE void bwd_out_impl(const T* x, const acc_of<T>* gz, int64_t n, 
   }
 }
 
-// Each inner loop twice: baseline ISA and AVX2 (same bits, see the header), as plain function templates.
-#define FASTGAN_GN_CLONES(NAME, TPL, PARAMS, ARGS)                  \
-  template <TPL> void NAME##_base PARAMS { NAME##_impl ARGS; }     \
-  template <TPL> FASTGAN_GN_AVX2 void NAME##_avx2 PARAMS { NAME##_impl ARGS; }
-#define FASTGAN_COMMA ,
-FASTGAN_GN_CLONES(moments, typename T, (const T* x, int64_t n, Moments* m), <T>(x, n, m))
-FASTGAN_GN_CLONES(fwd_out, typename T FASTGAN_COMMA int ACT FASTGAN_COMMA bool MOD,
-                  (const T* x, int64_t n, acc_of<T> mh, acc_of<T> ml, acc_of<T> a, acc_of<T> b, acc_of<T> al,
-                   const T* gm, const T* bm, T* y),
-                  <T FASTGAN_COMMA ACT FASTGAN_COMMA MOD>(x, n, mh, ml, a, b, al, gm, bm, y))
-FASTGAN_GN_CLONES(bwd_sums, typename T FASTGAN_COMMA int ACT FASTGAN_COMMA bool MOD,
-                  (const T* x, const T* gy, int64_t n, acc_of<T> mu, acc_of<T> r, acc_of<T> a, acc_of<T> b,
-                   acc_of<T> al, const T* gm, const T* bm, T* ggm, T* gbm, acc_of<T>* gz, double* s),
-                  <T FASTGAN_COMMA ACT FASTGAN_COMMA MOD>(x, gy, n, mu, r, a, b, al, gm, bm, ggm, gbm, gz, s))
-FASTGAN_GN_CLONES(bwd_out, typename T,
-                  (const T* x, const acc_of<T>* gz, int64_t n, double mu, double r, double a, double m_h,
-                   double m_hx, T* gx),
-                  <T>(x, gz, n, mu, r, a, m_h, m_hx, gx))
-#undef FASTGAN_COMMA
-#undef FASTGAN_GN_CLONES
+// Each inner loop three times, for the baseline ISA, AVX2 and AVX-512 (same bits: cpu_isa.h).
+FASTGAN_ISA_CLONES(moments, typename T, (const T* x, int64_t n, Moments* m), <T>(x, n, m))
+FASTGAN_ISA_CLONES(fwd_out, typename T FASTGAN_COMMA int ACT FASTGAN_COMMA bool MOD,
+                   (const T* x, int64_t n, acc_of<T> mh, acc_of<T> ml, acc_of<T> a, acc_of<T> b, acc_of<T> al,
+                    const T* gm, const T* bm, T* y),
+                   <T FASTGAN_COMMA ACT FASTGAN_COMMA MOD>(x, n, mh, ml, a, b, al, gm, bm, y))
+FASTGAN_ISA_CLONES(bwd_sums, typename T FASTGAN_COMMA int ACT FASTGAN_COMMA bool MOD,
+                   (const T* x, const T* gy, int64_t n, acc_of<T> mu, acc_of<T> r, acc_of<T> a, acc_of<T> b,
+                    acc_of<T> al, const T* gm, const T* bm, T* ggm, T* gbm, acc_of<T>* gz, double* s),
+                   <T FASTGAN_COMMA ACT FASTGAN_COMMA MOD>(x, gy, n, mu, r, a, b, al, gm, bm, ggm, gbm, gz, s))
+FASTGAN_ISA_CLONES(bwd_out, typename T,
+                   (const T* x, const acc_of<T>* gz, int64_t n, double mu, double r, double a, double m_h,
+                    double m_hx, T* gx),
+                   <T>(x, gz, n, mu, r, a, m_h, m_hx, gx))
 
 template <typename T, int ACT, bool MOD>
 struct Loops {
-  decltype(&moments_base<T>) moments = use_avx2() ? &moments_avx2<T> : &moments_base<T>;
+  decltype(&moments_base<T>) moments = pick_isa(&moments_base<T>, &moments_avx2<T>, &moments_avx512<T>);
   decltype(&fwd_out_base<T, ACT, MOD>) fwd_out =
-      use_avx2() ? &fwd_out_avx2<T, ACT, MOD> : &fwd_out_base<T, ACT, MOD>;
+      pick_isa(&fwd_out_base<T, ACT, MOD>, &fwd_out_avx2<T, ACT, MOD>, &fwd_out_avx512<T, ACT, MOD>);
   decltype(&bwd_sums_base<T, ACT, MOD>) bwd_sums =
-      use_avx2() ? &bwd_sums_avx2<T, ACT, MOD> : &bwd_sums_base<T, ACT, MOD>;
-  decltype(&bwd_out_base<T>) bwd_out = use_avx2() ? &bwd_out_avx2<T> : &bwd_out_base<T>;
+      pick_isa(&bwd_sums_base<T, ACT, MOD>, &bwd_sums_avx2<T, ACT, MOD>, &bwd_sums_avx512<T, ACT, MOD>);
+  decltype(&bwd_out_base<T>) bwd_out = pick_isa(&bwd_out_base<T>, &bwd_out_avx2<T>, &bwd_out_avx512<T>);
 };
 
 // Per-thread scratch, kept between calls: a fresh 1 MiB vector per task was an mmap + page faults every call.

@@ -12,13 +12,13 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cpu_isa.h"
 #include "cpu_reduce.h"
 
 namespace fastgan {
 namespace {
 
 #define FASTGAN_GN_INLINE inline __attribute__((always_inline))
-#define FASTGAN_GN_AVX2 __attribute__((target("avx2")))
 
 // Activation codes shared with bias_act (fastgan/ops/bias_act_kernels.py ACT_CODES).
 constexpr int kLinear = 0, kRelu = 1, kLrelu = 2, kSilu = 5;
@@ -96,12 +96,6 @@ void dispatch_act(int64_t act, const char* op, F f) {
     case kSilu: f(std::integral_constant<int, kSilu>{}); break;
     default: TORCH_CHECK(false, op, ": act must be 0 (linear), 1 (relu), 2 (lrelu) or 5 (silu), got ", act);
   }
-}
-
-// Whether to call the AVX2 clones of the inner loops (picked once; the build itself targets the baseline ISA).
-inline bool use_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
-  return yes;
 }
 
 struct Shape {

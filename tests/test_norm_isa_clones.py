@@ -1,0 +1,68 @@
+"""The norm kernels' ISA clones (csrc/cpu_isa.h) give the same bits.
+
+The group-norm family's C++ inner loops (group norm, SPADE maps, channels-last, and instance norm's contiguous
+forward, which runs on them) are compiled for the baseline ISA, AVX2 and AVX-512 and picked by CPU, capped by
+ATEN_CPU_CAPABILITY. None uses FMA or reorders a sum, so every clone must give the same bits. The kernel ops are
+called directly: the Python glue and the composite double backward run ATen ops, whose reductions do differ by ISA.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastgan import _backend
+
+_SCRIPT = r"""
+import sys, torch, fastgan
+torch.set_num_threads(2)  # the split-group path needs more threads than groups
+ops = torch.ops.fastgan
+x0, gy0, m0, b0, s0, t0 = torch.load(sys.argv[1])
+out = []
+for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+    for cl in (False, True):
+        x, gy, gm, bm = (t.to(dt) for t in (x0, gy0, m0, b0))
+        if cl:
+            x, gy = x.to(memory_format=torch.channels_last), gy.to(memory_format=torch.channels_last)
+        for groups in (1, 4, 64):
+            for act, alpha in ((0, 0.0), (2, 0.2), (5, 0.0)):
+                for maps in ((None, None), (gm, bm)):
+                    y, mean, rstd = ops.group_norm_fwd(x, s0, t0, *maps, groups, 1e-5, act, alpha)
+                    out += [y, mean, rstd]
+                    out += list(ops.group_norm_bwd(gy, x, mean, rstd, s0, t0, *maps, groups, 1e-5, act, alpha))
+        acc = torch.float64 if dt == torch.float64 else torch.float32
+        out += list(ops.instance_norm_fwd(x, s0.to(acc), t0.to(acc), 1e-5))
+torch.save(out, sys.argv[2])
+"""
+
+
+@pytest.mark.skipif(not _backend.available("group_norm_fwd", "cpp", "cpu"), reason="compiled extension not loaded")
+def test_norm_isa_clones_bitwise_equal(tmp_path):
+    """Capabilities the CPU lacks fall back to a lower clone: vacuous only on a CPU without AVX2."""
+    gen = torch.Generator().manual_seed(11)
+    # 1x64x33x17: N*G < threads for groups=1 (the split path); odd plane, vector bodies and scalar tails. A mean
+    # offset keeps the centred sums honest; scale/shift are (N, C) float64, as the kernels take them.
+    x = 2 * torch.randn(1, 64, 33, 17, generator=gen) + 3
+    gy, gm, bm = (torch.randn(1, 64, 33, 17, generator=gen) for _ in range(3))
+    scale = 1 + 0.5 * torch.randn(1, 64, generator=gen, dtype=torch.float64)
+    shift = torch.randn(1, 64, generator=gen, dtype=torch.float64)
+    torch.save((x, gy, gm, bm, scale, shift), tmp_path / "in.pt")
+    (tmp_path / "run.py").write_text(_SCRIPT)
+    results = {}
+    for cap in ("default", "avx2", "avx512"):
+        env = dict(os.environ, ATEN_CPU_CAPABILITY=cap)
+        subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "in.pt"), str(tmp_path / f"{cap}.pt")],
+                       check=True, env=env, cwd=str(tmp_path))
+        results[cap] = torch.load(tmp_path / f"{cap}.pt")
+    base = results["default"]
+    assert len(base) > 100
+    for cap in ("avx2", "avx512"):
+        assert len(results[cap]) == len(base)
+        for i, (a, b) in enumerate(zip(base, results[cap])):
+            assert a.dtype == b.dtype and a.shape == b.shape, f"{cap}: output {i} differs in dtype or shape"
+            if a.numel():
+                assert torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)), \
+                    f"{cap} differs from the baseline clone in output {i} ({a.dtype})"
