@@ -24,56 +24,14 @@
 #include "cl_tasks.h"
 #include "cpu_reduce.h"
 #include "group_norm_api.h"
+#include "instance_norm_loops.h"
 #include "norm_common.h"
 
 namespace fastgan {
 namespace {
 
-constexpr int64_t kChunk = 4096;  // elements per chunk buffer (per input)
-
-// ------------------------------------------------------------------------------------------ shared pieces
-// The per-element second-order formulas (see instance_norm_ref.py), shared by both layouts.
-template <typename A>
-struct DbwdCoef {
-  A mu, r, w, uw, ub, m_g, m_gx, m_v, m_vx, c;
-  inline void apply(A x, A g, A v, A& gx2, A& ggy) const {
-    const A xh = (x - mu) * r;
-    const A pv = v - m_v - xh * m_vx;
-    const A pg = g - m_g - xh * m_gx;
-    ggy = w * r * pv + uw * xh + ub;
-    gx2 = uw * r * pg - w * r * r * (c * xh + m_gx * pv + m_vx * pg);
-  }
-};
-
-template <typename A>
-DbwdCoef<A> dbwd_coef(const double* sums, double L, A mu, A r, A w, A uw, A ub, double* gscale2) {
-  // sums: sum(gy), sum(gy*xhat), sum(v), sum(v*xhat), sum(v*gy)
-  const double m_g = sums[0] / L, m_gx = sums[1] / L, m_v = sums[2] / L, m_vx = sums[3] / L;
-  const double c = sums[4] / L - m_g * m_v - m_gx * m_vx;
-  *gscale2 = L * static_cast<double>(r) * c;
-  return DbwdCoef<A>{mu, r, w, uw, ub, A(m_g), A(m_gx), A(m_v), A(m_vx), A(c)};
-}
-
 // ------------------------------------------------------------------------------ contiguous planes (N*C tasks)
-// Rows [r0, r0 + n) of plane p as acc_t: the tensor's own memory for float/double, else converted into buf.
-template <typename T, typename A>
-inline const A* plane_rows(const T* src, int64_t off, int64_t n, A* buf) {
-  if (std::is_same<T, A>::value) return reinterpret_cast<const A*>(src + off);
-  for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<A>(src[off + i]);
-  return buf;
-}
-
-template <typename T, typename A>
-inline A* plane_out(T* dst, int64_t off, A* buf) {
-  return std::is_same<T, A>::value ? reinterpret_cast<A*>(dst + off) : buf;
-}
-
-template <typename T, typename A>
-inline void plane_store(T* dst, int64_t off, int64_t n, const A* buf) {
-  if (std::is_same<T, A>::value) return;  // written in place
-  for (int64_t i = 0; i < n; ++i) dst[off + i] = static_cast<T>(buf[i]);
-}
-
+// body(p, offset of plane p, scratch of nbuf * kChunk A values) for every plane, in parallel.
 template <typename A, typename Body>
 void for_each_plane(const PlaneShape& s, int nbuf, Body body) {
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / s.L);
@@ -88,6 +46,7 @@ template <typename T>
 void fwd_kernel_cl(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, double eps,
                 const PlaneShape& s, at::Tensor& y, at::Tensor& mean, at::Tensor& rstd) {
   using A = acc_of<T>;
+  const Loops<T> k;
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const A *sp = scale.data_ptr<A>(), *bp = shift.data_ptr<A>();
@@ -107,19 +66,8 @@ void fwd_kernel_cl(const at::Tensor& x, const at::Tensor& scale, const at::Tenso
   for_each_sample_cl(
       s, sizeof(T), 2,
       [&](int64_t n, int64_t r0, int64_t r1, double* out) {
-        // Two passes over the cached chunk (mean, then centred squares), accumulated in double per channel.
-        double* mean_c = out;
-        double* m2_c = out + C;
-        const T* base = xp + n * L * C;
         std::fill(out, out + 2 * C, 0.0);
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < C; ++c) mean_c[c] += static_cast<A>(base[r * C + c]);
-        for (int64_t c = 0; c < C; ++c) mean_c[c] /= static_cast<double>(r1 - r0);
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < C; ++c) {
-            const double d = static_cast<A>(base[r * C + c]) - mean_c[c];
-            m2_c[c] += d * d;
-          }
+        k.cl_moments(xp + n * L * C, r0, r1, C, out, out + C);
       },
       [&](int64_t n, const double* parts, int64_t chunks) {
         const int64_t rows = cl_rows(C);
@@ -134,12 +82,8 @@ void fwd_kernel_cl(const at::Tensor& x, const at::Tensor& scale, const at::Tenso
         }
       },
       [&](int64_t n, int64_t r0, int64_t r1) {
-        const A *mu = mp + n * C, *lo = mean_lo.data() + n * C, *an = a.data() + n * C, *bn = b.data() + n * C;
-        const T* src = xp + n * L * C;
-        T* dst = yp + n * L * C;
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < C; ++c)
-            dst[r * C + c] = static_cast<T>(((static_cast<A>(src[r * C + c]) - mu[c]) - lo[c]) * an[c] + bn[c]);
+        k.cl_fwd_out(xp + n * L * C, r0, r1, C, mp + n * C, mean_lo.data() + n * C, a.data() + n * C,
+                     b.data() + n * C, yp + n * L * C);
       });
 }
 
@@ -149,32 +93,24 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
                 const at::Tensor& scale, const PlaneShape& s, at::Tensor& gx, at::Tensor& gscale,
                 at::Tensor& gshift) {
   using A = acc_of<T>;
+  const Loops<T> k;
   const T *xp = x.data_ptr<T>(), *gp = gy.data_ptr<T>();
   T* gxp = gx.data_ptr<T>();
   const A *mp = mean.data_ptr<A>(), *rp = rstd.data_ptr<A>(), *sp = scale.data_ptr<A>();
   A *gsp = gscale.data_ptr<A>(), *gbp = gshift.data_ptr<A>();
   const int64_t L = s.L, C = s.C;
   if (!s.channels_last) {
-    for_each_plane<A>(s, 3, [&](int64_t p, int64_t off, A* buf) {
+    for_each_plane<A>(s, 2, [&](int64_t p, int64_t off, A* buf) {
       const A mu = mp[p], r = rp[p];
-      double s_g = 0, s_gx = 0;  // s_gx = sum(gy * (x - mean)); times rstd once at the end
-      for (int64_t r0 = 0; r0 < L; r0 += kChunk) {
-        const int64_t n = std::min(kChunk, L - r0);
-        const A *xs = plane_rows(xp, off + r0, n, buf), *gs = plane_rows(gp, off + r0, n, buf + kChunk);
-        s_g += lane_sum(n, [&](int64_t i) { return static_cast<double>(gs[i]); });
-        s_gx += lane_sum(n, [&](int64_t i) { return static_cast<double>(gs[i]) * (static_cast<double>(xs[i]) - mu); });
-      }
-      s_gx *= r;
+      double sums[2] = {0, 0};  // sum(gy), sum(gy * (x - mean)); the latter times rstd once at the end
+      for (int64_t r0 = 0; r0 < L; r0 += kChunk)
+        k.bwd_sums(xp + off + r0, gp + off + r0, std::min(kChunk, L - r0), mu, buf, sums);
+      const double s_g = sums[0], s_gx = sums[1] * r;
       gsp[p] = static_cast<A>(s_gx);
       gbp[p] = static_cast<A>(s_g);
       const A coef = sp[p] * r, m_g = static_cast<A>(s_g / L), m_gx = static_cast<A>(s_gx / L);
-      for (int64_t r0 = 0; r0 < L; r0 += kChunk) {
-        const int64_t n = std::min(kChunk, L - r0);
-        const A *xs = plane_rows(xp, off + r0, n, buf), *gs = plane_rows(gp, off + r0, n, buf + kChunk);
-        A* o = plane_out(gxp, off + r0, buf + 2 * kChunk);
-        for (int64_t i = 0; i < n; ++i) o[i] = coef * (gs[i] - m_g - (xs[i] - mu) * r * m_gx);
-        plane_store(gxp, off + r0, n, o);
-      }
+      for (int64_t r0 = 0; r0 < L; r0 += kChunk)
+        k.bwd_out(xp + off + r0, gp + off + r0, std::min(kChunk, L - r0), mu, r, coef, m_g, m_gx, gxp + off + r0);
     });
     return;
   }
@@ -182,17 +118,8 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
   for_each_sample_cl(
       s, sizeof(T), 2,
       [&](int64_t n, int64_t r0, int64_t r1, double* out) {
-        double *a0 = out, *a1 = out + C;
-        std::fill(out, out + 2 * C, 0.0);
-        const A *mu = mp + n * C;
-        for (int64_t r = r0; r < r1; ++r) {
-          const T *xr = xp + (n * L + r) * C, *gr = gp + (n * L + r) * C;
-          for (int64_t c = 0; c < C; ++c) {
-            const double g = static_cast<A>(gr[c]);
-            a0[c] += g;
-            a1[c] += g * (static_cast<double>(static_cast<A>(xr[c])) - mu[c]);  // times rstd in the merge
-          }
-        }
+        std::fill(out, out + 2 * C, 0.0);  // sum(gy), sum(gy * (x - mean)) per channel; times rstd in the merge
+        k.cl_bwd_sums(xp + n * L * C, gp + n * L * C, r0, r1, C, mp + n * C, out, out + C);
       },
       [&](int64_t n, const double* parts, int64_t chunks) {
         for (int64_t c = 0; c < C; ++c) {
@@ -208,15 +135,9 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
         }
       },
       [&](int64_t n, int64_t r0, int64_t r1) {
-        const A *mu = mp + n * C, *rs = rp + n * C;
-        const A *cf = coef.data() + n * C, *mg = m_g.data() + n * C, *mgx = m_gx.data() + n * C;
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t row = (n * L + r) * C;
-          for (int64_t c = 0; c < C; ++c) {
-            const A xh = (static_cast<A>(xp[row + c]) - mu[c]) * rs[c];
-            gxp[row + c] = static_cast<T>(cf[c] * (static_cast<A>(gp[row + c]) - mg[c] - xh * mgx[c]));
-          }
-        }
+        const int64_t pc = n * C;
+        k.cl_bwd_out(xp + n * L * C, gp + n * L * C, r0, r1, C, mp + pc, rp + pc, coef.data() + pc,
+                     m_g.data() + pc, m_gx.data() + pc, gxp + n * L * C);
       });
 }
 
@@ -227,6 +148,7 @@ void dbwd_kernel(const at::Tensor& ggx, const at::Tensor& ggscale, const at::Ten
                  const at::Tensor& scale, const PlaneShape& s, at::Tensor& gx2, at::Tensor& ggy,
                  at::Tensor& gscale2) {
   using A = acc_of<T>;
+  const Loops<T> k;
   const T *xp = x.data_ptr<T>(), *gp = gy.data_ptr<T>(), *vp = ggx.data_ptr<T>();
   T *gx2p = gx2.data_ptr<T>(), *ggyp = ggy.data_ptr<T>();
   const A *mp = mean.data_ptr<A>(), *rp = rstd.data_ptr<A>(), *sp = scale.data_ptr<A>();
@@ -235,39 +157,20 @@ void dbwd_kernel(const at::Tensor& ggx, const at::Tensor& ggscale, const at::Ten
   const int64_t L = s.L, C = s.C;
   auto coef_of = [&](int64_t p, const double* sums) {
     double g2;
-    auto k = dbwd_coef<A>(sums, static_cast<double>(L), mp[p], rp[p], sp[p], uwp[p], ubp[p], &g2);
+    auto kc = dbwd_coef<A>(sums, static_cast<double>(L), mp[p], rp[p], sp[p], uwp[p], ubp[p], &g2);
     gs2p[p] = static_cast<A>(g2);
-    return k;
+    return kc;
   };
   if (!s.channels_last) {
-    for_each_plane<A>(s, 5, [&](int64_t p, int64_t off, A* buf) {
-      const A mu = mp[p], r = rp[p];
+    for_each_plane<A>(s, 3, [&](int64_t p, int64_t off, A* buf) {
       double sums[5] = {0, 0, 0, 0, 0};
-      for (int64_t r0 = 0; r0 < L; r0 += kChunk) {
-        const int64_t n = std::min(kChunk, L - r0);
-        const A* xs = plane_rows(xp, off + r0, n, buf);
-        const A* gs = plane_rows(gp, off + r0, n, buf + kChunk);
-        const A* vs = plane_rows(vp, off + r0, n, buf + 2 * kChunk);
-        auto d = [](A t) { return static_cast<double>(t); };
-        sums[0] += lane_sum(n, [&](int64_t i) { return d(gs[i]); });
-        sums[1] += lane_sum(n, [&](int64_t i) { return d(gs[i]) * (d(xs[i]) - mu); });
-        sums[2] += lane_sum(n, [&](int64_t i) { return d(vs[i]); });
-        sums[3] += lane_sum(n, [&](int64_t i) { return d(vs[i]) * (d(xs[i]) - mu); });
-        sums[4] += lane_sum(n, [&](int64_t i) { return d(vs[i]) * d(gs[i]); });
-      }
-      sums[1] *= r, sums[3] *= r;  // sum(. * xhat) = rstd * sum(. * (x - mean))
-      const DbwdCoef<A> k = coef_of(p, sums);
-      for (int64_t r0 = 0; r0 < L; r0 += kChunk) {
-        const int64_t n = std::min(kChunk, L - r0);
-        const A* xs = plane_rows(xp, off + r0, n, buf);
-        const A* gs = plane_rows(gp, off + r0, n, buf + kChunk);
-        const A* vs = plane_rows(vp, off + r0, n, buf + 2 * kChunk);
-        A* o1 = plane_out(gx2p, off + r0, buf + 3 * kChunk);
-        A* o2 = plane_out(ggyp, off + r0, buf + 4 * kChunk);
-        for (int64_t i = 0; i < n; ++i) k.apply(xs[i], gs[i], vs[i], o1[i], o2[i]);
-        plane_store(gx2p, off + r0, n, o1);
-        plane_store(ggyp, off + r0, n, o2);
-      }
+      for (int64_t r0 = 0; r0 < L; r0 += kChunk)
+        k.dbwd_sums(xp + off + r0, gp + off + r0, vp + off + r0, std::min(kChunk, L - r0), mp[p], buf, sums);
+      sums[1] *= rp[p], sums[3] *= rp[p];  // sum(. * xhat) = rstd * sum(. * (x - mean))
+      const DbwdCoef<A> kc = coef_of(p, sums);
+      for (int64_t r0 = 0; r0 < L; r0 += kChunk)
+        k.dbwd_out(xp + off + r0, gp + off + r0, vp + off + r0, std::min(kChunk, L - r0), kc, gx2p + off + r0,
+                   ggyp + off + r0);
     });
     return;
   }
@@ -275,18 +178,8 @@ void dbwd_kernel(const at::Tensor& ggx, const at::Tensor& ggscale, const at::Ten
   for_each_sample_cl(
       s, sizeof(T), 5,
       [&](int64_t n, int64_t r0, int64_t r1, double* out) {
-        double* acc = out;
-        std::fill(out, out + 5 * C, 0.0);
-        const A *mu = mp + n * C;
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t row = (n * L + r) * C;
-          for (int64_t c = 0; c < C; ++c) {
-            const double g = static_cast<A>(gp[row + c]), v = static_cast<A>(vp[row + c]);
-            const double xc = static_cast<double>(static_cast<A>(xp[row + c])) - mu[c];  // times rstd in the merge
-            acc[c] += g, acc[C + c] += g * xc, acc[2 * C + c] += v, acc[3 * C + c] += v * xc;
-            acc[4 * C + c] += v * g;
-          }
-        }
+        std::fill(out, out + 5 * C, 0.0);  // with x - mean for xhat: times rstd in the merge
+        k.cl_dbwd_sums(xp + n * L * C, gp + n * L * C, vp + n * L * C, r0, r1, C, mp + n * C, out);
       },
       [&](int64_t n, const double* parts, int64_t chunks) {
         for (int64_t c = 0; c < C; ++c) {
@@ -298,16 +191,8 @@ void dbwd_kernel(const at::Tensor& ggx, const at::Tensor& ggscale, const at::Ten
         }
       },
       [&](int64_t n, int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t row = (n * L + r) * C;
-          for (int64_t c = 0; c < C; ++c) {
-            A o1, o2;
-            coefs[n * C + c].apply(static_cast<A>(xp[row + c]), static_cast<A>(gp[row + c]), static_cast<A>(vp[row + c]),
-                           o1, o2);
-            gx2p[row + c] = static_cast<T>(o1);
-            ggyp[row + c] = static_cast<T>(o2);
-          }
-        }
+        k.cl_dbwd_out(xp + n * L * C, gp + n * L * C, vp + n * L * C, r0, r1, C, coefs.data() + n * C,
+                      gx2p + n * L * C, ggyp + n * L * C);
       });
 }
 
@@ -329,8 +214,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cpu(const at::T
   at::Tensor mean = at::empty({s.N, s.C}, x.options().dtype(acc_type_of(x.scalar_type())));
   at::Tensor rstd = at::empty_like(mean);
   if (!s.channels_last) {
-    // Contiguous planes: the group-norm kernel with one channel per group (AVX2 clones, vectorised 16-bit loads;
-    // this file's plane loops are baseline-ISA only and ran bfloat16 1.8x slower).
+    // Contiguous planes: the group-norm kernel with one channel per group (its chunked two-pass statistics and
+    // output loop are this file's plane forward; one copy of them, as issue 3's kernel-family design asks).
     group_norm_fwd_contiguous(x, scale.to(at::kDouble).contiguous(), shift.to(at::kDouble).contiguous(), s.C, eps,
                               y, mean, rstd);
     return {y, mean, rstd};

@@ -1,7 +1,8 @@
 """The norm kernels' ISA clones (csrc/cpu_isa.h) give the same bits.
 
 The group-norm family's C++ inner loops (group norm, SPADE maps, channels-last, and instance norm's contiguous
-forward, which runs on them) are compiled for the baseline ISA, AVX2 and AVX-512 and picked by CPU, capped by
+forward, which runs on them) and instance norm's own loops (channels-last forward, backward, double backward) are
+compiled for the baseline ISA, AVX2 and AVX-512 and picked by CPU, capped by
 ATEN_CPU_CAPABILITY. None uses FMA or reorders a sum, so every clone must give the same bits. The kernel ops are
 called directly: the Python glue and the composite double backward run ATen ops, whose reductions do differ by ISA.
 """
@@ -34,7 +35,10 @@ for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
                     out += [y, mean, rstd]
                     out += list(ops.group_norm_bwd(gy, x, mean, rstd, s0, t0, *maps, groups, 1e-5, act, alpha))
         acc = torch.float64 if dt == torch.float64 else torch.float32
-        out += list(ops.instance_norm_fwd(x, s0.to(acc), t0.to(acc), 1e-5))
+        s1, t1 = s0.to(acc), t0.to(acc)
+        y, mean, rstd = ops.instance_norm_fwd(x, s1, t1, 1e-5)
+        out += [y, mean, rstd] + list(ops.instance_norm_bwd(gy, x, mean, rstd, s1, 1e-5))
+        out += list(ops.instance_norm_dbwd(gm, t1, s1, gy, x, mean, rstd, s1, 1e-5))
 torch.save(out, sys.argv[2])
 """
 
