@@ -11,19 +11,24 @@ namespace {
 template <typename T>
 using acc_of = std::conditional_t<std::is_same<T, double>::value, double, float>;
 
-// sum_i f(i) for i < n, f returning double: 8 independent double lanes (the compiler vectorises them without
-// reassociating). Terms and sums are double, as in eager PyTorch on CPU (acc_type<float, false> is double):
-// float terms such as g * ((x - mu) * r) carry ~1.5 ulp each and, summed over a plane with cancellation, ended
-// up several ulps from the float64 result where eager was within one.
+// sum_i f(i) for i < n, f returning double: 16 independent double lanes (the compiler vectorises them without
+// reassociating: two AVX-512 accumulators, four AVX2 ones, so the adds' latency is hidden; with 8 lanes the
+// AVX-512 clone waited on one accumulator chain and the statistics pass took half of a bfloat16 forward). Terms
+// and sums are double, as in eager PyTorch on CPU (acc_type<float, false> is double): float terms such as
+// g * ((x - mu) * r) carry ~1.5 ulp each and, summed over a plane with cancellation, ended up several ulps from the
+// float64 result where eager was within one.
 template <typename F>
 inline __attribute__((always_inline)) double lane_sum(int64_t n, F f) {
-  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  constexpr int kLanes = 16;
+  double lanes[kLanes] = {};
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int k = 0; k < 8; ++k) lanes[k] += f(i + k);
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) lanes[k] += f(i + k);
   }
-  for (; i < n; ++i) lanes[0] += f(i);
-  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+  for (; i < n; ++i) lanes[i % kLanes] += f(i);
+  for (int w = kLanes / 2; w > 0; w /= 2)  // pairwise, in the same order for every ISA
+    for (int k = 0; k < w; ++k) lanes[k] += lanes[k + w];
+  return lanes[0];
 }
 
 // Running (count, mean, M2), merged chunk by chunk (Chan et al.); empty chunks are skipped.
