@@ -24,6 +24,7 @@
 
 #include "convert16.h"
 #include "cpu_isa.h"
+#include "vec_math.h"
 
 #include <algorithm>
 #include <bit>
@@ -43,47 +44,77 @@ enum Act : int64_t { kLinear = 0, kRelu, kLrelu, kTanh, kSigmoid, kSilu, kGelu, 
 template <typename T>
 using acc_t = std::conditional_t<std::is_same<T, double>::value, double, float>;
 
+// Whether input dtype T gets the vectorised exp/tanh (below).
+template <typename T>
+constexpr bool kFast = !std::is_same_v<T, double>;
+
 // f(z), f'(z), f''(z) of each activation. NaN propagates (relu: z <= 0 is false for NaN).
-template <int64_t ACT, typename A>
-inline A act_f(A z, A alpha) {
+// FAST (every input dtype but float64): exp and tanh from vec_math.h, so the loops vectorise (libm is a call per
+// element: the C++ kernel ran tanh/sigmoid/silu 5-7x slower than eager, whose math is vectorised). Float math
+// uses exp_f (~1 ulp, as eager's Sleef exp); tanh is computed in double and rounded once. float64 input keeps
+// libm (exact to its last bit, which gradcheck and the float64 tolerance rule see). gelu's erf stays libm's.
+struct Vk {  // the vectorised exps' clamp bounds, read once per loop (vec_math.h)
+  ExpRange f;
+  ExpRangeD d;
+};
+FASTGAN_ALWAYS_INLINE Vk vec_consts() { return Vk{exp_range(), exp_range_d()}; }
+
+template <bool FAST, typename A>
+FASTGAN_ALWAYS_INLINE A exp_of(A x, const Vk& k) {
+  if constexpr (!FAST) return std::exp(x);
+  else if constexpr (std::is_same_v<A, float>) return exp_f(x, k.f);
+  else return exp_d(x, k.d);
+}
+
+template <bool FAST, typename A>
+FASTGAN_ALWAYS_INLINE A tanh_of(A x, const Vk& k) {
+  if constexpr (!FAST) return std::tanh(x);
+  else return A(tanh_d(double(x), k.d));
+}
+
+template <int64_t ACT, bool FAST, typename A>
+FASTGAN_ALWAYS_INLINE A act_f(A z, A alpha, const Vk& k) {
   if constexpr (ACT == kRelu) return z <= A(0) ? A(0) : z;
   // max/min instead of a select: GCC vectorises these (the select compiled to a mispredicted branch); NaN stays NaN.
   if constexpr (ACT == kLrelu) return std::max(z, A(0)) + alpha * std::min(z, A(0));
-  if constexpr (ACT == kTanh) return std::tanh(z);
-  if constexpr (ACT == kSigmoid) return A(1) / (A(1) + std::exp(-z));
-  if constexpr (ACT == kSilu) return z / (A(1) + std::exp(-z));
+  if constexpr (ACT == kTanh) return tanh_of<FAST>(z, k);
+  if constexpr (ACT == kSigmoid) return A(1) / (A(1) + exp_of<FAST>(-z, k));
+  if constexpr (ACT == kSilu) return z / (A(1) + exp_of<FAST>(-z, k));
   if constexpr (ACT == kGelu) return z * A(0.5) * (A(1) + std::erf(z * A(M_SQRT1_2)));
   return z;
 }
 
-// sigmoid(z) and sigmoid(-z) = 1 - sigmoid(z), each to full relative precision (no 1 - s cancellation).
-template <typename A>
-inline void sigmoid_pair(A z, A& s, A& sc) {
-  const A e = std::exp(-std::abs(z));
+// sigmoid(z) and sigmoid(-z) = 1 - sigmoid(z), each to full relative precision (no 1 - s cancellation). FAST:
+// e in float even where A is double (the gradients): exp_f runs twice as many lanes as exp_d, and e's relative
+// error (~1 ulp of float, plus |z| ulps from rounding z) moves s and sc by far less than the output's rounding in
+// absolute terms (s * sc and z * sc are where e is small); the rest of the formula stays in A.
+template <bool FAST, typename A>
+FASTGAN_ALWAYS_INLINE void sigmoid_pair(A z, A& s, A& sc, const Vk& k) {
+  const A e = FAST ? A(exp_f(float(-std::abs(z)), k.f)) : std::exp(-std::abs(z));
   const A r = A(1) / (A(1) + e);
   s = z >= A(0) ? r : e * r;
   sc = z >= A(0) ? e * r : r;
 }
 
 // 1 - tanh(z)^2 = 4 e / (1 + e)^2 with e = exp(-2|z|): no cancellation where tanh(z) is near +-1.
-template <typename A>
-inline A sech2(A z) {
-  const A e = std::exp(A(-2) * std::abs(z));
+template <bool FAST, typename A>
+FASTGAN_ALWAYS_INLINE A sech2(A z, const Vk& k) {
+  const A e = exp_of<FAST>(A(-2) * std::abs(z), k);
   const A d = A(1) + e;
   return A(4) * e / (d * d);
 }
 
-template <int64_t ACT, typename A>
-inline A act_d1(A z, A alpha) {
+template <int64_t ACT, bool FAST, typename A>
+FASTGAN_ALWAYS_INLINE A act_d1(A z, A alpha, const Vk& k) {
   if constexpr (ACT == kRelu) return A(z > A(0));
   if constexpr (ACT == kLrelu) {
     const A pos = A(z > A(0));
     return pos + alpha * (A(1) - pos);  // exactly 1 or alpha
   }
-  if constexpr (ACT == kTanh) return sech2(z);
+  if constexpr (ACT == kTanh) return sech2<FAST>(z, k);
   if constexpr (ACT == kSigmoid || ACT == kSilu) {
     A s, sc;
-    sigmoid_pair(z, s, sc);
+    sigmoid_pair<FAST>(z, s, sc, k);
     return ACT == kSigmoid ? s * sc : s * (A(1) + z * sc);
   }
   if constexpr (ACT == kGelu) {
@@ -94,12 +125,12 @@ inline A act_d1(A z, A alpha) {
   return A(1);
 }
 
-template <int64_t ACT, typename A>
-inline A act_d2(A z, A alpha) {
-  if constexpr (ACT == kTanh) return A(-2) * std::tanh(z) * sech2(z);
+template <int64_t ACT, bool FAST, typename A>
+FASTGAN_ALWAYS_INLINE A act_d2(A z, A alpha, const Vk& k) {
+  if constexpr (ACT == kTanh) return A(-2) * tanh_of<FAST>(z, k) * sech2<FAST>(z, k);
   if constexpr (ACT == kSigmoid || ACT == kSilu) {
     A s, sc;
-    sigmoid_pair(z, s, sc);
+    sigmoid_pair<FAST>(z, s, sc, k);
     return ACT == kSigmoid ? s * sc * (sc - s) : s * sc * (A(2) + z * (sc - s));
   }
   if constexpr (ACT == kGelu) {
@@ -153,8 +184,8 @@ FASTGAN_TARGET_AVX512 void chunk_avx512(const Params& p, const A* bias, int64_t 
   chunk_runs(p, bias, begin, end, run);
 }
 
-// run over [0, numel) in parallel. VEC: whether the loop vectorises at all (the piecewise-linear activations); the
-// others call scalar libm per element, gain nothing from a wider ISA, and get only the baseline clone.
+// run over [0, numel) in parallel. VEC: whether the loop vectorises at all (every activation but gelu, whose erf is
+// a libm call per element: it gains nothing from a wider ISA and gets only the baseline clone).
 template <bool VEC, typename A, typename Run>
 void for_each_run(const Params& p, const A* bias, const Run& run) {
   const Isa isa = VEC ? cpu_isa() : kIsaBase;
@@ -177,11 +208,12 @@ struct FwdRun {
   FASTGAN_ALWAYS_INLINE void operator()(int64_t i0, int64_t len, const A* b,
                                         std::integral_constant<int64_t, BSTEP>) const {
     const A al_ = al, ga_ = ga, cl_ = cl;
+    const Vk k = vec_consts();
     const T* __restrict xp = x + i0;
     T* __restrict yp = y + i0;
 #pragma omp simd
     for (int64_t j = 0; j < len; ++j) {
-      A v = act_f<ACT>(load_as<A>(xp[j]) + b[j * BSTEP], al_) * ga_;
+      A v = act_f<ACT, kFast<T>>(load_as<A>(xp[j]) + b[j * BSTEP], al_, k) * ga_;
       if constexpr (CLAMP) v = v < -cl_ ? -cl_ : (v > cl_ ? cl_ : v);  // NaN compares false: stays NaN
       yp[j] = store_as<T>(v);
     }
@@ -192,7 +224,7 @@ template <typename T, int64_t ACT, bool CLAMP>
 void fwd_kernel(const T* x, const acc_t<T>* bias, T* y, const Params& p) {
   using A = acc_t<T>;
   const FwdRun<T, ACT, CLAMP> run{x, y, A(p.alpha), A(p.gain), A(p.clamp)};
-  for_each_run<(ACT <= kLrelu)>(p, bias, run);
+  for_each_run<(ACT != kGelu)>(p, bias, run);
 }
 
 // MODE 1: out = g * gain * f'(z) * m; MODE 2: out = g * h * gain * f''(z) * m. Computed in double for every
@@ -219,6 +251,7 @@ struct GradRun {
     // ran as a compare-and-branch per element (1.5-3.8 ms for 1M random floats; 0.1-0.4 ms with it).
     const A al_ = al, ga_ = ga, cl_ = cl;
     const A slope_pos = ga_, slope_neg = ACT == kRelu ? A(0) : ga_ * al_;
+    const Vk k = vec_consts();
     const T* __restrict gp = g + i0;
     const T* __restrict hp = MODE == 2 ? h + i0 : g + i0;
     const T* __restrict xp = x + i0;
@@ -230,12 +263,12 @@ struct GradRun {
       if constexpr (MODE == 1 && (ACT == kRelu || ACT == kLrelu)) {
         o = load_as<A>(gp[j]) * (z > A(0) ? slope_pos : slope_neg);  // a select of two slopes, not gain * f'(z)
       } else if constexpr (MODE == 1) {
-        o = load_as<A>(gp[j]) * (ga_ * act_d1<ACT>(z, al_));
+        o = load_as<A>(gp[j]) * (ga_ * act_d1<ACT, kFast<T>>(z, al_, k));
       } else {
-        o = load_as<A>(gp[j]) * load_as<A>(hp[j]) * (ga_ * act_d2<ACT>(z, al_));
+        o = load_as<A>(gp[j]) * load_as<A>(hp[j]) * (ga_ * act_d2<ACT, kFast<T>>(z, al_, k));
       }
       if constexpr (CLAMP) {
-        const A v = act_f<ACT>(z, al_) * ga_;
+        const A v = act_f<ACT, kFast<T>>(z, al_, k) * ga_;
         const A lim = v < A(0) ? -v : v;  // |v| as a select (NaN stays NaN and keeps o below)
         o = lim > cl_ ? A(0) : o;          // clamped outputs pass no gradient
       }
@@ -248,7 +281,7 @@ template <typename T, int64_t ACT, bool CLAMP, int MODE>
 void grad_kernel(const T* g, const T* h, const T* x, const grad_acc_t<ACT, T>* bias, T* out, const Params& p) {
   using A = grad_acc_t<ACT, T>;
   const GradRun<T, ACT, CLAMP, MODE> run{g, h, x, out, A(p.alpha), A(p.gain), A(p.clamp)};
-  for_each_run<(ACT <= kLrelu)>(p, bias, run);
+  for_each_run<(ACT != kGelu)>(p, bias, run);
 }
 
 // Compile-time activation and clamp flag from the runtime arguments.

@@ -14,6 +14,7 @@
 
 #include "cpu_isa.h"
 #include "cpu_reduce.h"
+#include "vec_math.h"
 
 namespace fastgan {
 namespace {
@@ -24,45 +25,9 @@ namespace {
 constexpr int kLinear = 0, kRelu = 1, kLrelu = 2, kSilu = 5;
 
 // ------------------------------------------------------------------------------------------- elementwise math
-// exp(x) in float without a libm call, so that loops over it vectorise: x = k ln2 + r (Cody-Waite, k rounded by
-// the 1.5 * 2^23 trick), Cephes' degree-6 polynomial for e^r (max error ~1 ulp, as Sleef's expf_u10 eager uses),
-// and 2^k put into the exponent bits. x is clamped to [-87, 88] so that 2^k stays a normal float: e^-87 ~ 1.6e-38
-// and e^88 ~ 1.7e38 stand in for 0 and inf, which changes silu and its derivative by under 1e-36 absolute. NaN
-// passes through (the clamps compare false, and the polynomial of NaN is NaN).
-// The clamp bounds come in as run-time values (ExpRange, read from volatile storage once per loop): with literal
-// bounds GCC threads the clamped case into a constant e^88 and computes z / (1 + e^88) for every element before
-// blending; that quotient is a denormal for |z| < ~40, and the microcode assists made the SiLU forward 20x slower
-// (1.9 ms instead of ~0.1 ms for 2x128x32x32 on one core), whichever of ?: or std::min/max was written.
-struct ExpRange {
-  float lo, hi;
-};
-inline volatile float g_exp_lo = -87.0f, g_exp_hi = 88.0f;
-FASTGAN_GN_INLINE ExpRange exp_range() { return ExpRange{g_exp_lo, g_exp_hi}; }
-
-FASTGAN_GN_INLINE float exp_f(float x, const ExpRange& er) {
-  x = std::min(std::max(x, er.lo), er.hi);
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold round(x / ln2)
-  const float t = x * 1.44269504088896341f + kMagic;
-  const float k = t - kMagic;
-  float r = x - k * 0.693359375f;  // k * C1 is exact (C1 has 9 significant bits)
-  r = r - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e_r = p * (r * r) + r + 1.0f;
-  uint32_t bits;
-  std::memcpy(&bits, &t, sizeof bits);
-  bits = (bits - 0x4B400000u + 127u) << 23;  // k + 127 into the exponent field (unsigned: no UB on NaN input)
-  float two_k;
-  std::memcpy(&two_k, &bits, sizeof two_k);
-  return e_r * two_k;
-}
-
+// exp in the activation math: vec_math.h's exp_f for float, libm's exp for float64 input (to full precision).
 FASTGAN_GN_INLINE float exp_a(float x, const ExpRange& er) { return exp_f(x, er); }
-FASTGAN_GN_INLINE double exp_a(double x, const ExpRange&) { return std::exp(x); }  // float64 input: libm's exp, to full precision
+FASTGAN_GN_INLINE double exp_a(double x, const ExpRange&) { return std::exp(x); }
 
 // f(z). NaN propagates through relu/lrelu (`z < 0` is false for NaN), as in torch. SiLU as eager's CPU kernel
 // writes it: z / (1 + exp(-z)).

@@ -298,6 +298,26 @@ def test_impl_selection():
         fastgan.ops.bias_act(x, impl="cuda")
 
 
+@pytest.mark.skipif("cpp" not in live("cpu"), reason="compiled extension not loaded")
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "silu"])
+def test_auto_selection_of_smooth_acts_on_cpu(act):
+    """tanh/sigmoid/silu: the fused kernel when autograd does not record the call, PyTorch's math when it does
+    (float32 gradients, faster on CPU than the kernel's float64 ones); gelu: always PyTorch's math."""
+    gen = torch.Generator().manual_seed(3)
+    x, b = 4 * torch.randn(64, 33, generator=gen), torch.randn(33, generator=gen)
+    kernel = fastgan.ops.bias_act(x, b, act=act, dim=1, impl="cpp")
+    ref = fastgan.ops.bias_act(x, b, act=act, dim=1, impl="ref")
+    assert not torch.equal(kernel, ref), "inputs do not tell the two implementations apart"
+    with torch.no_grad():
+        assert torch.equal(fastgan.ops.bias_act(x, b, act=act, dim=1), kernel)
+    assert torch.equal(fastgan.ops.bias_act(x, b, act=act, dim=1), kernel)  # nothing requires grad
+    xr = x.clone().requires_grad_()
+    assert torch.equal(fastgan.ops.bias_act(xr, b, act=act, dim=1).detach(), ref)
+    gelu_ref = fastgan.ops.bias_act(x, b, act="gelu", dim=1, impl="ref")
+    with torch.no_grad():
+        assert torch.equal(fastgan.ops.bias_act(x, b, act="gelu", dim=1), gelu_ref)
+
+
 # ---------------------------------------------------------------------------------------------- module
 def test_module_bias_act():
     m = fastgan.nn.BiasAct(5, act="lrelu", clamp=256.0)
@@ -320,7 +340,7 @@ import sys, torch, fastgan
 x0, b0, g0 = torch.load(sys.argv[1])
 out = []
 for dt in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-    for act in ("linear", "relu", "lrelu"):
+    for act in ("linear", "relu", "lrelu", "tanh", "sigmoid", "silu"):
         for clamp in (None, 2.5):
             x = x0.to(dt).requires_grad_()
             y = fastgan.ops.bias_act(x, b0.to(dt), act=act, gain=1.3, clamp=clamp, impl="cpp")

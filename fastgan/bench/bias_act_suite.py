@@ -87,3 +87,44 @@ def bias_act_cases(opts: SuiteOptions):
         make_inputs=_make_inputs, bytes_floor=bytes_floor, bytes_detail=lambda m: "2E + P" if m == "fwd" else "5E + 2P",
         targets=_targets,
     )
+
+
+SILU_NOTES = f"""
+The diffusion UNet's epilogue: eager is `F.silu(x + b.view(1, C, 1, 1))` (two passes). Bytes floor as for lrelu:
+**fwd** 2E + P, **fwd+bwd** 5E + 2P. The fused kernel's gradients compute in float64 (see `fastgan.ops.bias_act`:
+automatic selection on CPU keeps PyTorch's math when autograd records the call, so `fastgan-cpp` fwd+bwd here is
+the kernel pinned). CPU default preset: batch {CPU_BATCH}, fp32, contiguous (`--full` adds bf16 and channels_last).
+"""
+
+
+def _eager_silu(x, b):
+    return F.silu(x + b.view(1, -1, 1, 1))
+
+
+def _fastgan_silu(impl: str):
+    from .. import ops
+
+    return functools.partial(ops.bias_act, act="silu", impl=impl)
+
+
+def _silu_matrix(device: str, preset: str) -> list[tuple]:
+    combos = matrix(device, preset)
+    if preset != "full":
+        combos = [c for c in combos if c[3] == "contiguous"]
+    return combos
+
+
+def _silu_targets(shape, dtype, layout, mode, device) -> tuple[Target, ...]:
+    if device == "cpu" and mode == "fwd" and dtype == torch.float32:
+        return (Target("min_speedup", 1.0, "fastgan-cpp", "", "fused C++ forward not slower than eager on CPU"),)
+    return ()
+
+
+@register_suite("bias_act_silu", ops=("bias_act_fwd", "bias_act_bwd"), notes=SILU_NOTES)
+def bias_act_silu_cases(opts: SuiteOptions):
+    """Yield the bias + SiLU cases for ``opts``."""
+    return standard_cases(
+        "bias_act_silu", opts, _silu_matrix(opts.device, opts.preset), op="bias_act_fwd", eager=_eager_silu,
+        fastgan=_fastgan_silu, make_inputs=_make_inputs, bytes_floor=bytes_floor,
+        bytes_detail=lambda m: "2E + P" if m == "fwd" else "5E + 2P", targets=_silu_targets,
+    )
