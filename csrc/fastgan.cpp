@@ -29,6 +29,10 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "group_norm_bwd(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, Tensor scale, Tensor shift, Tensor? gamma, "
       "Tensor? beta, int groups, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // F.group_norm's per-channel weight/bias form of group_norm_fwd (fold and gradient reduction in C++).
+  m.def(
+      "group_norm_wb(Tensor x, Tensor? weight, Tensor? bias, int groups, float eps, int act, float alpha) "
+      "-> (Tensor, Tensor, Tensor)");
   // One fused DDPM/DDIM step; coef holds 8 per-sample (or shared) coefficients (fastgan/diffusion/steps.py).
   m.def(
       "diffusion_step(Tensor x, Tensor model_out, Tensor? model_out_uncond, Tensor? noise, Tensor coef, "

@@ -271,12 +271,14 @@ def test_compiled_op_autograd_is_native(device, impl):
     """The extension's fwd carries its autograd in C++ (csrc/group_norm_autograd.cpp); the double backward still
     goes through bwd's Python formula, so a penalty gradient matches the reference."""
     x = torch.randn(2, 4, 3, 3, device=device, dtype=torch.float64, requires_grad=True)
-    y = fastgan.ops.group_norm(x, 2, act="silu", impl=impl)
+    s = torch.randn(2, 4, device=device, dtype=torch.float64)  # AdaGN: group_norm_fwd (plain GN: test_group_norm_wb)
+    y = fastgan.ops.group_norm(x, 2, scale=s, act="silu", impl=impl)
     assert "GroupNormFwdFn" in y.grad_fn.name()
     (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     (got,) = torch.autograd.grad(gx.square().sum(), x)
     xr = x.detach().requires_grad_()
-    (gr,) = torch.autograd.grad(group_norm_reference(xr, 2, act="silu").square().sum(), xr, create_graph=True)
+    (gr,) = torch.autograd.grad(group_norm_reference(xr, 2, scale=s, act="silu").square().sum(), xr,
+                                create_graph=True)
     (want,) = torch.autograd.grad(gr.square().sum(), xr)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 

@@ -143,6 +143,10 @@ def fake_fwd(x, scale, shift, gamma, beta, groups, eps, act, alpha):
     return empty_like_layout(x), stats, torch.empty_like(stats)
 
 
+def fake_wb(x, weight, bias, groups, eps, act, alpha):
+    return fake_fwd(x, None, None, None, None, groups, eps, act, alpha)
+
+
 def fake_bwd(gy, x, mean, rstd, scale, shift, gamma, beta, groups, eps, act, alpha):
     sums = x.new_empty(x.shape[:2], dtype=torch.float64)
     ggamma = empty_like_layout(x) if gamma is not None else _no_map(x)
@@ -244,6 +248,7 @@ def _attach_autograd(fwd, bwd, names: tuple[str, str], native: bool = False) -> 
 class _Ops:
     def __init__(self, fwd, bwd):
         self.fwd, self.bwd = fwd, bwd
+        self.wb = None  # group_norm_wb (weight/bias form), where the backend has it
 
 
 _attach_autograd(_fwd_triton, _bwd_triton, tuple(f"fastgan::{n}_triton" for n in OP_NAMES))
@@ -262,6 +267,9 @@ def _compiled_ops() -> _Ops:
         native = torch._C._dispatch_has_kernel_for_dispatch_key(names[0], "Autograd")
         _attach_autograd(*pair, names=names, native=native)
         _compiled = _Ops(*pair)
+        if hasattr(torch.ops.fastgan, "group_norm_wb"):  # weight/bias form, autograd in C++ (an older build lacks it)
+            torch.library.register_fake("fastgan::group_norm_wb")(fake_wb)
+            _compiled.wb = torch.ops.fastgan.group_norm_wb.default
     return _compiled
 
 
