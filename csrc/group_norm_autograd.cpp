@@ -40,6 +40,21 @@ const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
 
 OptTensor opt(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
+// The non-tensor arguments both Functions below keep for their backward, and group_norm_bwd called with them.
+void save_args(AutogradContext* ctx, int64_t groups, double eps, int64_t act, double alpha) {
+  ctx->saved_data["groups"] = groups;
+  ctx->saved_data["eps"] = eps;
+  ctx->saved_data["act"] = act;
+  ctx->saved_data["alpha"] = alpha;
+}
+Tensor5 call_bwd(AutogradContext* ctx, const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mean,
+                 const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& shift, const OptTensor& gamma,
+                 const OptTensor& beta) {
+  return bwd_op().call(gy, x, mean, rstd, scale, shift, gamma, beta, ctx->saved_data["groups"].toInt(),
+                       ctx->saved_data["eps"].toDouble(), ctx->saved_data["act"].toInt(),
+                       ctx->saved_data["alpha"].toDouble());
+}
+
 // Backward of fwd is bwd; mean and rstd are non-differentiable outputs. The map gradients: ggamma from the
 // kernel; gbeta from the kernel for a non-linear activation, else grad_y itself (d y / d beta is the identity).
 struct GroupNormFwdFn : public torch::autograd::Function<GroupNormFwdFn> {
@@ -54,10 +69,7 @@ struct GroupNormFwdFn : public torch::autograd::Function<GroupNormFwdFn> {
     auto& [y, mean, rstd] = out;
     ctx->mark_non_differentiable({mean, rstd});
     ctx->save_for_backward({x, scale, shift, gamma.value_or(at::Tensor()), beta.value_or(at::Tensor()), mean, rstd});
-    ctx->saved_data["groups"] = groups;
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["act"] = act;
-    ctx->saved_data["alpha"] = alpha;
+    save_args(ctx, groups, eps, act, alpha);
     return {y, mean, rstd};
   }
 
@@ -65,11 +77,7 @@ struct GroupNormFwdFn : public torch::autograd::Function<GroupNormFwdFn> {
     const auto s = ctx->get_saved_variables();  // x, scale, shift, gamma, beta, mean, rstd
     const int64_t act = ctx->saved_data["act"].toInt();
     const bool mod = s[3].defined();
-    auto call = [&] {
-      return bwd_op().call(grads[0], s[0], s[5], s[6], s[1], s[2], opt(s[3]), opt(s[4]),
-                           ctx->saved_data["groups"].toInt(), ctx->saved_data["eps"].toDouble(), act,
-                           ctx->saved_data["alpha"].toDouble());
-    };
+    auto call = [&] { return call_bwd(ctx, grads[0], s[0], s[5], s[6], s[1], s[2], opt(s[3]), opt(s[4])); };
     Tensor5 g;
     if (at::GradMode::is_enabled()) {
       g = call();  // create_graph: recorded with bwd's own (Python) autograd
@@ -177,10 +185,7 @@ struct GroupNormWbFn : public torch::autograd::Function<GroupNormWbFn> {
     auto& [y, mean, rstd] = out;
     ctx->mark_non_differentiable({mean, rstd});
     ctx->save_for_backward({x, weight, bias, mean, rstd, a, b});  // a, b: the fold, reused by a plain backward
-    ctx->saved_data["groups"] = groups;
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["act"] = act;
-    ctx->saved_data["alpha"] = alpha;
+    save_args(ctx, groups, eps, act, alpha);
     return {y, mean, rstd};
   }
 
@@ -188,9 +193,7 @@ struct GroupNormWbFn : public torch::autograd::Function<GroupNormWbFn> {
     const auto s = ctx->get_saved_variables();  // x, weight, bias, mean, rstd, a, b
     const at::Tensor &x = s[0], &weight = s[1], &bias = s[2];
     auto call = [&](const at::Tensor& a, const at::Tensor& b) {
-      return bwd_op().call(grads[0], x, s[3], s[4], a, b, std::nullopt, std::nullopt,
-                           ctx->saved_data["groups"].toInt(), ctx->saved_data["eps"].toDouble(),
-                           ctx->saved_data["act"].toInt(), ctx->saved_data["alpha"].toDouble());
+      return call_bwd(ctx, grads[0], x, s[3], s[4], a, b, std::nullopt, std::nullopt);
     };
     Tensor5 g;
     if (at::GradMode::is_enabled()) {

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cl_moments.h"
 #include "cl_tasks.h"
 #include "convert16.h"
 #include "group_norm_api.h"
@@ -36,52 +37,7 @@ Shape shape_of(const at::Tensor& x, int64_t groups) {
 // Over rows [r0, r1) of one sample's (L, C) slab, inner loops along C. Compiled for the baseline ISA, AVX2 and
 // AVX-512 (same bits from each: cpu_isa.h), as in group_norm_cpu.cpp.
 
-// Per-channel statistics of the rows in double (out1, out2 start at zero). Float and 16-bit input: one pass of
-// sums S1 = sum d and S2 = sum d^2 of d = x - K_c, K_c the sample's first row (shift_row), so the chunks of a sample
-// merge by plain addition and M2 = S2 - S1^2 / L once per channel (cancellation bounded by the factor L, as in
-// group_norm_cpu.cpp's moments). Two passes per chunk (a mean, then centred squares) and a Chan merge (two
-// divisions) per chunk and channel took the channels-last forward to twice the contiguous kernel's time. Double
-// input keeps those: out1, out2 are the chunk's mean and centred sum of squares.
-template <typename T>
-FASTGAN_GN_INLINE void cl_moments_impl(const T* base, int64_t r0, int64_t r1, int64_t C, double* out1,
-                                       double* out2) {
-  using A = acc_of<T>;
-  if constexpr (std::is_same_v<A, float>) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < C; ++c) {
-        const double d = static_cast<double>(load_as<A>(base[r * C + c])) - static_cast<double>(load_as<A>(base[c]));
-        out1[c] += d;
-        out2[c] += d * d;
-      }
-  } else {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < C; ++c) out1[c] += static_cast<double>(load_as<A>(base[r * C + c]));
-    for (int64_t c = 0; c < C; ++c) out1[c] /= static_cast<double>(r1 - r0);
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < C; ++c) {
-        const double d = static_cast<double>(load_as<A>(base[r * C + c])) - out1[c];
-        out2[c] += d * d;
-      }
-  }
-}
-
-// Channel c's moments of one sample from its chunks' cl_moments outputs (parts: chunk j's out1 at j * 2C, out2 at
-// j * 2C + C); base is the sample's slab (the shift row of the float path).
-template <typename T>
-inline Moments cl_channel_moments(const T* base, const double* parts, int64_t chunks, int64_t rows, int64_t L,
-                                  int64_t C, int64_t c) {
-  Moments mc;
-  if constexpr (std::is_same_v<acc_of<T>, float>) {
-    double s1 = 0, s2 = 0;
-    for (int64_t j = 0; j < chunks; ++j) s1 += parts[j * 2 * C + c], s2 += parts[j * 2 * C + C + c];
-    const double dm = s1 / L;
-    mc.merge(static_cast<double>(L), static_cast<double>(load_as<float>(base[c])) + dm, std::max(0.0, s2 - s1 * dm));
-  } else {
-    for (int64_t j = 0; j < chunks; ++j)
-      mc.merge(static_cast<double>(std::min(rows, L - j * rows)), parts[j * 2 * C + c], parts[j * 2 * C + C + c]);
-  }
-  return mc;
-}
+// Forward statistics: cl_moments_impl and cl_channel_moments (cl_moments.h).
 
 // y = f(((x - mu_hi) - mu_lo) * a + b) with per-channel mu (the group's), a = rstd * scale, b = shift.
 template <typename T, int ACT>

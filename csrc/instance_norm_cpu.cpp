@@ -72,11 +72,8 @@ void fwd_kernel_cl(const at::Tensor& x, const at::Tensor& scale, const at::Tenso
       [&](int64_t n, const double* parts, int64_t chunks) {
         const int64_t rows = cl_rows(C);
         for (int64_t c = 0; c < C; ++c) {
-          Moments m;
-          for (int64_t j = 0; j < chunks; ++j)
-            m.merge(std::min(rows, L - j * rows), parts[j * 2 * C + c], parts[j * 2 * C + C + c]);
           const int64_t p = n * C + c;
-          finish_plane(p, m);
+          finish_plane(p, cl_channel_moments(xp + n * L * C, parts, chunks, rows, L, C, c));
           a[p] = static_cast<A>(sp[p] * rp[p]);
           b[p] = bp[p];
         }

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "convert16.h"
+#include "cl_moments.h"
 #include "cpu_isa.h"
 #include "cpu_reduce.h"
 
@@ -104,19 +105,8 @@ FASTGAN_IN_INLINE void dbwd_out_impl(const T* x, const T* gy, const T* v, int64_
 }
 
 // Channels-last, rows [r0, r1) of one sample's (L, C) slab (pointers at the sample), inner loops along C.
-// Forward: per-channel mean of the rows into mean_c, then squares centred on it into m2_c (the rows are cached).
-template <typename T>
-FASTGAN_IN_INLINE void cl_moments_impl(const T* x, int64_t r0, int64_t r1, int64_t C, double* mean_c, double* m2_c) {
-  using A = acc_of<T>;
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t c = 0; c < C; ++c) mean_c[c] += load_as<A>(x[r * C + c]);
-  for (int64_t c = 0; c < C; ++c) mean_c[c] /= static_cast<double>(r1 - r0);
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t c = 0; c < C; ++c) {
-      const double d = load_as<A>(x[r * C + c]) - mean_c[c];
-      m2_c[c] += d * d;
-    }
-}
+// Forward statistics: cl_moments_impl and cl_channel_moments (cl_moments.h).
+
 template <typename T>
 FASTGAN_IN_INLINE void cl_fwd_out_impl(const T* x, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
                                        const acc_of<T>* lo, const acc_of<T>* a, const acc_of<T>* b, T* y) {
@@ -190,8 +180,8 @@ FASTGAN_ISA_CLONES(dbwd_out, typename T,
                    (const T* x, const T* gy, const T* v, int64_t n, const DbwdCoef<acc_of<T>>& k, T* gx2, T* ggy),
                    <T>(x, gy, v, n, k, gx2, ggy))
 FASTGAN_ISA_CLONES(cl_moments, typename T,
-                   (const T* x, int64_t r0, int64_t r1, int64_t C, double* mean_c, double* m2_c),
-                   <T>(x, r0, r1, C, mean_c, m2_c))
+                   (const T* x, int64_t r0, int64_t r1, int64_t C, double* out1, double* out2),
+                   <T>(x, r0, r1, C, out1, out2))
 FASTGAN_ISA_CLONES(cl_fwd_out, typename T,
                    (const T* x, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu, const acc_of<T>* lo,
                     const acc_of<T>* a, const acc_of<T>* b, T* y),
