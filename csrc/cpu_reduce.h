@@ -1,9 +1,11 @@
 // Reductions shared by the CPU norm kernels (instance_norm_cpu.cpp, the group-norm files): the accumulation type,
-// lane sums in double and Chan's merge of running moments.
+// lane sums in double, chunks widened to the accumulation type and Chan's merge of running moments.
 #pragma once
 
 #include <cstdint>
 #include <type_traits>
+
+#include "convert16.h"
 
 namespace fastgan {
 namespace {
@@ -17,18 +19,36 @@ using acc_of = std::conditional_t<std::is_same<T, double>::value, double, float>
 // and sums are double, as in eager PyTorch on CPU (acc_type<float, false> is double): float terms such as
 // g * ((x - mu) * r) carry ~1.5 ulp each and, summed over a plane with cancellation, ended up several ulps from the
 // float64 result where eager was within one.
+constexpr int kLanes = 16;
+
+// lanes[0] + ... + lanes[kLanes - 1], pairwise, in the same order for every ISA.
+inline __attribute__((always_inline)) double lane_tree(double* lanes) {
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int k = 0; k < w; ++k) lanes[k] += lanes[k + w];
+  return lanes[0];
+}
+
 template <typename F>
 inline __attribute__((always_inline)) double lane_sum(int64_t n, F f) {
-  constexpr int kLanes = 16;
   double lanes[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int k = 0; k < kLanes; ++k) lanes[k] += f(i + k);
   }
   for (; i < n; ++i) lanes[i % kLanes] += f(i);
-  for (int w = kLanes / 2; w > 0; w /= 2)  // pairwise, in the same order for every ISA
-    for (int k = 0; k < w; ++k) lanes[k] += lanes[k + w];
-  return lanes[0];
+  return lane_tree(lanes);
+}
+
+// v itself when T is its own accumulation type, else (16-bit T) its n values widened into buf: lane sums
+// vectorise over float input but stayed scalar over 16-bit loads (3x slower bfloat16 statistics than float32).
+template <typename T>
+inline __attribute__((always_inline)) const acc_of<T>* widened(const T* v, int64_t n, acc_of<T>* buf) {
+  if constexpr (std::is_same_v<T, acc_of<T>>) {
+    return v;
+  } else {
+    for (int64_t i = 0; i < n; ++i) buf[i] = load_as<acc_of<T>>(v[i]);
+    return buf;
+  }
 }
 
 // Running (count, mean, M2), merged chunk by chunk (Chan et al.); empty chunks are skipped.

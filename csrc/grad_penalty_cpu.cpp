@@ -30,6 +30,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_reduce.h"
+
 namespace fastgan {
 namespace {
 
@@ -38,22 +40,8 @@ enum Kind : int64_t { kTwoSided = 0, kHalfSquare = 1 };
 constexpr int64_t kChunk = 1 << 15;  // elements per reduction task (128 KiB of fp32)
 constexpr int64_t kGrain = 1 << 15;  // elements per parallel range of the elementwise passes
 
-// sum_i f(i) for i < n in double, 16 independent lanes (four AVX2 accumulators: enough to hide the add latency,
-// which bound the 8-lane version at about eager's speed), in a fixed order: no reassociation, same bits anywhere.
-template <typename F>
-inline double lane_sum(int64_t n, F f) {
-  constexpr int kLanes = 16;
-  double lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) lanes[k] += f(i + k);
-  }
-  for (; i < n; ++i) lanes[0] += f(i);
-  for (int w = kLanes / 2; w >= 1; w /= 2) {  // pairwise: lanes[k] += lanes[k + w]
-    for (int k = 0; k < w; ++k) lanes[k] += lanes[k + w];
-  }
-  return lanes[0];
-}
+// lane_sum (cpu_reduce.h): 16 double lanes in a fixed order (four AVX2 accumulators hide the add latency, which
+// bound an 8-lane version at about eager's speed); no reassociation, same bits anywhere.
 
 // Sums of squares and dot products of one chunk in double, the bulk of every call. For float and double they are
 // compiled for AVX2 as well as the baseline ISA and picked at load time (GCC target_clones): the build has no

@@ -53,18 +53,6 @@ constexpr int64_t kTaskElems = 1 << 15; // elements per parallel task (grain) at
 constexpr int64_t kGzCap = 1 << 18;     // backward keeps a group's gz (<= 1 MiB float) instead of recomputing it
 
 // ------------------------------------------------------------------------------------------- inner loops
-// v itself, or for 16-bit T its values widened into buf (n <= kChunk): the lane sums below vectorise over float
-// input but stay scalar over 16-bit loads (3x slower bfloat16 statistics than float32 when read directly).
-template <typename T>
-FASTGAN_GN_INLINE const acc_of<T>* widened(const T* v, int64_t n, acc_of<T>* buf) {
-  if constexpr (sizeof(T) == 2) {
-    for (int64_t i = 0; i < n; ++i) buf[i] = load_as<acc_of<T>>(v[i]);
-    return buf;
-  } else {
-    return v;
-  }
-}
-
 // Moments of x[0, n) merged into m, chunk by chunk. Float and 16-bit input: one pass over the chunk summing
 // d = x - K and d^2 in double with K the chunk's first value, then M2 = S2 - S1^2 / k. The subtraction cancels by
 // the factor (mean - K)^2 / var + 1, which is at most k for any data (|x_i - mean| <= sqrt(k) std), so at worst
@@ -78,8 +66,7 @@ FASTGAN_GN_INLINE void moments_impl(const T* x, int64_t n, Moments* m) {
     const int64_t k = std::min(kChunk, n - r0);
     const A* v = widened(x + r0, k, buf);
     if constexpr (std::is_same_v<A, float>) {
-      constexpr int kLanes = 16;  // as lane_sum: fixed order, two AVX-512 accumulators per sum
-      const double shift = v[0];
+      const double shift = v[0];  // lanes as lane_sum's: fixed order, two AVX-512 accumulators per sum
       double s1[kLanes] = {}, s2[kLanes] = {};
       int64_t i = 0;
       for (; i + kLanes <= k; i += kLanes)
@@ -93,10 +80,8 @@ FASTGAN_GN_INLINE void moments_impl(const T* x, int64_t n, Moments* m) {
         s1[i % kLanes] += d;
         s2[i % kLanes] += d * d;
       }
-      for (int w = kLanes / 2; w > 0; w /= 2)
-        for (int l = 0; l < w; ++l) s1[l] += s1[l + w], s2[l] += s2[l + w];
-      const double dm = s1[0] / k;
-      m->merge(static_cast<double>(k), shift + dm, std::max(0.0, s2[0] - s1[0] * dm));
+      const double sum1 = lane_tree(s1), sum2 = lane_tree(s2), dm = sum1 / k;
+      m->merge(static_cast<double>(k), shift + dm, std::max(0.0, sum2 - sum1 * dm));
     } else {
       const double cm = lane_sum(k, [&](int64_t i) { return static_cast<double>(v[i]); }) / k;
       const double cm2 = lane_sum(k, [&](int64_t i) {

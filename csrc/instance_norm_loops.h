@@ -48,23 +48,12 @@ DbwdCoef<A> dbwd_coef(const double* sums, double L, A mu, A r, A w, A uw, A ub, 
 // vectorisable conversions (c10's operators kept these loops scalar), with the same values as c10's.
 #define FASTGAN_IN_INLINE inline __attribute__((always_inline))
 
-// A chunk of n <= kChunk elements in the accumulation type: float and double in place, 16-bit widened into buf.
-template <typename T>
-FASTGAN_IN_INLINE const acc_of<T>* rows_as_acc(const T* src, int64_t n, acc_of<T>* buf) {
-  if constexpr (std::is_same_v<T, acc_of<T>>) {
-    return src;
-  } else {
-    for (int64_t i = 0; i < n; ++i) buf[i] = load_as<acc_of<T>>(src[i]);
-    return buf;
-  }
-}
-
 // Contiguous backward over n <= kChunk elements of a plane: s += {sum gy, sum gy * (x - mu)}; then the output
 // gx = coef * (gy - m_g - xhat * m_gx).
 template <typename T>
 FASTGAN_IN_INLINE void bwd_sums_impl(const T* x, const T* gy, int64_t n, acc_of<T> mu, acc_of<T>* buf, double* s) {
   using A = acc_of<T>;
-  const A *xs = rows_as_acc(x, n, buf), *gs = rows_as_acc(gy, n, buf + kChunk);
+  const A *xs = widened(x, n, buf), *gs = widened(gy, n, buf + kChunk);
   s[0] += lane_sum(n, [&](int64_t i) { return static_cast<double>(gs[i]); });
   s[1] += lane_sum(n, [&](int64_t i) { return static_cast<double>(gs[i]) * (static_cast<double>(xs[i]) - mu); });
 }
@@ -82,9 +71,9 @@ template <typename T>
 FASTGAN_IN_INLINE void dbwd_sums_impl(const T* x, const T* gy, const T* v, int64_t n, acc_of<T> mu,
                                       acc_of<T>* buf, double* sums) {
   using A = acc_of<T>;
-  const A* xs = rows_as_acc(x, n, buf);
-  const A* gs = rows_as_acc(gy, n, buf + kChunk);
-  const A* vs = rows_as_acc(v, n, buf + 2 * kChunk);
+  const A* xs = widened(x, n, buf);
+  const A* gs = widened(gy, n, buf + kChunk);
+  const A* vs = widened(v, n, buf + 2 * kChunk);
   auto d = [](A t) { return static_cast<double>(t); };
   sums[0] += lane_sum(n, [&](int64_t i) { return d(gs[i]); });
   sums[1] += lane_sum(n, [&](int64_t i) { return d(gs[i]) * (d(xs[i]) - mu); });
