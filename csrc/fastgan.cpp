@@ -29,6 +29,12 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "group_norm_bwd(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, Tensor scale, Tensor shift, Tensor? gamma, "
       "Tensor? beta, int groups, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Double backward without maps: the vjp of bwd's (gx, gscale, gshift) with cotangents (ggx, ggscale, ggshift),
+  // returning (g_grad_y, g_x, g_scale, g_shift); ggscale/ggshift and the last two outputs (N, C) float64.
+  m.def(
+      "group_norm_dbwd(Tensor ggx, Tensor ggscale, Tensor ggshift, Tensor grad_y, Tensor x, Tensor mean, "
+      "Tensor rstd, Tensor scale, Tensor shift, int groups, float eps, int act, float alpha) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   // F.group_norm's per-channel weight/bias form of group_norm_fwd (fold and gradient reduction in C++).
   m.def(
       "group_norm_wb(Tensor x, Tensor? weight, Tensor? bias, int groups, float eps, int act, float alpha) "

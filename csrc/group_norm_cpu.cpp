@@ -47,9 +47,6 @@
 namespace fastgan {
 namespace {
 
-constexpr int64_t kChunk = 4096;        // elements per statistics chunk / scratch chunk
-constexpr int64_t kSerial = 1 << 15;    // inputs up to this many elements run on the calling thread
-constexpr int64_t kTaskElems = 1 << 15; // elements per parallel task (grain) at least
 constexpr int64_t kGzCap = 1 << 18;     // backward keeps a group's gz (<= 1 MiB float) instead of recomputing it
 
 // ------------------------------------------------------------------------------------------- inner loops
@@ -184,30 +181,12 @@ struct Loops {
   decltype(&bwd_out_base<T>) bwd_out = pick_isa(&bwd_out_base<T>, &bwd_out_avx2<T>, &bwd_out_avx512<T>);
 };
 
-// Per-thread scratch, kept between calls: a fresh 1 MiB vector per task was an mmap + page faults every call.
-template <typename A>
-A* scratch(int64_t n) {
-  thread_local std::vector<A> buf;
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
-  return buf.data();
-}
-
 // ------------------------------------------------------------------------------------------- work split
 // Groups (fused statistics + output per task) unless there are fewer groups than threads and enough work to
 // share: then pieces of at most kChunk elements within a channel run, in two parallel regions.
 bool split_groups(const Shape& s) {
   const int64_t threads = at::get_num_threads();
   return threads > 1 && s.N * s.G < threads && s.N * s.C * s.L > kSerial && !at::in_parallel_region();
-}
-
-// f(begin, end) over [0, count) tasks of about `elems` elements each: on this thread for small inputs.
-template <typename F>
-void run_tasks(int64_t count, int64_t elems, const F& f) {
-  if (count * elems <= kSerial) {
-    f(0, count);
-    return;
-  }
-  at::parallel_for(0, count, std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, elems)), f);
 }
 
 // Pieces of the split path: piece q is elements [j0, j1) of channel run nc (= n*C + c).
@@ -378,32 +357,6 @@ void bwd_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mea
       emit(nc, j0, j1, gz, coefs[nc / s.Cg]);
     }
   });
-}
-
-Shape check_group_shape(const at::Tensor& x, int64_t groups, const char* op) {
-  const PlaneShape ps = check_norm_input(x, op, "x");
-  TORCH_CHECK(groups >= 1 && ps.C % groups == 0, op, ": num_groups must divide the ", ps.C,
-              " channels of x, got num_groups=", groups);
-  return Shape{ps.N, ps.C, groups, ps.C / groups, ps.L, (ps.C / groups) * ps.L};
-}
-
-// The folded affine: (N, C) float64 whatever x's dtype (the fold of weight, bias, scale, shift and the gradients
-// back through it cancel; float64 keeps them exact to the kernels' precision), contiguous, on x's device.
-void check_affine(const at::Tensor& t, const Shape& s, const at::Tensor& x, const char* op, const char* name) {
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == s.N && t.size(1) == s.C, op, ": ", name, " must have shape (", s.N,
-              ", ", s.C, "), got ", t.sizes());
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
-  TORCH_CHECK(t.scalar_type() == at::kDouble, op, ": ", name, " must be float64, got ", t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
-
-void check_group_stat(const at::Tensor& t, const Shape& s, const at::Tensor& x, const char* op, const char* name) {
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == s.N && t.size(1) == s.G, op, ": ", name, " must have shape (", s.N,
-              ", ", s.G, "), got ", t.sizes());
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
-  TORCH_CHECK(t.scalar_type() == acc_type_of(x.scalar_type()), op, ": ", name, " must be ",
-              acc_type_of(x.scalar_type()), " for ", x.scalar_type(), " input, got ", t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
 // gamma and beta: both or neither; x's shape, dtype and device. Returned contiguous (copied when x is not:

@@ -1,8 +1,10 @@
 // Shared pieces of the group-norm CPU kernels (group_norm_cpu.cpp: contiguous; group_norm_cl_cpu.cpp:
-// channels-last): elementwise activation math, lane sums, Chan moments, the shape, the backward's group constants.
-// Internal to those translation units (an anonymous namespace: each gets its own copy).
+// channels-last; group_norm_dbwd_cpu.cpp: double backward): elementwise activation math, the shape, the
+// backward's group constants, the argument checks. Internal to those translation units (an anonymous namespace:
+// each gets its own copy).
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -11,9 +13,11 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "cpu_isa.h"
 #include "cpu_reduce.h"
+#include "norm_common.h"
 #include "vec_math.h"
 
 namespace fastgan {
@@ -23,6 +27,10 @@ namespace {
 
 // Activation codes shared with bias_act (fastgan/ops/bias_act_kernels.py ACT_CODES).
 constexpr int kLinear = 0, kRelu = 1, kLrelu = 2, kSilu = 5;
+
+constexpr int64_t kChunk = 4096;        // elements per statistics chunk / scratch chunk
+constexpr int64_t kSerial = 1 << 15;    // inputs up to this many elements run on the calling thread
+constexpr int64_t kTaskElems = 1 << 15; // elements per parallel task (grain) at least
 
 // ------------------------------------------------------------------------------------------- elementwise math
 // exp in the activation math: vec_math.h's exp_f for float, libm's exp for float64 input (to full precision).
@@ -90,6 +98,54 @@ inline GroupCoef group_coef(int64_t p, const double* sums, const Shape& s, doubl
     hx += scale[nc] * sgx;
   }
   return GroupCoef{stored_mean + delta, h / s.M, hx / s.M};
+}
+
+// ------------------------------------------------------------------------------------------- work split
+// Per-thread scratch, kept between calls: a fresh 1 MiB vector per task was an mmap + page faults every call.
+template <typename A>
+A* scratch(int64_t n) {
+  thread_local std::vector<A> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
+// f(begin, end) over [0, count) tasks of about `elems` elements each: on this thread for small inputs.
+template <typename F>
+void run_tasks(int64_t count, int64_t elems, const F& f) {
+  if (count * elems <= kSerial) {
+    f(0, count);
+    return;
+  }
+  at::parallel_for(0, count, std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, elems)), f);
+}
+
+// ------------------------------------------------------------------------------------------- argument checks
+inline Shape check_group_shape(const at::Tensor& x, int64_t groups, const char* op) {
+  const PlaneShape ps = check_norm_input(x, op, "x");
+  TORCH_CHECK(groups >= 1 && ps.C % groups == 0, op, ": num_groups must divide the ", ps.C,
+              " channels of x, got num_groups=", groups);
+  return Shape{ps.N, ps.C, groups, ps.C / groups, ps.L, (ps.C / groups) * ps.L};
+}
+
+// The folded affine: (N, C) float64 whatever x's dtype (the fold of weight, bias, scale, shift and the gradients
+// back through it cancel; float64 keeps them exact to the kernels' precision), contiguous, on x's device.
+inline void check_affine(const at::Tensor& t, const Shape& s, const at::Tensor& x, const char* op,
+                         const char* name) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == s.N && t.size(1) == s.C, op, ": ", name, " must have shape (", s.N,
+              ", ", s.C, "), got ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
+  TORCH_CHECK(t.scalar_type() == at::kDouble, op, ": ", name, " must be float64, got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+inline void check_group_stat(const at::Tensor& t, const Shape& s, const at::Tensor& x, const char* op,
+                             const char* name) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == s.N && t.size(1) == s.G, op, ": ", name, " must have shape (", s.N,
+              ", ", s.G, "), got ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
+  TORCH_CHECK(t.scalar_type() == acc_type_of(x.scalar_type()), op, ": ", name, " must be ",
+              acc_type_of(x.scalar_type()), " for ", x.scalar_type(), " input, got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
 }  // namespace

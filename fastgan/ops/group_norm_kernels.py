@@ -23,20 +23,35 @@ With one channel per group (G = C) and ``f`` linear this is exactly the instance
 and ``gscale``/``gshift`` are float64 whatever x's dtype (see ``fold_affine``); mean/rstd are in the acc dtype
 (float32, float64 for float64 input).
 
-Two kernel ops (schemas in ``csrc/fastgan.cpp``; ``*_triton`` twins defined here around ``fastgan.kernels``)::
+Double backward without maps (``gamma`` None): the cotangents ``v = ggx`` (like x), ``uw = ggscale``,
+``ub = ggshift`` (per channel) meet ``(gx, gscale, gshift)``. With ``P = r * (v - m_v - xhat * B2)`` (the backward's
+projection applied to v; ``m_v``, ``B2`` the group means of v and v*xhat, ``m_h``, ``A2`` those of h and h*xhat)::
+
+    Q = scale * P + uw * xhat + ub                  (the cotangent of gz)
+    Rz = Q * gy * f''(z)                            (0 for linear, relu, lrelu)
+    g_gy = Q * f'(z)
+    g_scale = sum_L(gz * P) + sum_L(Rz * xhat),     g_shift = sum_L(Rz)                  (per channel)
+    T = -r * (v * A2 + h * B2) + uw * gz + scale * Rz                                   (d/dxhat, direct)
+    g_x = r * (T - mean_M(T) - xhat * mean_M(T * xhat)) - r * xhat * mean_M(v * gx)       (per group)
+
+Kernel ops (schemas in ``csrc/fastgan.cpp``; ``*_triton`` twins of the first two defined here around
+``fastgan.kernels``)::
 
     group_norm_fwd(x, scale, shift, gamma?, beta?, groups, eps, act, alpha)    -> (y, mean, rstd)    stats (N, G)
     group_norm_bwd(gy, x, mean, rstd, scale, shift, gamma?, beta?, groups, eps, act, alpha)
                                                     -> (gx, gscale, gshift, ggamma, gbeta)   sums (N, C)
+    group_norm_dbwd(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, groups, eps, act, alpha)
+                                                    -> (g_gy, g_x, g_scale, g_shift)      (CPU C++ only)
 
 ``ggamma``/``gbeta`` have 0 elements without maps; ``gbeta`` also for linear ``f``, where it is ``gy`` itself (the
 autograd formula passes gy on instead of a copy).
 
 Autograd: the backward of ``fwd`` is ``bwd`` (fused kernels; for the extension's op this formula is registered in
 C++, ``csrc/group_norm_autograd.cpp``, saving the Python autograd.Function's per-call cost). The backward of
-``bwd`` (double backward, e.g. a gradient penalty) is **composite**: the vector-Jacobian product of
-:func:`reference_bwd` written in plain torch ops with mean/rstd recomputed from x, so second and higher orders
-are correct but run on eager torch ops.
+``bwd`` (double backward, e.g. a gradient penalty) is ``dbwd`` without maps on the C++ backend; with maps, and on
+Triton, it is **composite**: the vector-Jacobian product of :func:`reference_bwd` written in plain torch ops with
+mean/rstd recomputed from x, so second and higher orders are correct but run on eager torch ops. The backward of
+``dbwd`` (third order) is the vjp of :func:`reference_dbwd`.
 """
 from __future__ import annotations
 
@@ -137,6 +152,13 @@ def composite_bwd(gy, x, scale, shift, gamma, beta, groups: int, eps: float, act
     return reference_bwd(gy, x, mean, rstd, scale, shift, gamma, beta, act, alpha)
 
 
+def reference_dbwd(ggx, ggscale, ggshift, gy, x, scale, shift, groups: int, eps: float, act: int, alpha: float):
+    """The double backward without maps as the vjp of :func:`composite_bwd`'s ``(gx, gscale, gshift)``: returns
+    ``(g_gy, g_x, g_scale, g_shift)``. Differentiable again (third order of the kernel op goes through it)."""
+    _, vjp = torch.func.vjp(lambda *t: composite_bwd(*t, None, None, groups, eps, act, alpha)[:3], gy, x, scale, shift)
+    return vjp((ggx.to(x.dtype), ggscale.to(torch.float64), ggshift.to(torch.float64)))
+
+
 # -------------------------------------------------------------------------------------------------- fakes
 def fake_fwd(x, scale, shift, gamma, beta, groups, eps, act, alpha):
     stats = x.new_empty((x.shape[0], groups), dtype=acc_dtype(x.dtype))
@@ -145,6 +167,11 @@ def fake_fwd(x, scale, shift, gamma, beta, groups, eps, act, alpha):
 
 def fake_wb(x, weight, bias, groups, eps, act, alpha):
     return fake_fwd(x, None, None, None, None, groups, eps, act, alpha)
+
+
+def fake_dbwd(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, groups, eps, act, alpha):
+    sums = x.new_empty(x.shape[:2], dtype=torch.float64)
+    return empty_like_layout(x), empty_like_layout(x), sums, torch.empty_like(sums)
 
 
 def fake_bwd(gy, x, mean, rstd, scale, shift, gamma, beta, groups, eps, act, alpha):
@@ -197,10 +224,10 @@ _bwd_triton.register_fake(fake_bwd)
 
 
 # ---------------------------------------------------------------------------------------------- autograd
-def _attach_autograd(fwd, bwd, names: tuple[str, str], native: bool = False) -> None:
-    """``fwd`` differentiates through ``bwd``; ``bwd`` through the vjp of :func:`composite_bwd` (any order).
-    ``native``: the extension registered fwd's formula in C++ (csrc/group_norm_autograd.cpp); only bwd's is
-    attached here."""
+def _attach_autograd(fwd, bwd, names: tuple[str, str], native: bool = False, dbwd=None) -> None:
+    """``fwd`` differentiates through ``bwd``; ``bwd`` through ``dbwd`` where given and there are no maps, else
+    through the vjp of :func:`composite_bwd` (any order). ``native``: the extension registered fwd's formula in C++
+    (csrc/group_norm_autograd.cpp); only bwd's is attached here."""
 
     def fwd_setup(ctx, inputs, output):
         x, scale, shift, gamma, beta, ctx.groups, ctx.eps, ctx.act, ctx.alpha = inputs
@@ -219,25 +246,27 @@ def _attach_autograd(fwd, bwd, names: tuple[str, str], native: bool = False) -> 
         return gx, gscale, gshift, ggamma, gbeta, None, None, None, None
 
     def bwd_setup(ctx, inputs, output):
-        gy, x, _mean, _rstd, scale, shift, gamma, beta, ctx.groups, ctx.eps, ctx.act, ctx.alpha = inputs
-        ctx.save_for_backward(gy, x, scale, shift, gamma, beta)
+        gy, x, mean, rstd, scale, shift, gamma, beta, ctx.groups, ctx.eps, ctx.act, ctx.alpha = inputs
+        ctx.save_for_backward(gy, x, mean, rstd, scale, shift, gamma, beta)
 
     def bwd_backward(ctx, ggx, ggscale, ggshift, gggamma, ggbeta):
-        # torch.func.vjp differentiates at the saved values without walking back through their own history
-        # (autograd.grad would, double-counting paths into x); its result stays differentiable in the outer
-        # graph, so third and higher orders work too.
-        gy, x, scale, shift, gamma, beta = ctx.saved_tensors
+        gy, x, mean, rstd, scale, shift, gamma, beta = ctx.saved_tensors
         args = (ctx.groups, ctx.eps, ctx.act, ctx.alpha)
-        cot = [ggx.to(x.dtype), ggscale.to(torch.float64), ggshift.to(torch.float64)]
+        f64 = torch.float64
         if gamma is None:
-            _, vjp = torch.func.vjp(lambda *t: composite_bwd(*t, None, None, *args)[:3], gy, x, scale, shift)
-            g_gy, g_x, g_scale, g_shift = vjp(tuple(cot))
-            g_gamma = g_beta = None
-        else:
-            n_out = 5 if ctx.act != 0 else 4  # the op's gbeta is empty for linear act: nothing flows through it
-            _, vjp = torch.func.vjp(lambda *t: composite_bwd(*t, *args)[:n_out], gy, x, scale, shift, gamma, beta)
-            cot += [gggamma.to(x.dtype), ggbeta.to(x.dtype)][: n_out - 3]
-            g_gy, g_x, g_scale, g_shift, g_gamma, g_beta = vjp(tuple(cot))
+            if dbwd is not None and x.device.type == "cpu":  # the fused kernel is CPU C++ only so far
+                g_gy, g_x, g_scale, g_shift = dbwd(ggx, ggscale.to(f64).contiguous(), ggshift.to(f64).contiguous(),
+                                                   gy, x, mean, rstd, scale, shift, *args)
+            else:
+                g_gy, g_x, g_scale, g_shift = reference_dbwd(ggx, ggscale, ggshift, gy, x, scale, shift, *args)
+            return g_gy, g_x, None, None, g_scale, g_shift, None, None, None, None, None, None
+        # With maps: torch.func.vjp differentiates at the saved values without walking back through their own
+        # history (autograd.grad would, double-counting paths into x); its result stays differentiable in the
+        # outer graph, so third and higher orders work too.
+        n_out = 5 if ctx.act != 0 else 4  # the op's gbeta is empty for linear act: nothing flows through it
+        _, vjp = torch.func.vjp(lambda *t: composite_bwd(*t, *args)[:n_out], gy, x, scale, shift, gamma, beta)
+        cot = [ggx.to(x.dtype), ggscale.to(f64), ggshift.to(f64), gggamma.to(x.dtype), ggbeta.to(x.dtype)]
+        g_gy, g_x, g_scale, g_shift, g_gamma, g_beta = vjp(tuple(cot[:n_out]))
         return g_gy, g_x, None, None, g_scale, g_shift, g_gamma, g_beta, None, None, None, None
 
     if not native:
@@ -245,9 +274,27 @@ def _attach_autograd(fwd, bwd, names: tuple[str, str], native: bool = False) -> 
     torch.library.register_autograd(names[1], bwd_backward, setup_context=bwd_setup)
 
 
+def _attach_third_order(name: str) -> None:
+    """The backward of the fused double backward ``name``: the vjp of :func:`reference_dbwd` (third order and up
+    are rare; this keeps every order correct)."""
+
+    def setup(ctx, inputs, output):
+        ggx, ggscale, ggshift, gy, x, _mean, _rstd, scale, shift, *ctx.args = inputs
+        ctx.save_for_backward(ggx, ggscale, ggshift, gy, x, scale, shift)
+
+    def backward(ctx, g_gy, g_x, g_scale, g_shift):
+        saved = ctx.saved_tensors
+        _, vjp = torch.func.vjp(lambda *t: reference_dbwd(*t, *ctx.args), *saved)
+        x = saved[4]
+        grads = vjp((g_gy.to(x.dtype), g_x.to(x.dtype), g_scale.to(torch.float64), g_shift.to(torch.float64)))
+        return (*grads[:5], None, None, *grads[5:], None, None, None, None)
+
+    torch.library.register_autograd(name, backward, setup_context=setup)
+
+
 class _Ops:
-    def __init__(self, fwd, bwd):
-        self.fwd, self.bwd = fwd, bwd
+    def __init__(self, fwd, bwd, dbwd=None):
+        self.fwd, self.bwd, self.dbwd = fwd, bwd, dbwd  # dbwd: fused double backward without maps, if any
         self.wb = None  # group_norm_wb (weight/bias form), where the backend has it
 
 
@@ -265,8 +312,13 @@ def _compiled_ops() -> _Ops:
             torch.library.register_fake(name)(fake)
         pair = tuple(getattr(torch.ops.fastgan, n).default for n in OP_NAMES)
         native = torch._C._dispatch_has_kernel_for_dispatch_key(names[0], "Autograd")
-        _attach_autograd(*pair, names=names, native=native)
-        _compiled = _Ops(*pair)
+        dbwd = None
+        if hasattr(torch.ops.fastgan, "group_norm_dbwd"):  # an older build lacks it: composite double backward
+            torch.library.register_fake("fastgan::group_norm_dbwd")(fake_dbwd)
+            _attach_third_order("fastgan::group_norm_dbwd")
+            dbwd = torch.ops.fastgan.group_norm_dbwd.default
+        _attach_autograd(*pair, names=names, native=native, dbwd=dbwd)
+        _compiled = _Ops(*pair, dbwd)
         if hasattr(torch.ops.fastgan, "group_norm_wb"):  # weight/bias form, autograd in C++ (an older build lacks it)
             torch.library.register_fake("fastgan::group_norm_wb")(fake_wb)
             _compiled.wb = torch.ops.fastgan.group_norm_wb.default
