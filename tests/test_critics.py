@@ -35,7 +35,7 @@ def test_dcgan_critic_shapes_and_layout(norm, image_size, base, channels):
         assert all(type(m) is fastgan.nn.InstanceNorm2d and m.affine for m in norms)
         assert all(b.conv.bias is None for b in D.main[1:])  # instance norm would cancel it
     elif norm == "layer":
-        assert all(isinstance(m, nn.GroupNorm) and m.num_groups == 1 for m in norms)
+        assert all(type(m) is fastgan.nn.GroupNorm and m.num_groups == 1 and m.affine for m in norms)
     else:
         assert all(isinstance(m, nn.Identity) for m in norms)
     assert all(b.act.negative_slope == 0.2 for b in D.main)
@@ -206,3 +206,35 @@ def test_dcgan_penalty_runs_fused_instance_norm_double_backward():
         _r1(D, x).backward()
     names = {e.name for e in prof.events()}
     assert {"fastgan::instance_norm_fwd", "fastgan::instance_norm_bwd", "fastgan::instance_norm_dbwd"} <= names
+
+
+@pytest.mark.skipif(_backend.extension_error() is not None, reason="fastgan._C not loaded")
+def test_layer_norm_critic_penalty_runs_fused_group_norm_double_backward():
+    D = DCGANCritic(img_channels=3, base=4, image_size=16, norm="layer")
+    real, fake = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        gradient_penalty(D, real, fake, kind="wgan-gp").backward()
+    names = {e.name for e in prof.events()}
+    assert {"fastgan::group_norm_wb", "fastgan::group_norm_bwd", "fastgan::group_norm_dbwd"} <= names
+
+
+def test_layer_norm_critic_penalty_matches_torch_group_norm_float64():
+    """The same critic with torch.nn.GroupNorm in place of fastgan's: same penalty and parameter gradients."""
+    D = DCGANCritic(img_channels=3, base=4, image_size=16, norm="layer").double()
+    T = DCGANCritic(img_channels=3, base=4, image_size=16, norm="layer").double()
+    for block in T.main[1:]:
+        block.norm = nn.GroupNorm(1, block.norm.num_channels).double()
+    T.load_state_dict(D.state_dict())
+    with torch.no_grad():
+        for p in D.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # non-trivial norm weights and biases
+        T.load_state_dict(D.state_dict())
+    real, fake = torch.randn(3, 3, 16, 16, dtype=F64), torch.randn(3, 3, 16, 16, dtype=F64)
+    out = []
+    for critic in (D, T):
+        g = torch.Generator().manual_seed(4)
+        p = gradient_penalty(critic, real, fake, kind="wgan-gp", generator=g)
+        out.append((p, torch.autograd.grad(p, list(critic.parameters()), allow_unused=True, materialize_grads=True)))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-10, atol=1e-12)
+    for a, b in zip(out[0][1], out[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

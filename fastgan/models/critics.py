@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import InstanceNorm2d
+from ..nn import GroupNorm, InstanceNorm2d
 from ..ops.bias_act import bias_act
 
 __all__ = ["DCGANCritic", "ResBlk", "StarGANv2Discriminator"]
@@ -39,8 +39,9 @@ def _make_norm(norm: str, channels: int) -> nn.Module:
     if norm == "instance":
         return InstanceNorm2d(channels, affine=True)
     if norm == "layer":
-        # Layer norm over (C, H, W) of each sample, with a per-channel affine (GroupNorm with a single group).
-        return nn.GroupNorm(1, channels, affine=True)
+        # Layer norm over (C, H, W) of each sample, with a per-channel affine (GroupNorm with a single group):
+        # fastgan's drop-in, whose double backward is a fused kernel too (torch.nn.GroupNorm's state_dict keys).
+        return GroupNorm(1, channels, affine=True)
     return nn.Identity()
 
 
@@ -86,8 +87,8 @@ class DCGANCritic(nn.Module):
         base: channels of the first block; doubled at every block.
         image_size: input height = width, a power of two >= 8.
         norm: ``"instance"`` (``fastgan.nn.InstanceNorm2d(affine=True)``, fused kernels with a fused double
-            backward), ``"none"``, or ``"layer"`` (``nn.GroupNorm(1, C)``: layer norm over C, H, W with a per-channel
-            affine). Convolutions followed by instance norm have no bias.
+            backward), ``"none"``, or ``"layer"`` (``fastgan.nn.GroupNorm(1, C)``, a drop-in for ``nn.GroupNorm``:
+            layer norm over C, H, W with a per-channel affine, fused kernels up to the double backward). Convolutions followed by instance norm have no bias.
 
     ``forward(x)`` maps ``(N, img_channels, image_size, image_size)`` to ``(N,)`` logits. Samples are independent
     (no batch statistics), as per-sample gradient penalties require.
