@@ -277,6 +277,21 @@ def with_backward(fwd: Callable[..., Any]) -> Callable[..., Any]:
     return fwd_bwd
 
 
+def with_penalty(fwd: Callable[..., Any]) -> Callable[..., Any]:
+    """``fwd(*inputs) -> y`` turned into ``(*inputs, gy) -> gradients of every input of ||d<y, gy>/dx||^2`` with x the
+    first input: a gradient penalty's first backward (``create_graph=True``) and its double backward."""
+
+    def penalty(*args):
+        *inputs, gy = args
+        (gx,) = torch.autograd.grad(fwd(*inputs), inputs[0], gy, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), inputs)
+
+    return penalty
+
+
+WRAPS = {"fwd": lambda f: f, "fwd+bwd": with_backward, "penalty": with_penalty}
+
+
 def standard_cases(suite: str, opts: SuiteOptions, combos: Iterable[tuple], *, op: str,
                    eager: Callable[..., Any], fastgan: Callable[[str], Callable[..., Any]],
                    make_inputs: Callable[..., Callable[[int], tuple]], bytes_floor: Callable[..., int],
@@ -287,11 +302,13 @@ def standard_cases(suite: str, opts: SuiteOptions, combos: Iterable[tuple], *, o
         suite: the suite's name.
         opts: the suite options (device, preset, impl filter, compile baseline).
         combos: ``(mode, shape, dtype, layout)`` tuples; mode ``"fwd+bwd"`` times a forward plus
-            ``torch.autograd.grad`` of every input.
+            ``torch.autograd.grad`` of every input, ``"penalty"`` a gradient penalty through the op
+            (:func:`with_penalty`; no compile baseline: torch.compile refuses double backward).
         op: backend op name whose live impls are benchmarked.
         eager: the PyTorch formulation (also the compile baseline and the correctness check's reference).
         fastgan: ``impl -> forward callable`` pinned to that impl.
-        make_inputs: ``(shape, dtype, layout, mode, device) -> (seed -> inputs)``; for fwd+bwd the last input is gy.
+        make_inputs: ``(shape, dtype, layout, mode, device) -> (seed -> inputs)``; for fwd+bwd and penalty the last
+            input is gy.
         bytes_floor: ``(shape, dtype, mode) -> bytes``.
         bytes_detail: ``mode -> what bytes_floor counts``.
         targets: ``(shape, dtype, layout, mode, device) -> tuple of Target``.
@@ -301,11 +318,11 @@ def standard_cases(suite: str, opts: SuiteOptions, combos: Iterable[tuple], *, o
     """
     impls = fastgan_impls(op, opts.device, opts.impls)
     for mode, shape, dtype, layout in combos:
-        wrap = (lambda f: f) if mode == "fwd" else with_backward
+        wrap = WRAPS[mode]
         fns = {"eager": wrap(eager)}
         for impl in impls:
             fns[f"fastgan-{impl}"] = wrap(fastgan(impl))
-        if opts.compile:
+        if opts.compile and mode != "penalty":
             fns["compile"] = wrap(LazyCompiled(eager))
         yield Case(
             suite=suite, shape=tuple(shape), dtype=dtype, layout=layout, mode=mode, device=opts.device,
