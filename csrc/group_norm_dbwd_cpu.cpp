@@ -34,8 +34,8 @@ namespace fastgan {
 namespace {
 
 // Pass-1 sums per channel, with d = x - (stored mean), gz = grad_y * f'(z), v = ggx:
-//   0: sum d   1: sum gz   2: sum gz * d   3: sum v   4: sum v * d   5: sum v * gz
-constexpr int kSums = 6;
+//   0: sum d   1: sum gz   2: sum gz * d   3: sum v   4: sum v * d   5: sum v * gz   6: sum d^2
+constexpr int kSums = 7;
 // Lanes per sum in the fused sum loops: 8 doubles, so the six (or two) running sums fit the vector registers
 // (AVX2 has 16); the order is fixed in source, so every ISA clone sums alike.
 constexpr int kDl = 8;
@@ -81,6 +81,7 @@ FASTGAN_GN_INLINE void dbwd_sums_impl(const T* x, const T* gy, const T* v, const
     const double xd = static_cast<double>(load_as<A>(x[i])) - static_cast<double>(mu);
     const double g = static_cast<double>(ACT == kLinear ? ga : ga * d1[i]), vv = load_as<A>(v[i]);
     acc[0][l] += xd, acc[1][l] += g, acc[2][l] += g * xd, acc[3][l] += vv, acc[4][l] += vv * xd, acc[5][l] += vv * g;
+    acc[6][l] += xd * xd;
   };
   int64_t i = 0;
   for (; i + kDl <= n; i += kDl)
@@ -168,8 +169,8 @@ struct DbwdLoops {
 template <typename T, int ACT>
 void dbwd_kernel(const at::Tensor& v_t, const at::Tensor& uw_t, const at::Tensor& ub_t, const at::Tensor& gy_t,
                  const at::Tensor& x_t, const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& scale,
-                 const at::Tensor& shift, double alpha, const Shape& s, at::Tensor& ggy_t, at::Tensor& gx2_t,
-                 at::Tensor& gscale2, at::Tensor& gshift2) {
+                 const at::Tensor& shift, double eps, double alpha, const Shape& s, at::Tensor& ggy_t,
+                 at::Tensor& gx2_t, at::Tensor& gscale2, at::Tensor& gshift2) {
   using A = acc_of<T>;
   const DbwdLoops<T, ACT> k;
   const T *xp = x_t.data_ptr<T>(), *gp = gy_t.data_ptr<T>(), *vp = v_t.data_ptr<T>();
@@ -191,7 +192,7 @@ void dbwd_kernel(const at::Tensor& v_t, const at::Tensor& uw_t, const at::Tensor
     std::vector<DbwdCoef> coef(static_cast<size_t>(s.Cg));
     for (int64_t p = begin; p < end; ++p) {
       const A mu_s = mp[p];
-      const double r = rp[p];
+      double r = rp[p];
       // Element range [j0, j1) of channel ch: its f', f'' (cached or fresh), then f(offset, d1, d2).
       auto over = [&](int64_t ch, bool first, const auto& f) {
         const int64_t nc = p * s.Cg + ch;
@@ -210,6 +211,12 @@ void dbwd_kernel(const at::Tensor& v_t, const at::Tensor& uw_t, const at::Tensor
       double delta = 0;
       for (int64_t ch = 0; ch < s.Cg; ++ch) delta += sums[kSums * ch];
       delta /= M;
+      {  // rstd again, in double from this pass's sums: the stored float rstd's rounding, amplified by r^2 in the
+         // combination, was most of the error on small ill-conditioned groups
+        double m2 = 0;
+        for (int64_t ch = 0; ch < s.Cg; ++ch) m2 += sums[kSums * ch + 6];
+        r = 1.0 / std::sqrt(std::max(0.0, m2 / M - delta * delta) + eps);
+      }
       double m_h = 0, a2 = 0, m_v = 0, b2 = 0, m_vh = 0, su = 0, sux = 0;
       for (int64_t ch = 0; ch < s.Cg; ++ch) {
         const double* c = &sums[kSums * ch];
@@ -260,7 +267,6 @@ Tensor4 group_norm_dbwd_cpu(const at::Tensor& ggx_in, const at::Tensor& ggscale,
                             const at::Tensor& rstd, const at::Tensor& scale, const at::Tensor& shift, int64_t groups,
                             double eps, int64_t act, double alpha) {
   const char* op = "fastgan::group_norm_dbwd";
-  (void)eps;  // in the schema for the reference formula of the third order, which recomputes rstd
   const Shape s = check_group_shape(x_in, groups, op);
   check_like_input(ggx_in, x_in, op, "ggx");
   check_like_input(gy_in, x_in, op, "grad_y");
@@ -279,7 +285,7 @@ Tensor4 group_norm_dbwd_cpu(const at::Tensor& ggx_in, const at::Tensor& ggscale,
   at::Tensor gscale2 = at::empty({s.N, s.C}, scale.options()), gshift2 = at::empty_like(gscale2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_dbwd_cpu", [&] {
     dispatch_act(act, op, [&](auto a) {
-      dbwd_kernel<scalar_t, decltype(a)::value>(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, alpha, s,
+      dbwd_kernel<scalar_t, decltype(a)::value>(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, eps, alpha, s,
                                                 ggy, gx2, gscale2, gshift2);
     });
   });
