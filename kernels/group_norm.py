@@ -1,8 +1,9 @@
-"""Triton kernels of group norm with a per-(n, c) affine and a fused activation: forward and backward.
+"""Triton kernels of group norm with a per-(n, c) affine and a fused activation: forward, backward and (without
+modulation maps) double backward.
 
-The launchers :func:`forward` and :func:`backward` return what ``reference_fwd``/``reference_bwd`` in
-:mod:`fastgan.ops.group_norm_kernels` return (the math is there); that module wraps them as
-``fastgan::group_norm_*_triton``. The double backward is composite (see there): no Triton kernel.
+The launchers :func:`forward`, :func:`backward` and :func:`double_backward` return what ``reference_fwd``,
+``reference_bwd`` and ``reference_dbwd`` in :mod:`fastgan.ops.group_norm_kernels` return (the math is there); that
+module wraps them as ``fastgan::group_norm_*_triton``. With maps the double backward is composite (see there).
 
 One program per (n, g) group. The group is one contiguous run of ``M = Cg * L`` elements (channel after channel),
 walked in tiles ``[BLOCK_C, BLOCK_L]`` (BLOCK_C channels of the group by BLOCK_L positions): a tile's rows are
@@ -24,7 +25,7 @@ import triton.language as tl
 from fastgan.ops._layout import is_channels_last, match_layout
 from fastgan.ops.instance_norm_ref import acc_dtype
 
-__all__ = ["forward", "backward"]
+__all__ = ["forward", "backward", "double_backward"]
 
 # Heuristic knobs, module-level so tests can shrink them and drive the multi-tile loops with tiny inputs.
 TILE = 2048  # elements per tile
@@ -212,6 +213,178 @@ def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GAMMA, BETA, GX, GSCALE, GSHIFT
                     tl.store(GBETA + offs, gu.to(OUT), mask=mask)
 
 
+@triton.jit
+def _act_d2(z, ACT: tl.constexpr):
+    """f''(z): 0 for the piecewise-linear activations, silu s (1 - s) (2 + z (1 - 2 s))."""
+    if ACT == 5:
+        s = 1.0 / (1.0 + tl.exp(-z))
+        return s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
+    else:
+        return z * 0.0
+
+
+@triton.jit
+def _dbwd_tile(V, GY, X, base, c0, l0, Cg, L, mean, mean64, rstd, rstd64, a, b, alpha, ZACC: tl.constexpr,
+               ACT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """On one tile, in float64: v (= ggx), gy, f'(z), gz = gy * f'(z), xhat = (x - mean64) * rstd64 (0 outside the
+    mask), z, the offsets and mask. z and f'(z) are computed in ZACC from the stored mean exactly as the backward's
+    _gz_tile has them (the same relu/lrelu masks); a, b are that tile's per-channel affine in ZACC."""
+    x, offs, mask, _ = _tile(X, base, c0, l0, Cg, L, ZACC, BLOCK_C, BLOCK_L)
+    # 16-bit values widen through float32 (exact); direct bfloat16 <-> float64 casts gave NaN in the interpreter
+    g, _, _, _ = _tile(GY, base, c0, l0, Cg, L, tl.float32 if ZACC == tl.float32 else tl.float64, BLOCK_C, BLOCK_L)
+    v, _, _, _ = _tile(V, base, c0, l0, Cg, L, tl.float32 if ZACC == tl.float32 else tl.float64, BLOCK_C, BLOCK_L)
+    g = g.to(tl.float64)
+    v = v.to(tl.float64)
+    z = (x - mean) * rstd * a[:, None] + b[:, None]
+    d1 = _act_d1(z, alpha, ACT).to(tl.float64)
+    xh = tl.where(mask, (x.to(tl.float64) - mean64) * rstd64, 0.0)
+    gz = tl.where(mask, g * d1, 0.0)
+    return v, g, d1, gz, xh, z.to(tl.float64), offs, mask
+
+
+@triton.jit
+def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSCALE2, GSHIFT2, G, Cg, L, eps_hi,
+                 eps_lo, alpha, ACT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
+    """Double backward of group p without maps (v = ggx, uw = ggscale, ub = ggshift; the formulas and the names
+    m_v, B2, A2, Q, Rz, T in group_norm_kernels' docstring)::
+
+        per channel  G = sum gz, Gx = sum gz xhat, V = sum v, Vx = sum v xhat, VG = sum v gz   (pass 1, to SUMS)
+        group means  m_h, A2, m_v, B2 of h = a gz, h xhat, v, v xhat;  C = mean(v * gx)
+        g_scale = r (VG - m_v G - B2 Gx) [+ sum Rz xhat],  g_shift = [sum Rz]   ([...]: SiLU's pass 2)
+        g_grad_y = f'(z) Q,  g_x = r (T - mean T - xhat mean(T xhat)) - r xhat C                 (pass 3)
+
+    Sums and the elementwise combination are float64 (ACC): the combination cancels (g_x is a projection of terms
+    scaled by rstd^2). Pass 1 also sums x - mean: its mean delta corrects the stored mean's rounding, which on
+    2-element groups put the penalty gradient 20 float32 ulps off (eager CPU: under one). The kernel is
+    memory-bound either way. rstd is recomputed in float64 from the same pass (sum of xhat^2): the stored float
+    rstd's rounding, amplified by rstd^2 in the combination, was most of the remaining error.
+    """
+    ZACC: tl.constexpr = MEAN.dtype.element_ty
+    ACC: tl.constexpr = tl.float64
+    p = tl.program_id(0)
+    if IDX64:
+        p = p.to(tl.int64)
+    M = Cg * L
+    base = p * M
+    mean = tl.load(MEAN + p)
+    rz_acc = tl.load(RSTD + p)
+    r_s = rz_acc.to(ACC)
+    d_acc = tl.zeros([BLOCK_C], ACC)
+    d2_acc = tl.zeros([BLOCK_C], ACC)
+    h_acc = tl.zeros([BLOCK_C], ACC)
+    a2_acc = tl.zeros([BLOCK_C], ACC)
+    v_acc = tl.zeros([BLOCK_C], ACC)
+    b2_acc = tl.zeros([BLOCK_C], ACC)
+    vh_acc = tl.zeros([BLOCK_C], ACC)
+    u_acc = tl.zeros([BLOCK_C], ACC)
+    ux_acc = tl.zeros([BLOCK_C], ACC)
+    for c0 in range(0, Cg, BLOCK_C):
+        rc = c0 + tl.arange(0, BLOCK_C)
+        cm = rc < Cg
+        a = tl.load(SCALE + p * Cg + rc, mask=cm, other=0.0)
+        b = tl.load(SHIFT + p * Cg + rc, mask=cm, other=0.0).to(ZACC)
+        uw = tl.load(UW + p * Cg + rc, mask=cm, other=0.0)
+        t_g = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+        t_gx = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+        t_v = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+        t_vx = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+        t_vg = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+        t_d = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+        t_d2 = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+        for l0 in range(0, L, BLOCK_L):
+            v, _, _, gz, xh, _, _, _ = _dbwd_tile(V, GY, X, base, c0, l0, Cg, L, mean, mean.to(ACC), rz_acc, r_s,
+                                                  a.to(ZACC), b, alpha, ZACC, ACT, BLOCK_C, BLOCK_L)
+            t_d += xh
+            t_d2 += xh * xh
+            t_g += gz
+            t_gx += gz * xh
+            t_v += v
+            t_vx += v * xh
+            t_vg += v * gz
+        s_g = tl.sum(t_g, 1)
+        s_gx = tl.sum(t_gx, 1)
+        s_vg = tl.sum(t_vg, 1)
+        tl.store(SUMS + (p * Cg + rc) * 3, s_g, mask=cm)
+        tl.store(SUMS + (p * Cg + rc) * 3 + 1, s_gx, mask=cm)
+        tl.store(SUMS + (p * Cg + rc) * 3 + 2, s_vg, mask=cm)
+        h_acc += a * s_g
+        a2_acc += a * s_gx
+        v_acc += tl.sum(t_v, 1)
+        b2_acc += tl.sum(t_vx, 1)
+        vh_acc += a * s_vg
+        u_acc += uw * s_g
+        ux_acc += uw * s_gx
+        d_acc += tl.sum(t_d, 1)
+        d2_acc += tl.sum(t_d2, 1)
+    # The pass used the stored mean and rstd (xhat_s = (x - mean) * r_s). With delta = mean(xhat_s), the exact
+    # statistics are mean_e = mean + delta / r_s and r = 1 / sqrt(var + eps), var = (mean(xhat_s^2) - delta^2)
+    # / r_s^2; the exact xhat = kr * (xhat_s - delta), kr = r / r_s, so sum(. * xhat) = kr * (sum(. * xhat_s)
+    # - delta * sum(.)).
+    delta = tl.sum(d_acc, 0) / M
+    var = tl.maximum(tl.sum(d2_acc, 0) / M - delta * delta, 0.0) / (r_s * r_s)
+    r = 1.0 / tl.sqrt(var + (tl.cast(eps_hi, tl.float64) + tl.cast(eps_lo, tl.float64)))
+    kr = r / r_s
+    m_h = tl.sum(h_acc, 0) / M
+    a2 = kr * (tl.sum(a2_acc, 0) - delta * tl.sum(h_acc, 0)) / M
+    m_v = tl.sum(v_acc, 0) / M
+    b2 = kr * (tl.sum(b2_acc, 0) - delta * tl.sum(v_acc, 0)) / M
+    cc = r * (tl.sum(vh_acc, 0) / M - m_v * m_h - b2 * a2)
+    mt = -r * (m_v * a2 + m_h * b2) + tl.sum(u_acc, 0) / M
+    mtx = -2.0 * r * a2 * b2 + kr * (tl.sum(ux_acc, 0) - delta * tl.sum(u_acc, 0)) / M
+    mean_e = mean.to(ACC) + delta / r_s
+    for c0 in range(0, Cg, BLOCK_C):
+        rc = c0 + tl.arange(0, BLOCK_C)
+        cm = rc < Cg
+        s_g = tl.load(SUMS + (p * Cg + rc) * 3, mask=cm, other=0.0)
+        s_gx = tl.load(SUMS + (p * Cg + rc) * 3 + 1, mask=cm, other=0.0)
+        s_vg = tl.load(SUMS + (p * Cg + rc) * 3 + 2, mask=cm, other=0.0)
+        gs = r * (s_vg - m_v * s_g - b2 * kr * (s_gx - delta * s_g))
+        rz_s = tl.zeros([BLOCK_C], ACC)
+        rzx_s = tl.zeros([BLOCK_C], ACC)
+        if ACT == 5:
+            a = tl.load(SCALE + p * Cg + rc, mask=cm, other=0.0)
+            b = tl.load(SHIFT + p * Cg + rc, mask=cm, other=0.0).to(ZACC)
+            uw = tl.load(UW + p * Cg + rc, mask=cm, other=0.0)
+            ub = tl.load(UB + p * Cg + rc, mask=cm, other=0.0)
+            t_r = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+            t_rx = tl.zeros([BLOCK_C, BLOCK_L], ACC)
+            for l0 in range(0, L, BLOCK_L):
+                v, g, _, _, xh, z, _, mask = _dbwd_tile(V, GY, X, base, c0, l0, Cg, L, mean, mean_e, rz_acc, r,
+                                                        a.to(ZACC), b, alpha, ZACC, ACT, BLOCK_C, BLOCK_L)
+                q = a[:, None] * (r * (v - m_v - b2 * xh)) + uw[:, None] * xh + ub[:, None]
+                rz = tl.where(mask, q * g * _act_d2(z, ACT), 0.0)
+                t_r += rz
+                t_rx += rz * xh
+            rz_s = tl.sum(t_r, 1)
+            rzx_s = tl.sum(t_rx, 1)
+            mt += tl.sum(a * rz_s, 0) / M
+            mtx += tl.sum(a * rzx_s, 0) / M
+        tl.store(GSCALE2 + p * Cg + rc, gs + rzx_s, mask=cm)
+        tl.store(GSHIFT2 + p * Cg + rc, rz_s, mask=cm)
+    OUT: tl.constexpr = GX2.dtype.element_ty
+    for c0 in range(0, Cg, BLOCK_C):
+        rc = c0 + tl.arange(0, BLOCK_C)
+        cm = rc < Cg
+        a = tl.load(SCALE + p * Cg + rc, mask=cm, other=0.0)
+        b = tl.load(SHIFT + p * Cg + rc, mask=cm, other=0.0).to(ZACC)
+        uw = tl.load(UW + p * Cg + rc, mask=cm, other=0.0)
+        ub = tl.load(UB + p * Cg + rc, mask=cm, other=0.0)
+        for l0 in range(0, L, BLOCK_L):
+            v, g, d1, gz, xh, z, offs, mask = _dbwd_tile(V, GY, X, base, c0, l0, Cg, L, mean, mean_e, rz_acc, r,
+                                                         a.to(ZACC), b, alpha, ZACC, ACT, BLOCK_C, BLOCK_L)
+            q = a[:, None] * (r * (v - m_v - b2 * xh)) + uw[:, None] * xh + ub[:, None]
+            t = uw[:, None] * gz - r * (v * a2 + a[:, None] * gz * b2)
+            if ACT == 5:
+                t += a[:, None] * (q * g * _act_d2(z, ACT))
+            ggy = d1 * q
+            gx2 = r * t - r * mt - r * (mtx + cc) * xh
+            if OUT != tl.float64:  # through float32, as the loads
+                ggy = ggy.to(tl.float32)
+                gx2 = gx2.to(tl.float32)
+            tl.store(GGY + offs, ggy.to(OUT), mask=mask)
+            tl.store(GX2 + offs, gx2.to(OUT), mask=mask)
+
+
 # --------------------------------------------------------------------------------------------- launchers
 def _blocks(cg: int, length: int) -> tuple[int, int]:
     block_l = min(triton.next_power_of_2(length), MAX_BLOCK_L)
@@ -277,3 +450,30 @@ def backward(gy, x, mean, rstd, scale, shift, gamma, beta, act: int, alpha: floa
         return match_layout(t, x) if cl and t.numel() else t
 
     return layout(gx), gscale, gshift, layout(ggamma), layout(gbeta)
+
+
+def double_backward(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, eps: float, act: int, alpha: float):
+    """``reference_dbwd`` without maps: ``(g_gy, g_x, g_scale, g_shift)``; the first two like x, the sums
+    ``(N, C)`` in float64."""
+    cl = is_channels_last(x)
+    xc = x.contiguous()
+    acc = acc_dtype(x.dtype)
+    groups = mean.shape[1]
+    ggy = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    gx2 = torch.empty_like(ggy)
+    gscale2 = torch.empty(x.shape[:2], dtype=torch.float64, device=x.device)
+    gshift2 = torch.empty_like(gscale2)
+    sums = torch.empty(x.shape[:2] + (3,), dtype=torch.float64, device=x.device)  # per channel G, Gx, VG
+    cg, length, meta = _meta(xc, groups)
+    f64 = torch.float64
+    eps_hi = float(torch.tensor(float(eps), dtype=torch.float32))
+    _dbwd_kernel[(x.shape[0] * groups,)](
+        ggx.to(x.dtype).contiguous(), ggscale.to(f64).contiguous(), ggshift.to(f64).contiguous(),
+        gy.to(x.dtype).contiguous(), xc, mean.to(acc).contiguous(), rstd.to(acc).contiguous(),
+        scale.to(f64).contiguous(), shift.to(f64).contiguous(), sums, ggy, gx2, gscale2, gshift2, groups, cg, length,
+        eps_hi, float(eps) - eps_hi, float(alpha), ACT=int(act), **meta)
+
+    def layout(t):
+        return match_layout(t, x) if cl else t
+
+    return layout(ggy), layout(gx2), gscale2, gshift2

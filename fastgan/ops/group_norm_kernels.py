@@ -34,24 +34,23 @@ projection applied to v; ``m_v``, ``B2`` the group means of v and v*xhat, ``m_h`
     T = -r * (v * A2 + h * B2) + uw * gz + scale * Rz                                   (d/dxhat, direct)
     g_x = r * (T - mean_M(T) - xhat * mean_M(T * xhat)) - r * xhat * mean_M(v * gx)       (per group)
 
-Kernel ops (schemas in ``csrc/fastgan.cpp``; ``*_triton`` twins of the first two defined here around
-``fastgan.kernels``)::
+Kernel ops (schemas in ``csrc/fastgan.cpp``; ``*_triton`` twins defined here around ``fastgan.kernels``)::
 
     group_norm_fwd(x, scale, shift, gamma?, beta?, groups, eps, act, alpha)    -> (y, mean, rstd)    stats (N, G)
     group_norm_bwd(gy, x, mean, rstd, scale, shift, gamma?, beta?, groups, eps, act, alpha)
                                                     -> (gx, gscale, gshift, ggamma, gbeta)   sums (N, C)
     group_norm_dbwd(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, groups, eps, act, alpha)
-                                                    -> (g_gy, g_x, g_scale, g_shift)      (CPU C++ only)
+                                                    -> (g_gy, g_x, g_scale, g_shift)
 
 ``ggamma``/``gbeta`` have 0 elements without maps; ``gbeta`` also for linear ``f``, where it is ``gy`` itself (the
 autograd formula passes gy on instead of a copy).
 
 Autograd: the backward of ``fwd`` is ``bwd`` (fused kernels; for the extension's op this formula is registered in
 C++, ``csrc/group_norm_autograd.cpp``, saving the Python autograd.Function's per-call cost). The backward of
-``bwd`` (double backward, e.g. a gradient penalty) is ``dbwd`` without maps on the C++ backend; with maps, and on
-Triton, it is **composite**: the vector-Jacobian product of :func:`reference_bwd` written in plain torch ops with
-mean/rstd recomputed from x, so second and higher orders are correct but run on eager torch ops. The backward of
-``dbwd`` (third order) is the vjp of :func:`reference_dbwd`.
+``bwd`` (double backward, e.g. a gradient penalty) is ``dbwd`` without maps; with maps it is **composite**: the
+vector-Jacobian product of :func:`reference_bwd` written in plain torch ops with mean/rstd recomputed from x, so
+second and higher orders are correct but run on eager torch ops. The backward of ``dbwd`` (third order) is the vjp
+of :func:`reference_dbwd`.
 """
 from __future__ import annotations
 
@@ -219,8 +218,29 @@ def _bwd_triton(
     return _triton_module().backward(gy, x, mean, rstd, scale, shift, gamma, beta, act, alpha)
 
 
+@torch.library.custom_op("fastgan::group_norm_dbwd_triton", mutates_args=())
+def _dbwd_triton(
+    ggx: torch.Tensor,
+    ggscale: torch.Tensor,
+    ggshift: torch.Tensor,
+    gy: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    groups: int,
+    eps: float,
+    act: int,
+    alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _triton_module().double_backward(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, eps, act,
+                                            alpha)
+
+
 _fwd_triton.register_fake(fake_fwd)
 _bwd_triton.register_fake(fake_bwd)
+_dbwd_triton.register_fake(fake_dbwd)
 
 
 # ---------------------------------------------------------------------------------------------- autograd
@@ -254,7 +274,7 @@ def _attach_autograd(fwd, bwd, names: tuple[str, str], native: bool = False, dbw
         args = (ctx.groups, ctx.eps, ctx.act, ctx.alpha)
         f64 = torch.float64
         if gamma is None:
-            if dbwd is not None and x.device.type == "cpu":  # the fused kernel is CPU C++ only so far
+            if dbwd is not None:
                 g_gy, g_x, g_scale, g_shift = dbwd(ggx, ggscale.to(f64).contiguous(), ggshift.to(f64).contiguous(),
                                                    gy, x, mean, rstd, scale, shift, *args)
             else:
@@ -298,8 +318,9 @@ class _Ops:
         self.wb = None  # group_norm_wb (weight/bias form), where the backend has it
 
 
-_attach_autograd(_fwd_triton, _bwd_triton, tuple(f"fastgan::{n}_triton" for n in OP_NAMES))
-_TRITON = _Ops(_fwd_triton, _bwd_triton)
+_attach_autograd(_fwd_triton, _bwd_triton, tuple(f"fastgan::{n}_triton" for n in OP_NAMES), dbwd=_dbwd_triton)
+_attach_third_order("fastgan::group_norm_dbwd_triton")
+_TRITON = _Ops(_fwd_triton, _bwd_triton, _dbwd_triton)
 _compiled: _Ops | None = None
 
 
