@@ -61,22 +61,34 @@ FASTGAN_GN_INLINE A grad_z(const T& x, const T& gy, A mu, A ra, A b, A al, const
   else return g * act_d1<ACT>((load_as<A>(x) - mu) * ra + b, al, er);
 }
 
+// SiLU keeps gz for the output pass (kept_gz, indexed like x): recomputing its exp there made the channels-last
+// backward 2x the contiguous one (which keeps gz per group in scratch).
+template <int ACT>
+constexpr bool kKeepGz = ACT == kSilu;
+
 // Per channel: s[c] += sum gz, s[C + c] += sum gz * (x - mu), s[2C + c] += sum (x - mu), in double.
 template <typename T, int ACT>
 FASTGAN_GN_INLINE void cl_bwd_sums_impl(const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C,
                                         const acc_of<T>* mu, const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al,
-                                        double* s) {
+                                        double* s, acc_of<T>* __restrict__ kept_gz) {
   using A = acc_of<T>;
   const ExpRange er = exp_range();
-  for (int64_t r = r0; r < r1; ++r)
+  for (int64_t r = r0; r < r1; ++r) {
+    if constexpr (kKeepGz<ACT>)  // the row's gz first, in a loop of its own: the exp vectorises best alone
+      for (int64_t c = 0; c < C; ++c)
+        kept_gz[r * C + c] = grad_z<ACT>(x[r * C + c], gy[r * C + c], mu[c], ra[c], b[c], al, er);
     for (int64_t c = 0; c < C; ++c) {
       const int64_t i = r * C + c;
-      const double gz = static_cast<double>(grad_z<ACT>(x[i], gy[i], mu[c], ra[c], b[c], al, er));
+      A gz_a;
+      if constexpr (kKeepGz<ACT>) gz_a = kept_gz[i];
+      else gz_a = grad_z<ACT>(x[i], gy[i], mu[c], ra[c], b[c], al, er);
+      const double gz = static_cast<double>(gz_a);
       const double xc = static_cast<double>(load_as<A>(x[i])) - static_cast<double>(mu[c]);
       s[c] += gz;
       s[C + c] += gz * xc;
       s[2 * C + c] += xc;
     }
+  }
 }
 
 // gx = r * (scale * gz - m_h - xhat * m_hx), xhat = (x - mean_exact) * r, in double; k[5C] = per channel
@@ -84,14 +96,16 @@ FASTGAN_GN_INLINE void cl_bwd_sums_impl(const T* x, const T* gy, int64_t r0, int
 template <typename T, int ACT>
 FASTGAN_GN_INLINE void cl_bwd_out_impl(const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C,
                                        const acc_of<T>* mu, const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al,
-                                       const double* k, T* gx) {
+                                       const double* k, const acc_of<T>* kept_gz, T* __restrict__ gx) {
   using A = acc_of<T>;
   const ExpRange er = exp_range();
   const double *k_mu = k, *k_r = k + C, *k_a = k + 2 * C, *k_mh = k + 3 * C, *k_mhx = k + 4 * C;
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t c = 0; c < C; ++c) {
       const int64_t i = r * C + c;
-      const A gz = grad_z<ACT>(x[i], gy[i], mu[c], ra[c], b[c], al, er);
+      A gz;
+      if constexpr (kKeepGz<ACT>) gz = kept_gz[i];
+      else gz = grad_z<ACT>(x[i], gy[i], mu[c], ra[c], b[c], al, er);
       const double xh = (static_cast<double>(load_as<A>(x[i])) - k_mu[c]) * k_r[c];
       gx[i] = store_as<T>(static_cast<A>(k_r[c] * (k_a[c] * static_cast<double>(gz) - k_mh[c] - xh * k_mhx[c])));
     }
@@ -106,12 +120,13 @@ FASTGAN_ISA_CLONES(cl_fwd_rows, typename T FASTGAN_COMMA int ACT,
                    <T FASTGAN_COMMA ACT>(src, dst, r0, r1, C, mu, lo, a, b, al))
 FASTGAN_ISA_CLONES(cl_bwd_sums, typename T FASTGAN_COMMA int ACT,
                    (const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
-                    const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, double* s),
-                   <T FASTGAN_COMMA ACT>(x, gy, r0, r1, C, mu, ra, b, al, s))
+                    const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, double* s, acc_of<T>* __restrict__ kg),
+                   <T FASTGAN_COMMA ACT>(x, gy, r0, r1, C, mu, ra, b, al, s, kg))
 FASTGAN_ISA_CLONES(cl_bwd_out, typename T FASTGAN_COMMA int ACT,
                    (const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
-                    const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, const double* k, T* gx),
-                   <T FASTGAN_COMMA ACT>(x, gy, r0, r1, C, mu, ra, b, al, k, gx))
+                    const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, const double* k, const acc_of<T>* kg,
+                    T* __restrict__ gx),
+                   <T FASTGAN_COMMA ACT>(x, gy, r0, r1, C, mu, ra, b, al, k, kg, gx))
 
 template <typename T, int ACT>
 struct ClLoops {
@@ -195,12 +210,15 @@ void bwd_cl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mean, c
     b[nc] = static_cast<A>(bp[nc]);
   }
   std::vector<double> coef(static_cast<size_t>(5 * NC));
+  std::vector<A> kept(kKeepGz<ACT> ? static_cast<size_t>(NC * L) : 0);
+  A* kg = kept.data();
   for_each_sample_cl(
       PlaneShape{s.N, C, L, true}, 2 * sizeof(T), 3,
       [&](int64_t n, int64_t r0, int64_t r1, double* out) {
         std::fill(out, out + 3 * C, 0.0);
         const int64_t o = n * C;
-        k.bwd_sums(xp + n * L * C, gp + n * L * C, r0, r1, C, mu.data() + o, ra.data() + o, b.data() + o, al, out);
+        k.bwd_sums(xp + n * L * C, gp + n * L * C, r0, r1, C, mu.data() + o, ra.data() + o, b.data() + o, al, out,
+                   kKeepGz<ACT> ? kg + n * L * C : nullptr);
       },
       [&](int64_t n, const double* parts, int64_t chunks) {
         std::vector<double> sums(static_cast<size_t>(3 * s.Cg));
@@ -224,7 +242,7 @@ void bwd_cl(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mean, c
       [&](int64_t n, int64_t r0, int64_t r1) {
         const int64_t o = n * C, base = n * L * C;
         k.bwd_out(xp + base, gp + base, r0, r1, C, mu.data() + o, ra.data() + o, b.data() + o, al,
-                  coef.data() + 5 * o, gxp + base);
+                  coef.data() + 5 * o, kKeepGz<ACT> ? kg + base : nullptr, gxp + base);
       });
 }
 
