@@ -73,6 +73,16 @@ def _tile(ptr, base, c0, l0, Cg, L, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BL
 
 
 @triton.jit
+def _group(Cg, L, IDX64: tl.constexpr):
+    """This program's group p = n*G + g, its M = Cg*L elements and their offset (int64 indexing for huge inputs)."""
+    p = tl.program_id(0)
+    if IDX64:
+        p = p.to(tl.int64)
+    M = Cg * L
+    return p, M, p * M
+
+
+@triton.jit
 def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, eps_lo, alpha, ACT: tl.constexpr,
                 MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
     """Forward of group p = n*G + g over its M = Cg*L elements::
@@ -88,11 +98,7 @@ def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, e
     eps arrives as eps_hi + eps_lo (Triton passes Python floats as float32).
     """
     ACC: tl.constexpr = MEAN.dtype.element_ty
-    p = tl.program_id(0)
-    if IDX64:
-        p = p.to(tl.int64)
-    M = Cg * L
-    base = p * M
+    p, M, base = _group(Cg, L, IDX64)
     acc = tl.zeros([BLOCK_C, BLOCK_L], ACC)
     for c0 in range(0, Cg, BLOCK_C):
         for l0 in range(0, L, BLOCK_L):
@@ -167,11 +173,7 @@ def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GAMMA, BETA, GX, GSCALE, GSHIFT
     ggamma = gu * z and, for a non-linear f, gbeta = gu.
     """
     ACC: tl.constexpr = MEAN.dtype.element_ty
-    p = tl.program_id(0)
-    if IDX64:
-        p = p.to(tl.int64)
-    M = Cg * L
-    base = p * M
+    p, M, base = _group(Cg, L, IDX64)
     mean = tl.load(MEAN + p)
     rstd = tl.load(RSTD + p)
     h = tl.zeros([BLOCK_C], ACC)
@@ -261,11 +263,7 @@ def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSC
     """
     ZACC: tl.constexpr = MEAN.dtype.element_ty
     ACC: tl.constexpr = tl.float64
-    p = tl.program_id(0)
-    if IDX64:
-        p = p.to(tl.int64)
-    M = Cg * L
-    base = p * M
+    p, M, base = _group(Cg, L, IDX64)
     mean = tl.load(MEAN + p)
     rz_acc = tl.load(RSTD + p)
     r_s = rz_acc.to(ACC)
