@@ -245,6 +245,19 @@ def _dbwd_tile(V, GY, X, base, c0, l0, Cg, L, mean, mean64, rstd, rstd64, a, b, 
 
 
 @triton.jit
+def _dbwd_chan(SCALE, SHIFT, UW, UB, p, Cg, c0, ZACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Channels [c0, c0 + BLOCK_C) of group p: indices, mask, scale (float64), shift (ZACC, for z), ggscale and
+    ggshift (float64)."""
+    rc = c0 + tl.arange(0, BLOCK_C)
+    cm = rc < Cg
+    a = tl.load(SCALE + p * Cg + rc, mask=cm, other=0.0)
+    b = tl.load(SHIFT + p * Cg + rc, mask=cm, other=0.0).to(ZACC)
+    uw = tl.load(UW + p * Cg + rc, mask=cm, other=0.0)
+    ub = tl.load(UB + p * Cg + rc, mask=cm, other=0.0)
+    return rc, cm, a, b, uw, ub
+
+
+@triton.jit
 def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSCALE2, GSHIFT2, G, Cg, L, eps_hi,
                  eps_lo, alpha, ACT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
     """Double backward of group p without maps (v = ggx, uw = ggscale, ub = ggshift; the formulas and the names
@@ -277,11 +290,7 @@ def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSC
     u_acc = tl.zeros([BLOCK_C], ACC)
     ux_acc = tl.zeros([BLOCK_C], ACC)
     for c0 in range(0, Cg, BLOCK_C):
-        rc = c0 + tl.arange(0, BLOCK_C)
-        cm = rc < Cg
-        a = tl.load(SCALE + p * Cg + rc, mask=cm, other=0.0)
-        b = tl.load(SHIFT + p * Cg + rc, mask=cm, other=0.0).to(ZACC)
-        uw = tl.load(UW + p * Cg + rc, mask=cm, other=0.0)
+        rc, cm, a, b, uw, _ = _dbwd_chan(SCALE, SHIFT, UW, UB, p, Cg, c0, ZACC, BLOCK_C)
         t_g = tl.zeros([BLOCK_C, BLOCK_L], ACC)
         t_gx = tl.zeros([BLOCK_C, BLOCK_L], ACC)
         t_v = tl.zeros([BLOCK_C, BLOCK_L], ACC)
@@ -340,10 +349,7 @@ def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSC
         rz_s = tl.zeros([BLOCK_C], ACC)
         rzx_s = tl.zeros([BLOCK_C], ACC)
         if ACT == 5:
-            a = tl.load(SCALE + p * Cg + rc, mask=cm, other=0.0)
-            b = tl.load(SHIFT + p * Cg + rc, mask=cm, other=0.0).to(ZACC)
-            uw = tl.load(UW + p * Cg + rc, mask=cm, other=0.0)
-            ub = tl.load(UB + p * Cg + rc, mask=cm, other=0.0)
+            _, _, a, b, uw, ub = _dbwd_chan(SCALE, SHIFT, UW, UB, p, Cg, c0, ZACC, BLOCK_C)
             t_r = tl.zeros([BLOCK_C, BLOCK_L], ACC)
             t_rx = tl.zeros([BLOCK_C, BLOCK_L], ACC)
             for l0 in range(0, L, BLOCK_L):
@@ -361,12 +367,7 @@ def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSC
         tl.store(GSHIFT2 + p * Cg + rc, rz_s, mask=cm)
     OUT: tl.constexpr = GX2.dtype.element_ty
     for c0 in range(0, Cg, BLOCK_C):
-        rc = c0 + tl.arange(0, BLOCK_C)
-        cm = rc < Cg
-        a = tl.load(SCALE + p * Cg + rc, mask=cm, other=0.0)
-        b = tl.load(SHIFT + p * Cg + rc, mask=cm, other=0.0).to(ZACC)
-        uw = tl.load(UW + p * Cg + rc, mask=cm, other=0.0)
-        ub = tl.load(UB + p * Cg + rc, mask=cm, other=0.0)
+        _, _, a, b, uw, ub = _dbwd_chan(SCALE, SHIFT, UW, UB, p, Cg, c0, ZACC, BLOCK_C)
         for l0 in range(0, L, BLOCK_L):
             v, g, d1, gz, xh, z, offs, mask = _dbwd_tile(V, GY, X, base, c0, l0, Cg, L, mean, mean_e, rz_acc, r,
                                                          a.to(ZACC), b, alpha, ZACC, ACT, BLOCK_C, BLOCK_L)
