@@ -1,4 +1,5 @@
-// Run-time choice of instruction set for the CPU kernels' inner loops (bias_act, the group-norm family).
+// Run-time choice of instruction set for the CPU kernels' inner loops (bias_act, the group-norm family,
+// grad_penalty, the diffusion step).
 //
 // The build has no -march (the wheel runs on any x86-64), so plain code is SSE2: 4 floats a vector, 2 doubles.
 // Eager PyTorch picks AVX2 or AVX-512 kernels at run time; to keep up, an inner loop is compiled up to three times,

@@ -22,6 +22,8 @@
 #include <xmmintrin.h>
 #endif
 
+#include "convert16.h"
+#include "cpu_isa.h"
 #include "norm_common.h"
 
 namespace fastgan {
@@ -98,17 +100,17 @@ inline void normal_groups(uint64_t seed, int64_t j0, int64_t G, A* dst) {
 // Scalar std::log/sin/cos made the noisy step 3x slower than torch.randn (which runs vectorised Sleef) + the step.
 // Below, log and sincos are our own float32 polynomials written as straight-line code (integer bit tricks, selects,
 // no branches and no calls), so the loops over a block of groups auto-vectorise; normal_groups_f32 is compiled for
-// AVX2 and the baseline ISA (target_clones, as in grad_penalty_cpu.cpp). The "avx2" target has no FMA, so GCC cannot
-// contract a*b+c and both clones give the same bits; so do all thread counts and layouts (the values depend only on
-// the Philox words). Accuracy, measured over every uniform of the 2^23 grid against float64 log/sin/cos: see the
-// functions; for z = rho cos, rho sin the max error against float64 is 6.2e-7 (1.3 ulp at |z| ~ 5), the same as
-// with libm logf/cosf/sinf (tests/test_diffusion_noise.py checks a dense sample through the op).
-inline float f32_from_bits(uint32_t b) {
+// the baseline ISA, AVX2 and AVX-512 (cpu_isa.h). No clone enables FMA, so GCC cannot contract a*b+c and all of
+// them give the same bits; so do all thread counts and layouts (the values depend only on the Philox words).
+// Accuracy, measured over every uniform of the 2^23 grid against float64 log/sin/cos: see the functions; for
+// z = rho cos, rho sin the max error against float64 is 6.2e-7 (1.3 ulp at |z| ~ 5), the same as with libm
+// logf/cosf/sinf (tests/test_diffusion_noise.py checks a dense sample through the op).
+FASTGAN_ALWAYS_INLINE float f32_from_bits(uint32_t b) {
   float f;
   __builtin_memcpy(&f, &b, 4);
   return f;
 }
-inline uint32_t f32_bits(float f) {
+FASTGAN_ALWAYS_INLINE uint32_t f32_bits(float f) {
   uint32_t b;
   __builtin_memcpy(&b, &f, 4);
   return b;
@@ -123,7 +125,7 @@ inline uint32_t f32_bits(float f) {
 // towards minimax, in float64, then rounded to float): relative error of R 2e-8, i.e. < 1e-9 of the log.
 // k ln2 is added as k ln2_hi (17 significant bits: exact for |k| < 128) plus k ln2_lo. Max error 0.8 ulp of log(u)
 // over the whole grid (0.5 would be correctly rounded).
-inline float log_f32(float u) {
+FASTGAN_ALWAYS_INLINE float log_f32(float u) {
   const uint32_t ix = f32_bits(u) + (0x3f800000u - 0x3f3504f3u);
   const float k = float(int32_t(ix >> 23) - 127);
   const float f = f32_from_bits((ix & 0x007fffffu) + 0x3f3504f3u) - 1.0f;
@@ -142,7 +144,7 @@ inline float log_f32(float u) {
 // is summed as r1 + (dr + ...), so r's rounding does not reach it). sin r = r1 + (dr + r z S(z)), cos r = 1 - (z/2 - z^2 C(z)), z = r^2,
 // with S, C of degree 2 fitted by us as R above on r in [0, pi/4 + 0.01] (absolute errors 2e-9 and 1e-10).
 // The quadrant is applied with selects and exact sign multiplies. Max absolute error 6e-8 (over the grid).
-inline void sincos_f32(float theta, float& sin_out, float& cos_out) {
+FASTGAN_ALWAYS_INLINE void sincos_f32(float theta, float& sin_out, float& cos_out) {
   const int32_t q = int32_t(theta * 0.636619772f + 0.5f);  // theta >= 0: truncation rounds to nearest
   const float fq = float(q);
   const float r1 = theta - fq * 1.570796012878418f;
@@ -163,8 +165,7 @@ inline void sincos_f32(float theta, float& sin_out, float& cos_out) {
 
 // The same numbers as normal_groups<float> (Philox words, uniforms, then Box-Muller with the polynomial log and
 // sincos). Every loop runs over the G <= kGroups groups with no branches, so each vectorises on its own.
-__attribute__((target_clones("avx2", "default"))) void normal_groups_f32(uint64_t seed, int64_t j0, int64_t G,
-                                                                          float* dst) {
+FASTGAN_ALWAYS_INLINE void normal_groups_f32_impl(uint64_t seed, int64_t j0, int64_t G, float* dst) {
   // Philox with its state in four word arrays, one lane per group: GCC vectorises the 32x32->64 products as
   // even/odd lane multiplies (vpmuludq) plus shuffles. (64-bit lanes were slower: GCC emulates a full 64-bit
   // multiply there even with masked factors.) This loop is ~2/3 of the function's time.
@@ -209,8 +210,8 @@ __attribute__((target_clones("avx2", "default"))) void normal_groups_f32(uint64_
       sincos_f32(6.283185307179586f * ub, s[g], c[g]);
     }
     // sqrt apart: under the default -fmath-errno GCC keeps a libm call (for errno) in std::sqrt and will not
-    // vectorise a loop holding it, and target_clones drops a per-function optimize("no-math-errno"). SSE's
-    // sqrtps is the same correctly rounded IEEE sqrt, and SSE is in every x86-64 baseline.
+    // vectorise a loop holding it. SSE's sqrtps is the same correctly rounded IEEE sqrt, and SSE is in every x86-64
+    // baseline.
 #if defined(__SSE__)
     for (int64_t g = 0; g < G4; g += 4) _mm_store_ps(r2 + g, _mm_sqrt_ps(_mm_load_ps(r2 + g)));
 #else
@@ -225,13 +226,18 @@ __attribute__((target_clones("avx2", "default"))) void normal_groups_f32(uint64_
   }
 }
 
+FASTGAN_ISA_CLONES(normal_groups_f32, typename = void, (uint64_t seed, int64_t j0, int64_t G, float* dst),
+                   (seed, j0, G, dst))
+
 // The normals of logical indices [i0, i0 + len) into out (len <= 4 kGroups - 6 so the groups fit one call).
 template <typename A>
 inline void normal_run(uint64_t seed, int64_t i0, int64_t len, A* out) {
   A tmp[4 * kGroups];
   const int64_t j0 = i0 >> 2, j1 = (i0 + len + 3) >> 2;
   if constexpr (std::is_same<A, float>::value) {
-    normal_groups_f32(seed, j0, j1 - j0, tmp);
+    static const auto groups_f32 = pick_isa(&normal_groups_f32_base<>, &normal_groups_f32_avx2<>,
+                                            &normal_groups_f32_avx512<>);
+    groups_f32(seed, j0, j1 - j0, tmp);
   } else {
     normal_groups<A>(seed, j0, j1 - j0, tmp);
   }
@@ -267,15 +273,56 @@ struct NoiseSource {
   }
 };
 
+// One run of elements of one sample: its coefficients, folded (c_x x + c_e eps = b_x x + b_m m) and in the
+// compute type A.
+template <typename A>
+struct RunCoef {
+  A a_x, a_m, c_0, c_z, b_x, b_m, w, lo, hi;
+};
+
 // HAS_U / NOISE / CLIP are template parameters and the coefficients locals of the run, over restrict pointers:
 // with runtime flags and by-reference constants the loop kept a branch per element and did not vectorise
 // (97 us for 16x3x64x64, about twice its bytes at the measured copy rate). NOISE: 0 none, 1 read from z, 2 drawn
-// (Philox, into a small per-thread buffer that the vectorised sweep then reads like z).
+// (Philox, into a small per-thread buffer bp that the sweep then reads like z). 16-bit elements go through
+// convert16.h so they vectorise too.
+template <typename T, bool HAS_U, int NOISE, bool CLIP, typename A>
+FASTGAN_ALWAYS_INLINE void step_run_impl(const T* __restrict xp, const T* __restrict mp,
+                                         const T* __restrict up, const T* __restrict zp, const A* __restrict bp,
+                                         T* __restrict op, int64_t len, const RunCoef<A>& k) {
+  const A a_x = k.a_x, a_m = k.a_m, c_0 = k.c_0, c_z = k.c_z, b_x = k.b_x, b_m = k.b_m, wa = k.w, lo = k.lo,
+          hi = k.hi;
+  for (int64_t i = 0; i < len; ++i) {
+    const A xv = load_as<A>(xp[i]);
+    A mv = load_as<A>(mp[i]);
+    if constexpr (HAS_U) {
+      const A uv = load_as<A>(up[i]);
+      mv = uv + wa * (mv - uv);
+    }
+    A x0 = a_x * xv + a_m * mv;
+    if constexpr (CLIP) x0 = x0 < lo ? lo : (x0 > hi ? hi : x0);  // NaN compares false: stays NaN
+    A o = c_0 * x0 + b_x * xv + b_m * mv;
+    if constexpr (NOISE == 1) o += c_z * load_as<A>(zp[i]);
+    if constexpr (NOISE == 2) o += c_z * bp[i];
+    op[i] = store_as<T>(o);
+  }
+}
+
+// The sweep compiled for the baseline ISA, AVX2 and AVX-512 (cpu_isa.h: no FMA, so the same bits from each).
+FASTGAN_ISA_CLONES(step_run,
+                   typename T FASTGAN_COMMA bool HAS_U FASTGAN_COMMA int NOISE FASTGAN_COMMA bool CLIP
+                       FASTGAN_COMMA typename A,
+                   (const T* xp, const T* mp, const T* up, const T* zp, const A* bp, T* op, int64_t len,
+                    const RunCoef<A>& k),
+                   <T FASTGAN_COMMA HAS_U FASTGAN_COMMA NOISE FASTGAN_COMMA CLIP FASTGAN_COMMA A>(xp, mp, up, zp, bp,
+                                                                                        op, len, k))
+
 template <typename T, bool HAS_U, int NOISE, bool CLIP>
 void step_kernel(const T* x, const T* m, const T* u, const T* z, const NoiseSource& noise, const double* coef,
                  bool per_sample_coef, int64_t numel, int64_t per_sample, double w, double clip, T* out) {
   using A = std::conditional_t<std::is_same<T, double>::value, double, float>;
   constexpr int64_t kChunk = 4 * kGroups - 8;
+  const auto run = pick_isa(&step_run_base<T, HAS_U, NOISE, CLIP, A>, &step_run_avx2<T, HAS_U, NOISE, CLIP, A>,
+                            &step_run_avx512<T, HAS_U, NOISE, CLIP, A>);
   at::parallel_for(0, numel, 32768, [&](int64_t begin, int64_t end) {
     A buf[NOISE == 2 ? kChunk : 1];
     int64_t p = begin;
@@ -283,29 +330,11 @@ void step_kernel(const T* x, const T* m, const T* u, const T* z, const NoiseSour
       const int64_t n = p / per_sample;
       const int64_t stop = std::min({end, (n + 1) * per_sample, NOISE == 2 ? p + kChunk : end});
       const double* k = coef + (per_sample_coef ? n * 8 : 0);
-      const A a_x = A(k[0]), a_m = A(k[1]), c_0 = A(k[4]), c_z = A(k[7]);
-      const A b_x = A(k[5] + k[6] * k[2]), b_m = A(k[6] * k[3]);  // c_x x + c_e eps, folded
-      const A wa = A(w), lo = A(-clip), hi = A(clip);
+      const RunCoef<A> rc{A(k[0]), A(k[1]), A(k[4]), A(k[7]), A(k[5] + k[6] * k[2]), A(k[6] * k[3]),
+                          A(w),    A(-clip), A(clip)};
       const int64_t len = stop - p;
       if constexpr (NOISE == 2) noise.fill<A>(p, len, buf);
-      const T* __restrict xp = x + p;
-      const T* __restrict mp = m + p;
-      const T* __restrict up = HAS_U ? u + p : x + p;
-      const T* __restrict zp = NOISE == 1 ? z + p : x + p;
-      const A* __restrict bp = buf;
-      T* __restrict op = out + p;
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) {
-        const A xv = A(xp[i]);
-        A mv = A(mp[i]);
-        if constexpr (HAS_U) mv = A(up[i]) + wa * (mv - A(up[i]));
-        A x0 = a_x * xv + a_m * mv;
-        if constexpr (CLIP) x0 = x0 < lo ? lo : (x0 > hi ? hi : x0);  // NaN compares false: stays NaN
-        A o = c_0 * x0 + b_x * xv + b_m * mv;
-        if constexpr (NOISE == 1) o += c_z * A(zp[i]);
-        if constexpr (NOISE == 2) o += c_z * bp[i];
-        op[i] = T(o);
-      }
+      run(x + p, m + p, HAS_U ? u + p : x + p, NOISE == 1 ? z + p : x + p, buf, out + p, len, rc);
       p = stop;
     }
   });

@@ -14,8 +14,9 @@
 //
 // Reductions (s_n, d_n): each sample is cut into chunks of kChunk elements; every (sample, chunk) is one task of
 // one parallel_for (so a few large samples still use every core, and many tiny ones are batched by the grain),
-// summed in double with 8 independent lanes, and the partial sums of a sample are added in chunk order: the
-// result does not depend on the thread count. Elementwise passes compute in double and round once on the store.
+// summed in double in 16 fixed lanes (lane_sum), and the partial sums of a sample are added in chunk order: the
+// result does not depend on the thread count. Elementwise passes compute in double (float for 16-bit types) and
+// round once on the store.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -30,6 +31,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "cpu_reduce.h"
 
 namespace fastgan {
@@ -43,34 +45,47 @@ constexpr int64_t kGrain = 1 << 15;  // elements per parallel range of the eleme
 // lane_sum (cpu_reduce.h): 16 double lanes in a fixed order (four AVX2 accumulators hide the add latency, which
 // bound an 8-lane version at about eager's speed); no reassociation, same bits anywhere.
 
-// Sums of squares and dot products of one chunk in double, the bulk of every call. For float and double they are
-// compiled for AVX2 as well as the baseline ISA and picked at load time (GCC target_clones): the build has no
-// -march flag, and in SSE2 code the float -> double conversions made the forward 2x slower than eager PyTorch
-// (which dispatches to AVX2 kernels itself). The "avx2" target does not enable FMA, and the lane order is fixed,
-// so both paths give the same bits.
+// Sums of squares and dot products of one chunk in double, the bulk of every call, and the elementwise sweep.
+// Each is compiled for the baseline ISA, AVX2 and AVX-512 and picked once per process (cpu_isa.h, which also honours
+// ATEN_CPU_CAPABILITY): the build has no -march flag, and in SSE2 code the float -> double conversions made the
+// forward 2x slower than eager PyTorch (which dispatches to AVX2/AVX-512 kernels itself). 16-bit elements go through
+// convert16.h's select-only conversions, which vectorise (c10's operators kept those loops scalar). No clone uses
+// FMA and the lane order is fixed, so all three give the same bits.
 template <typename T>
-inline double chunk_sumsq(const T* x, int64_t n) {
-  return lane_sum(n, [x](int64_t i) {
-    const double v = static_cast<double>(x[i]);
+FASTGAN_ALWAYS_INLINE void chunk_sumsq_impl(const T* x, int64_t n, double* out) {
+  *out = lane_sum(n, [x](int64_t i) {
+    const double v = load_as<double>(x[i]);
     return v * v;
   });
 }
 
 template <typename T>
-inline double chunk_dot(const T* x, const T* y, int64_t n) {
-  return lane_sum(n, [x, y](int64_t i) { return static_cast<double>(x[i]) * static_cast<double>(y[i]); });
+FASTGAN_ALWAYS_INLINE void chunk_dot_impl(const T* x, const T* y, int64_t n, double* out) {
+  *out = lane_sum(n, [x, y](int64_t i) { return load_as<double>(x[i]) * load_as<double>(y[i]); });
 }
 
-#define FASTGAN_GP_CLONES(T)                                                                          \
-  __attribute__((target_clones("avx2", "default"))) double chunk_sumsq(const T* x, int64_t n) {      \
-    return chunk_sumsq<T>(x, n);                                                                       \
-  }                                                                                                    \
-  __attribute__((target_clones("avx2", "default"))) double chunk_dot(const T* x, const T* y, int64_t n) { \
-    return chunk_dot<T>(x, y, n);                                                                      \
+// o = a x + b y (Y false: o = a x) over one run. float32/float64 compute in double and round once on the store.
+// 16-bit T computes in float: a float result carries ~2^-24 relative error before the 16-bit rounding (2^-11 or
+// 2^-8), so it rounds the same as the double one but where a product falls within that distance of a rounding
+// boundary (then it is one 16-bit ulp off at most); in double, GCC's widening of 16-bit lanes to 64-bit ones made
+// the half-precision sweep 4x slower than eager's float one.
+template <typename T, bool Y>
+FASTGAN_ALWAYS_INLINE void axpby_run_impl(const T* __restrict x, const T* __restrict y, T* __restrict o,
+                                          int64_t len, double a, double b) {
+  using A = std::conditional_t<sizeof(T) == 2, float, double>;
+  const A af = static_cast<A>(a), bf = static_cast<A>(b);
+  for (int64_t j = 0; j < len; ++j) {
+    A v = af * load_as<A>(x[j]);
+    if constexpr (Y) v += bf * load_as<A>(y[j]);
+    o[j] = store_as<T>(v);
   }
-FASTGAN_GP_CLONES(float)
-FASTGAN_GP_CLONES(double)
-#undef FASTGAN_GP_CLONES
+}
+
+FASTGAN_ISA_CLONES(chunk_sumsq, typename T, (const T* x, int64_t n, double* out), <T>(x, n, out))
+FASTGAN_ISA_CLONES(chunk_dot, typename T, (const T* x, const T* y, int64_t n, double* out), <T>(x, y, n, out))
+FASTGAN_ISA_CLONES(axpby_run, typename T FASTGAN_COMMA bool Y,
+                   (const T* x, const T* y, T* o, int64_t len, double a, double b),
+                   <T FASTGAN_COMMA Y>(x, y, o, len, a, b))
 
 // sums[n] = sum over the chunks of sample n of chunk_sum(i0, len) (flat offsets), as described in the header.
 template <typename ChunkSum>
@@ -109,20 +124,12 @@ void for_each_run(int64_t N, int64_t M, Run run) {
 // out = a_n x + b_n y over every sample n (y, b may be null: out = a_n x), in double, rounded once on the store.
 template <typename T>
 void axpby_kernel(int64_t N, int64_t M, const double* a, const double* b, const T* x, const T* y, T* out) {
+  const auto run = y == nullptr ? pick_isa(&axpby_run_base<T, false>, &axpby_run_avx2<T, false>,
+                                           &axpby_run_avx512<T, false>)
+                                : pick_isa(&axpby_run_base<T, true>, &axpby_run_avx2<T, true>,
+                                           &axpby_run_avx512<T, true>);
   for_each_run(N, M, [&](int64_t i0, int64_t len, int64_t n) {
-    const double an = a[n], bn = b ? b[n] : 0.0;  // locals, so they stay in registers
-    const T* __restrict xs = x + i0;
-    T* __restrict o = out + i0;
-    if (y == nullptr) {
-#pragma omp simd
-      for (int64_t j = 0; j < len; ++j) o[j] = static_cast<T>(an * static_cast<double>(xs[j]));
-    } else {
-      const T* __restrict ys = y + i0;
-#pragma omp simd
-      for (int64_t j = 0; j < len; ++j) {
-        o[j] = static_cast<T>(an * static_cast<double>(xs[j]) + bn * static_cast<double>(ys[j]));
-      }
-    }
+    run(x + i0, y == nullptr ? nullptr : y + i0, out + i0, len, a[n], b ? b[n] : 0.0);
   });
 }
 
@@ -175,7 +182,13 @@ std::tuple<at::Tensor, at::Tensor> grad_penalty_fwd_cpu(const at::Tensor& grad_i
   at::Tensor norm = at::empty({N}, g.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "grad_penalty_fwd_cpu", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
-    const auto sums = per_sample_sums(N, M, [gp](int64_t i0, int64_t len) { return chunk_sumsq(gp + i0, len); });
+    const auto sumsq = pick_isa(&chunk_sumsq_base<scalar_t>, &chunk_sumsq_avx2<scalar_t>,
+                                &chunk_sumsq_avx512<scalar_t>);
+    const auto sums = per_sample_sums(N, M, [gp, sumsq](int64_t i0, int64_t len) {
+      double s;
+      sumsq(gp + i0, len, &s);
+      return s;
+    });
     scalar_t* pp = p.data_ptr<scalar_t>();
     double* np = norm.data_ptr<double>();
     for (int64_t n = 0; n < N; ++n) {
@@ -217,8 +230,11 @@ std::tuple<at::Tensor, at::Tensor> grad_penalty_dbwd_cpu(const at::Tensor& v_in,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "grad_penalty_dbwd_cpu", [&] {
     const scalar_t* gsrc = g.data_ptr<scalar_t>();
     const scalar_t* vsrc = v.data_ptr<scalar_t>();
-    const auto dots = per_sample_sums(N, M, [gsrc, vsrc](int64_t i0, int64_t len) {
-      return chunk_dot(gsrc + i0, vsrc + i0, len);
+    const auto dot = pick_isa(&chunk_dot_base<scalar_t>, &chunk_dot_avx2<scalar_t>, &chunk_dot_avx512<scalar_t>);
+    const auto dots = per_sample_sums(N, M, [gsrc, vsrc, dot](int64_t i0, int64_t len) {
+      double d;
+      dot(gsrc + i0, vsrc + i0, len, &d);
+      return d;
     });
     std::vector<double> a(static_cast<size_t>(N)), b(static_cast<size_t>(N)), ggp(static_cast<size_t>(N));
     for (int64_t n = 0; n < N; ++n) {

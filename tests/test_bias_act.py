@@ -357,23 +357,9 @@ def test_isa_clones_bitwise_equal(tmp_path):
     reassociates, so every clone must give the same bits in every dtype, forward, backward and double backward.
     Inputs come from one file (torch.randn itself differs between ATen's ISA paths). Capabilities the CPU lacks fall
     back to a lower clone, so the comparison is vacuous only on a CPU without AVX2."""
-    import subprocess
-    import sys
+    from isa_clones import assert_same_bits, outputs_per_isa
 
     gen = torch.Generator().manual_seed(7)
     # 4*64*33*17 elements: several parallel chunks, vector bodies and scalar tails; values cross the clamp.
     x, g = (3 * torch.randn(4, 64, 33, 17, generator=gen) for _ in range(2))
-    torch.save((x, torch.randn(64, generator=gen), g), tmp_path / "in.pt")
-    script = tmp_path / "run.py"
-    script.write_text(_ISA_SCRIPT)
-    results = {}
-    for cap in ("default", "avx2", "avx512"):
-        env = dict(__import__("os").environ, ATEN_CPU_CAPABILITY=cap)
-        subprocess.run([sys.executable, str(script), str(tmp_path / "in.pt"), str(tmp_path / f"{cap}.pt")],
-                       check=True, env=env, cwd=str(tmp_path))
-        results[cap] = torch.load(tmp_path / f"{cap}.pt")
-    for cap in ("avx2", "avx512"):
-        assert len(results[cap]) == len(results["default"])
-        for i, (a, b) in enumerate(zip(results["default"], results[cap])):
-            assert a.dtype == b.dtype and torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8)), \
-                f"{cap} differs from the baseline clone in output {i} ({a.dtype})"
+    assert_same_bits(outputs_per_isa(tmp_path, _ISA_SCRIPT, (x, torch.randn(64, generator=gen), g)))

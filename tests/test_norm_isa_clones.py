@@ -8,14 +8,11 @@ called directly: the Python glue and the composite double backward run ATen ops,
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from fastgan import _backend
+from isa_clones import assert_same_bits, outputs_per_isa
 
 _SCRIPT = r"""
 import sys, torch, fastgan
@@ -56,20 +53,4 @@ def test_norm_isa_clones_bitwise_equal(tmp_path):
     gy, gm, bm = (torch.randn(1, 64, 33, 17, generator=gen) for _ in range(3))
     scale = 1 + 0.5 * torch.randn(1, 64, generator=gen, dtype=torch.float64)
     shift = torch.randn(1, 64, generator=gen, dtype=torch.float64)
-    torch.save((x, gy, gm, bm, scale, shift), tmp_path / "in.pt")
-    (tmp_path / "run.py").write_text(_SCRIPT)
-    results = {}
-    for cap in ("default", "avx2", "avx512"):
-        env = dict(os.environ, ATEN_CPU_CAPABILITY=cap)
-        subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "in.pt"), str(tmp_path / f"{cap}.pt")],
-                       check=True, env=env, cwd=str(tmp_path))
-        results[cap] = torch.load(tmp_path / f"{cap}.pt")
-    base = results["default"]
-    assert len(base) > 100
-    for cap in ("avx2", "avx512"):
-        assert len(results[cap]) == len(base)
-        for i, (a, b) in enumerate(zip(base, results[cap])):
-            assert a.dtype == b.dtype and a.shape == b.shape, f"{cap}: output {i} differs in dtype or shape"
-            if a.numel():
-                assert torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)), \
-                    f"{cap} differs from the baseline clone in output {i} ({a.dtype})"
+    assert_same_bits(outputs_per_isa(tmp_path, _SCRIPT, (x, gy, gm, bm, scale, shift)), min_outputs=100)
