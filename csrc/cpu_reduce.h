@@ -39,6 +39,27 @@ inline __attribute__((always_inline)) double lane_sum(int64_t n, F f) {
   return lane_tree(lanes);
 }
 
+// out[j] += sum_i f(i)[j] for j < K: K lane sums (each bit for bit as lane_sum's) in one sweep, so loops that
+// need several sums over the same elements load and widen each element once.
+template <int K, typename F>
+inline __attribute__((always_inline)) void lane_sums(int64_t n, F f, double* out) {
+  double lanes[K][kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) {
+      double v[K];
+      f(i + k, v);
+      for (int j = 0; j < K; ++j) lanes[j][k] += v[j];
+    }
+  }
+  for (; i < n; ++i) {
+    double v[K];
+    f(i, v);
+    for (int j = 0; j < K; ++j) lanes[j][i % kLanes] += v[j];
+  }
+  for (int j = 0; j < K; ++j) out[j] += lane_tree(lanes[j]);
+}
+
 // v itself when T is its own accumulation type, else (16-bit T) its n values widened into buf: lane sums
 // vectorise over float input but stayed scalar over 16-bit loads (3x slower bfloat16 statistics than float32).
 template <typename T>

@@ -140,9 +140,12 @@ FASTGAN_GN_INLINE void bwd_sums_impl(const T* x, const T* gy, int64_t n, acc_of<
   }
   A buf[sizeof(T) == 2 ? kChunk : 1];
   const A* xa = widened(x, n, buf);
-  s[0] += lane_sum(n, [&](int64_t i) { return static_cast<double>(gz[i]); });
-  s[1] += lane_sum(n, [&](int64_t i) { return static_cast<double>(gz[i]) * (static_cast<double>(xa[i]) - mu); });
-  s[2] += lane_sum(n, [&](int64_t i) { return static_cast<double>(xa[i]) - mu; });
+  lane_sums<3>(n, [&](int64_t i, double* v) {
+    const double g = static_cast<double>(gz[i]), d = static_cast<double>(xa[i]) - mu;
+    v[0] = g;
+    v[1] = g * d;
+    v[2] = d;
+  }, s);
 }
 
 // gx = r * (a * gz - m_h - xhat * m_hx), xhat = (x - mean) * r, combined in double (see the header).
