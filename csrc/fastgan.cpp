@@ -5,6 +5,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu_isa.h"
+
 #ifndef FASTGAN_CUDA_ARCHS
 #define FASTGAN_CUDA_ARCHS ""
 #endif
@@ -71,12 +73,17 @@ TORCH_LIBRARY(fastgan, m) {
 }
 
 // A plain Python module so `import fastgan._C` loads the library and registers the ops above.
-// CUDA_ARCHS records what the CUDA kernels were compiled for (empty in a CPU-only build).
+// CUDA_ARCHS records what the CUDA kernels were compiled for (empty in a CPU-only build); CPU_ISA which clones of
+// the CPU kernels' inner loops this process runs (cpu_isa.h: "baseline", "avx2" or "avx512"; the same detection and
+// ATEN_CPU_CAPABILITY cap as the kernels, so benchmark reports can say what they measured).
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastgan compiled ops", -1, nullptr};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr) {
     PyModule_AddStringConstant(module, "CUDA_ARCHS", FASTGAN_CUDA_ARCHS);
+    const fastgan::Isa isa = fastgan::cpu_isa();
+    PyModule_AddStringConstant(module, "CPU_ISA",
+                               isa == fastgan::kIsaAvx512 ? "avx512" : isa == fastgan::kIsaAvx2 ? "avx2" : "baseline");
   }
   return module;
 }

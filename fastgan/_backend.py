@@ -203,6 +203,14 @@ def import_kernels(name: str):
         return importlib.import_module(f"fastgan.kernels.{name}")
 
 
+def cpu_kernel_isa() -> str | None:
+    """Which clones of the C++ CPU kernels' inner loops run here: "baseline", "avx2" or "avx512" (None without
+    ``fastgan._C``). Picked once per process from the CPU, capped by ATEN_CPU_CAPABILITY as ATen's own kernels are."""
+    if not _load_extension():
+        return None
+    return getattr(importlib.import_module("fastgan._C"), "CPU_ISA", None)
+
+
 def built_cuda_archs() -> list[str]:
     """The CUDA architectures ``fastgan._C`` was compiled for (empty without CUDA kernels)."""
     if not _load_extension():

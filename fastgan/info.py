@@ -1,6 +1,7 @@
 """``python -m fastgan info``: versions, and which implementation of each op is live on each device."""
 from __future__ import annotations
 
+import os
 import platform
 
 import torch
@@ -26,6 +27,10 @@ def report() -> str:
         lines.append("triton: not installed (GPU ops fall back to CUDA C++ or the reference)")
     err = _backend.extension_error()
     lines.append("compiled extension fastgan._C: " + ("loaded" if err is None else f"NOT loaded ({err})"))
+    isa = _backend.cpu_kernel_isa()
+    if isa is not None:
+        cap = os.environ.get("ATEN_CPU_CAPABILITY")
+        lines.append(f"CPU kernels: {isa} code" + (f" (ATEN_CPU_CAPABILITY={cap})" if cap else ""))
     archs = _backend.built_cuda_archs()
     lines.append(f"CUDA archs built: {' '.join(archs) if archs else 'none (CPU-only build)'}")
     lines.append("live implementations (first = automatic choice):")

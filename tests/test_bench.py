@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgan import cli
+from fastgan import _backend
 from fastgan.bench import harness, report
 from fastgan.bench.instance_norm_suite import bytes_floor
 from fastgan.bench.suites import Case, Suite, SuiteOptions, Target, build_cases
@@ -64,6 +65,7 @@ def test_report_files_and_fields(tmp_path):
     assert env["command"] and env["date"]
     assert "instance_norm_fwd" not in env["fastgan"]["live_impls"]  # only the tiny suite's ops (none) are listed
     assert data["ceiling"]["gbps"] > 0
+    assert env["fastgan"]["cpu_isa"] == _backend.cpu_kernel_isa()  # which CPU clones produced the numbers
 
     (c,) = data["cases"]
     assert c["name"] == "fwd 2x4x8x8 fp32 contiguous" and c["floor_us"] > 0
@@ -83,6 +85,8 @@ def test_report_files_and_fields(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| case | impl | µs/call |" in md and "fwd 2x4x8x8 fp32 contiguous" in md
     assert "Copy ceiling" in md and "tiny notes" in md and "compile failed" in md
+    if env["fastgan"]["cpu_isa"]:
+        assert f"CPU kernels run {env['fastgan']['cpu_isa']} code" in md
     if "png" in paths:
         assert (tmp_path / "report.png").stat().st_size > 1000
         assert "report.png" in md

@@ -6,6 +6,10 @@ reorders a sum, so every clone must give the same bits in every dtype. The ops a
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -48,3 +52,20 @@ def test_penalty_and_step_isa_clones_bitwise_equal(tmp_path):
     m, u, z = (torch.randn(3, 5, 33, 17, generator=gen) for _ in range(3))
     coef = torch.randn(3, 8, generator=gen, dtype=torch.float64)
     assert_same_bits(outputs_per_isa(tmp_path, _SCRIPT, (g, v, m, u, z, coef)), min_outputs=180)
+
+
+@pytest.mark.skipif(not _backend.available("grad_penalty_fwd", "cpp", "cpu"), reason="compiled extension not loaded")
+def test_reported_cpu_isa_follows_the_capability_cap():
+    """fastgan._C.CPU_ISA (shown by `fastgan info` and in benchmark reports) names the clones that run."""
+    def isa(cap):
+        env = dict(os.environ, ATEN_CPU_CAPABILITY=cap) if cap else {k: v for k, v in os.environ.items()
+                                                                     if k != "ATEN_CPU_CAPABILITY"}
+        code = "from fastgan import _backend; print(_backend.cpu_kernel_isa())"
+        return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                              text=True).stdout.split()[-1]
+
+    free = isa(None)
+    assert free in ("baseline", "avx2", "avx512")
+    assert isa("default") == "baseline"
+    assert isa("avx2") == ("baseline" if free == "baseline" else "avx2")
+    assert isa("avx512") == free

@@ -132,6 +132,8 @@ def test_info_command_lists_backends(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "instance_norm" in out and "torch" in out and "cpu:" in out
+    if _backend.extension_error() is None:
+        assert f"CPU kernels: {_backend.cpu_kernel_isa()} code" in out
 
 
 # ---------------------------------------------------------------------------------------------- modules

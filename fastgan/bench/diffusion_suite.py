@@ -10,7 +10,6 @@ DDIM 64x3x64x64 <= 6 µs, fp32.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 

@@ -133,6 +133,7 @@ def environment(device: torch.device, suites: Iterable[Suite]) -> dict[str, Any]
             "extension_loaded": _backend.extension_error() is None,
             "extension_error": _backend.extension_error(),
             "cuda_archs": _backend.built_cuda_archs(),
+            "cpu_isa": _backend.cpu_kernel_isa(),
             "live_impls": live,
             "git_commit": _git_commit(),
         },

@@ -53,6 +53,8 @@ def header_rows(rep: dict[str, Any]) -> list[tuple[str, str]]:
     versions += f", triton {ver.get('triton') or 'not installed'}, Python {ver['python']}, {ver['platform']}"
     live = "; ".join(f"{op}: {', '.join(impls)}" for op, impls in fg["live_impls"].items()) or "—"
     ext = "compiled extension loaded" if fg["extension_loaded"] else f"no compiled extension ({fg['extension_error']})"
+    if fg.get("cpu_isa"):
+        ext += f", CPU kernels run {fg['cpu_isa']} code"
     if fg.get("cuda_archs"):
         ext += f", CUDA archs {' '.join(fg['cuda_archs'])}"
     fastgan = f"{ver['fastgan']}" + (f" @ {fg['git_commit'][:12]}" if fg.get("git_commit") else "")
