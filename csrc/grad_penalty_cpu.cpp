@@ -64,15 +64,15 @@ FASTGAN_ALWAYS_INLINE void chunk_dot_impl(const T* x, const T* y, int64_t n, dou
   *out = lane_sum(n, [x, y](int64_t i) { return load_as<double>(x[i]) * load_as<double>(y[i]); });
 }
 
-// o = a x + b y (Y false: o = a x) over one run. float32/float64 compute in double and round once on the store.
-// 16-bit T computes in float: a float result carries ~2^-24 relative error before the 16-bit rounding (2^-11 or
-// 2^-8), so it rounds the same as the double one but where a product falls within that distance of a rounding
-// boundary (then it is one 16-bit ulp off at most); in double, GCC's widening of 16-bit lanes to 64-bit ones made
-// the half-precision sweep 4x slower than eager's float one.
-template <typename T, bool Y>
+// o = a x + b y (Y false: o = a x) over one run, computed in A and rounded once on the store. float32/float64
+// take A = double. 16-bit T takes A = float where the coefficients fit it (see axpby_kernel): a float result
+// carries ~2^-24 relative error before the 16-bit rounding (2^-11 or 2^-8), so it rounds the same as the double
+// one but where a product falls within that distance of a rounding boundary (then it is one 16-bit ulp off at
+// most); in double, GCC's widening of 16-bit lanes to 64-bit ones made the half-precision sweep 4x slower than
+// eager's float one.
+template <typename T, bool Y, typename A>
 FASTGAN_ALWAYS_INLINE void axpby_run_impl(const T* __restrict x, const T* __restrict y, T* __restrict o,
                                           int64_t len, double a, double b) {
-  using A = std::conditional_t<sizeof(T) == 2, float, double>;
   const A af = static_cast<A>(a), bf = static_cast<A>(b);
   for (int64_t j = 0; j < len; ++j) {
     A v = af * load_as<A>(x[j]);
@@ -83,9 +83,9 @@ FASTGAN_ALWAYS_INLINE void axpby_run_impl(const T* __restrict x, const T* __rest
 
 FASTGAN_ISA_CLONES(chunk_sumsq, typename T, (const T* x, int64_t n, double* out), <T>(x, n, out))
 FASTGAN_ISA_CLONES(chunk_dot, typename T, (const T* x, const T* y, int64_t n, double* out), <T>(x, y, n, out))
-FASTGAN_ISA_CLONES(axpby_run, typename T FASTGAN_COMMA bool Y,
+FASTGAN_ISA_CLONES(axpby_run, typename T FASTGAN_COMMA bool Y FASTGAN_COMMA typename A,
                    (const T* x, const T* y, T* o, int64_t len, double a, double b),
-                   <T FASTGAN_COMMA Y>(x, y, o, len, a, b))
+                   <T FASTGAN_COMMA Y FASTGAN_COMMA A>(x, y, o, len, a, b))
 
 // sums[n] = sum over the chunks of sample n of chunk_sum(i0, len) (flat offsets), as described in the header.
 template <typename ChunkSum>
@@ -121,15 +121,31 @@ void for_each_run(int64_t N, int64_t M, Run run) {
   });
 }
 
-// out = a_n x + b_n y over every sample n (y, b may be null: out = a_n x), in double, rounded once on the store.
+template <typename T, bool Y, typename A>
+auto axpby_run_for_isa() {
+  return pick_isa(&axpby_run_base<T, Y, A>, &axpby_run_avx2<T, Y, A>, &axpby_run_avx512<T, Y, A>);
+}
+
+// A coefficient a float carries to full relative precision without overflow: 0, or 2^-100 < |c| < 2^100. Samples
+// with a coefficient outside it take the double sweep: a bfloat16 gradient whose norm is below ~1e-30 makes
+// c_n = 2 (r - t) / r overflow float, though c_n g stays below 2 |r - t| (|g_i| <= r). Within it, a float term
+// overflows only where that term alone exceeds float's range (float16 values are < 2^16; a bfloat16 ggx above
+// 2^28), and the double result would round to inf there too unless the other term cancelled it.
+inline bool float_safe(double c) {
+  const double m = std::fabs(c);
+  return m == 0.0 || (m > 0x1p-100 && m < 0x1p100);
+}
+
+// out = a_n x + b_n y over every sample n (y, b may be null: out = a_n x), rounded once on the store.
 template <typename T>
 void axpby_kernel(int64_t N, int64_t M, const double* a, const double* b, const T* x, const T* y, T* out) {
-  const auto run = y == nullptr ? pick_isa(&axpby_run_base<T, false>, &axpby_run_avx2<T, false>,
-                                           &axpby_run_avx512<T, false>)
-                                : pick_isa(&axpby_run_base<T, true>, &axpby_run_avx2<T, true>,
-                                           &axpby_run_avx512<T, true>);
+  using Fast = std::conditional_t<sizeof(T) == 2, float, double>;
+  const auto fast = y == nullptr ? axpby_run_for_isa<T, false, Fast>() : axpby_run_for_isa<T, true, Fast>();
+  const auto exact = y == nullptr ? axpby_run_for_isa<T, false, double>() : axpby_run_for_isa<T, true, double>();
   for_each_run(N, M, [&](int64_t i0, int64_t len, int64_t n) {
-    run(x + i0, y == nullptr ? nullptr : y + i0, out + i0, len, a[n], b ? b[n] : 0.0);
+    const double bn = b ? b[n] : 0.0;
+    const auto run = float_safe(a[n]) && float_safe(bn) ? fast : exact;
+    run(x + i0, y == nullptr ? nullptr : y + i0, out + i0, len, a[n], bn);
   });
 }
 

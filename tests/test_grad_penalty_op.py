@@ -182,6 +182,23 @@ def test_zero_norm_sample(device, impl):
     torch.testing.assert_close(ours[1][keep], ref[1][keep], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("device,impl", [p for p in impl_params(kernels_only=True) if p.values[1] == "cpp"])
+def test_bfloat16_sample_with_a_subnormal_norm(device, impl):
+    """bfloat16 shares float's exponent range, so a gradient norm r ~ 1e-39 makes the coefficient 2 (r - t) / r
+    overflow float; the gradient c g stays below 2 |r - t| and must come out finite (the C++ sweep takes double).
+    C++ only: the Triton kernel accumulates squares in float32, as eager CUDA does, so such a norm underflows to 0
+    there and the sample gets the zero-norm subgradient 0."""
+    g = make_grad((2, 3, 5), device, torch.float32)
+    g[1] = 2e-40 * torch.sign(torch.randn(3, 5, device=device))
+    g[1, 0, 0] = 0
+    g = g.to(torch.bfloat16)
+    gp = torch.tensor([1.5, -0.75], device=device, dtype=torch.bfloat16)
+    ours = _grad(lambda t: fastgan.ops.grad_penalty(t, "wgan-gp", 1.0, impl=impl), g, gp)
+    ref = _grad(lambda t: grad_penalty_reference(t, "wgan-gp", 1.0), g.double(), gp.double())
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours.double(), ref, rtol=2e-2, atol=0)
+
+
 @pytest.mark.parametrize("device,impl", impl_params())
 @pytest.mark.parametrize("kind", KINDS)
 def test_nan_in_gives_nan_out(device, impl, kind):
