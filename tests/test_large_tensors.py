@@ -74,6 +74,34 @@ def test_group_norm_over_2_31_elements(big):
                                rtol=1e-2, atol=1e-2)
 
 
+def test_instance_norm_over_2_31_elements(big):
+    """Two planes of 2^30 + 33 elements: forward (on the group-norm loops) and backward (its own loops), with
+    grad_y = x so that no third 4 GiB tensor is needed."""
+    x, tails = big
+    xin = x.view(1, 2, BIG)
+    scale = torch.tensor([[1.5, -0.5]])
+    shift = torch.tensor([[0.25, 2.0]])
+    y, mean, rstd = ops.instance_norm_fwd(xin, scale, shift, 1e-5)
+    s1, s2 = _row_sums(tails)
+    mu = s1 / BIG
+    var = s2 / BIG - mu * mu
+    r = 1 / (var + 1e-5).sqrt()
+    torch.testing.assert_close(mean.double().view(2), mu, rtol=1e-6, atol=0)
+    torch.testing.assert_close(rstd.double().view(2), r, rtol=1e-5, atol=0)
+    expect = (tails - mu.view(2, 1)) * r.view(2, 1) * scale.double().view(2, 1) + shift.double().view(2, 1)
+    torch.testing.assert_close(y[0, :, -TAIL:].double(), expect, rtol=1e-2, atol=1e-2)
+    del y
+    gx, gscale, gshift = ops.instance_norm_bwd(xin, xin, mean, rstd, scale, 1e-5)
+    # grad_y = x: mean(gy) = mu and mean(gy * xhat) = r var, so gx = r a (x - mu) (1 - r^2 var).
+    k = (r * scale.double().view(2) * (1 - r * r * var)).view(2, 1)
+    torch.testing.assert_close(gx[0, :, -TAIL:].double(), k * (tails - mu.view(2, 1)), rtol=2e-2, atol=1e-2)
+    torch.testing.assert_close(gshift.double().view(2), s1, rtol=1e-5, atol=0)  # sum of grad_y over each plane
+    # sum gy * (x - mean) * rstd with the saved float32 statistics, as the kernel (and eager) take it; with the
+    # exact mean the difference s1 (mu - mean_f) is most of this cancelling sum.
+    m32, r32 = mean.double().view(2), rstd.double().view(2)
+    torch.testing.assert_close(gscale.double().view(2), r32 * (s2 - s1 * m32), rtol=1e-5, atol=0)
+
+
 def test_grad_penalty_over_2_31_elements(big):
     x, tails = big
     p, norm = ops.grad_penalty_fwd(x, 0, 1.0)
