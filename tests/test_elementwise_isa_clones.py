@@ -55,14 +55,16 @@ def test_penalty_and_step_isa_clones_bitwise_equal(tmp_path):
 
 
 @pytest.mark.skipif(not _backend.available("grad_penalty_fwd", "cpp", "cpu"), reason="compiled extension not loaded")
-def test_reported_cpu_isa_follows_the_capability_cap():
+def test_reported_cpu_isa_follows_the_capability_cap(tmp_path):
     """fastgan._C.CPU_ISA (shown by `fastgan info` and in benchmark reports) names the clones that run."""
     def isa(cap):
         env = dict(os.environ, ATEN_CPU_CAPABILITY=cap) if cap else {k: v for k, v in os.environ.items()
                                                                      if k != "ATEN_CPU_CAPABILITY"}
         code = "from fastgan import _backend; print(_backend.cpu_kernel_isa())"
-        return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
-                              text=True).stdout.split()[-1]
+        # cwd away from the checkout: `python -c` puts the cwd first on sys.path, and the source tree's fastgan/
+        # has no compiled module after a plain `pip install .` (CI), so it would shadow the installed package.
+        return subprocess.run([sys.executable, "-c", code], env=env, cwd=str(tmp_path), check=True,
+                              capture_output=True, text=True).stdout.split()[-1]
 
     free = isa(None)
     assert free in ("baseline", "avx2", "avx512")
