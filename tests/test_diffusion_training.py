@@ -153,7 +153,8 @@ def test_cli_bad_inputs_fail_with_a_message(tmp_path, capsys, digits):
     ck = os.path.join(run, "checkpoint.pt")
     out = str(tmp_path / "x.png")
     for argv, msg in ((["--guidance", "2"], "class-conditional"), (["--eta", "0.5"], "--eta needs --ddim"),
-                      (["--steps", "5000"], "--steps must be in"), (["--n", "0"], "--n must be")):
+                      (["--steps", "5000"], "--steps must be in"), (["--n", "0"], "--n must be"),
+                      (["--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA device")):
         assert _cli("sample", ["--ckpt", ck, "--out", out] + argv) == 2
         assert msg in capsys.readouterr().err
     assert _cli("sample", ["--ckpt", str(tmp_path / "none.pt"), "--out", out]) == 2

@@ -5,18 +5,27 @@ Timesteps follow diffusers' default ("leading") spacing: with ``k = T // num_inf
 cumulative alpha is taken as 1). Classifier-free guidance runs the model once on the doubled batch
 ``[x, x]`` with ``[cond, null_cond]`` and combines the halves inside the fused step.
 
-The loop has no host synchronisation of its own (timesteps are Python ints, coefficients are cached per step);
-capturing (model call + step) in a CUDA graph is not implemented yet.
+The loop has no host synchronisation of its own (timesteps are Python ints, coefficients are cached per step).
+
+``sample(..., cuda_graph=True)`` captures (model call + fused step) once in a CUDA graph and replays it for every
+step: the first steps run eagerly on a side stream (they warm up cuBLAS/cuDNN, Triton's compilation and the
+allocator, which a capture must not do), then each replay reads the step's timestep and coefficients from static
+device buffers (filled by two small device-side copies, no host sync) and draws its noise seed through torch's
+graph-safe Philox state, so a seeded graphed run gives the same samples as the eager loop. Steps whose noise
+differs from the graphed one (DDPM's last, noiseless step) run eagerly. The model must be capturable: no host
+syncs, no data-dependent Python control flow, no CPU tensors; fastgan's UNet is.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any, Callable
 
 import torch
 
+from . import philox
 from .schedule import NoiseSchedule
-from .steps import ddim_step, ddpm_step
+from .steps import _clip, _guidance, ddim_plans, ddim_step, ddpm_plans, ddpm_step, fused_step
 
 __all__ = ["DDPMSampler", "DDIMSampler", "leading_timesteps"]
 
@@ -43,8 +52,9 @@ class _Sampler:
         )
         self.stride = schedule.num_steps // len(self.timesteps)
 
-    def _model_out(self, x, t: int, cond, null_cond, guidance):
-        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.int64)
+    def _model_out(self, x, t, cond, null_cond, guidance):
+        """The model's prediction(s) at ``t`` (an int, or the graphed loop's static (N,) int64 buffer)."""
+        tt = t if isinstance(t, torch.Tensor) else torch.full((x.shape[0],), t, device=x.device, dtype=torch.int64)
         if cond is None:
             return self.model(x, tt), None
         if guidance is None:
@@ -56,9 +66,18 @@ class _Sampler:
     def _step(self, x, out, uncond, t, t_prev, guidance, generator, step_kw) -> torch.Tensor:
         raise NotImplementedError
 
+    def _plans(self, x, options) -> list[tuple[torch.Tensor, bool]]:
+        """Each step's (1, 8) coefficients on x's device (computed and copied at once, and cached on the schedule,
+        so the loop copies nothing per step) and whether it draws noise."""
+        raise NotImplementedError
+
+    def _t_prevs(self) -> list[int]:
+        return [self._t_prev(i) for i in range(len(self.timesteps))]
+
     @torch.no_grad()
     def sample(self, x_T: torch.Tensor, *, cond: Any = None, null_cond: Any = None, guidance: float | None = None,
-               generator: torch.Generator | None = None, progress: bool = False, **step_kw) -> torch.Tensor:
+               generator: torch.Generator | None = None, progress: bool = False, cuda_graph: bool = False,
+               **step_kw) -> torch.Tensor:
         """Run the loop from ``x_T`` (e.g. ``torch.randn(shape, generator=g)``) to a sample.
 
         Args:
@@ -68,22 +87,110 @@ class _Sampler:
             guidance: CFG weight ``w`` (``u + w (c - u)``); needs ``cond`` and ``null_cond``.
             generator: for the step noise.
             progress: print a progress line to stderr.
-            step_kw: extra step options (``variance=`` for DDPM, ``eta=`` for DDIM).
+            cuda_graph: replay (model call + step) from one CUDA graph (x_T on a CUDA device; see the module
+                docstring). Step options are then ``variance=``/``eta=`` and ``impl=`` (no ``noise=``).
+            step_kw: extra step options (``variance=`` for DDPM, ``eta=`` for DDIM, ``impl=``, ``noise=``).
 
         Returns:
             The final sample, x_T's shape and dtype.
         """
         if guidance is not None and (cond is None or null_cond is None):
             raise ValueError("fastgan: classifier-free guidance needs cond and null_cond")
+        if cuda_graph:
+            if x_T.device.type != "cuda":
+                raise ValueError(f"fastgan: cuda_graph=True needs x_T on a CUDA device, got {x_T.device}")
+            with torch.cuda.device(x_T.device):  # the capture runs on the current device
+                return self._sample_static(x_T, cond, null_cond, guidance, generator, progress, step_kw,
+                                           capture=True)
+        self._plans(x_T, {k: v for k, v in step_kw.items() if k not in ("impl", "noise")})  # fills the cache
         x = x_T
-        n = len(self.timesteps)
         for i, t in enumerate(self.timesteps):
             out, uncond = self._model_out(x, t, cond, null_cond, guidance)
-            t_prev = t - self.stride if i + 1 < n else -1
-            x = self._step(x, out, uncond, t, t_prev, guidance, generator, step_kw)
-            if progress and (i + 1 == n or (i + 1) % max(1, n // 20) == 0):
-                print(f"\r{self.kind} {i + 1}/{n}", end="\n" if i + 1 == n else "", file=sys.stderr, flush=True)
+            x = self._step(x, out, uncond, t, self._t_prev(i), guidance, generator, step_kw)
+            self._report(progress, i)
         return x
+
+    def _t_prev(self, i: int) -> int:
+        return self.timesteps[i] - self.stride if i + 1 < len(self.timesteps) else -1
+
+    def _report(self, progress: bool, i: int) -> None:
+        n = len(self.timesteps)
+        if progress and (i + 1 == n or (i + 1) % max(1, n // 20) == 0):
+            print(f"\r{self.kind} {i + 1}/{n}", end="\n" if i + 1 == n else "", file=sys.stderr, flush=True)
+
+    def _sample_static(self, x_T, cond, null_cond, guidance, generator, progress, step_kw, *, capture: bool,
+                       warmup: int = 2) -> torch.Tensor:
+        """The graphed loop. ``capture=False`` runs the same static-buffer body directly instead of replaying a
+        graph (any device): the tests compare that path with the eager loop on CPU."""
+        if "noise" in step_kw:
+            raise ValueError("fastgan: cuda_graph=True draws the step noise in the kernel; noise= is not supported")
+        if guidance is not None:
+            guidance = float(guidance)
+        impl = step_kw.get("impl")
+        options = {k: v for k, v in step_kw.items() if k != "impl"}
+        n = len(self.timesteps)
+        warmup = min(max(warmup, 1), n)
+        plans = self._plans(x_T, options)
+        side = torch.cuda.Stream(x_T.device) if capture else None
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream(x_T.device))
+        x = x_T
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            for i in range(warmup):  # real steps of the loop, eager: they also warm up what a capture must not do
+                out, uncond = self._model_out(x, self.timesteps[i], cond, null_cond, guidance)
+                x = self._step(x, out, uncond, self.timesteps[i], self._t_prev(i), guidance, generator, step_kw)
+                self._report(progress, i)
+        if side is not None:
+            torch.cuda.current_stream(x_T.device).wait_stream(side)
+        if warmup == n:
+            return x
+        noisy = plans[warmup][1]
+        body = _StaticStep(self, x, plans[warmup][0], cond, null_cond, guidance, generator if noisy else False,
+                           float(_clip(self.clip_x0)), impl)
+        x, run = body.x, body
+        if capture:
+            graph = torch.cuda.CUDAGraph()
+            if noisy and generator is not None and hasattr(graph, "register_generator_state"):
+                graph.register_generator_state(generator)  # a non-default generator advances on every replay
+            with torch.cuda.graph(graph):
+                body()
+            run = graph.replay
+        for i in range(warmup, n):
+            coef, step_noisy = plans[i]
+            if step_noisy == noisy:
+                if x is not body.x:
+                    body.x.copy_(x)
+                body.load(self.timesteps[i], coef)
+                run()
+                x = body.x
+            else:  # e.g. DDPM's last step (t = 0), which adds no noise
+                out, uncond = self._model_out(x, self.timesteps[i], cond, null_cond, guidance)
+                x = self._step(x, out, uncond, self.timesteps[i], self._t_prev(i), guidance, generator, step_kw)
+            self._report(progress, i)
+        return x
+
+
+class _StaticStep:
+    """(model call + fused step) on static buffers, the body a CUDA graph captures: x (updated in place), the
+    timestep as an (N,) int64 tensor and the (1, 8) coefficients, all on x's device; ``load`` refills the last two
+    before each run with device-side copies. ``generator`` False: the step draws no noise."""
+
+    def __init__(self, sampler, x, coef, cond, null_cond, guidance, generator, clip: float, impl):
+        self.sampler, self.cond, self.null_cond, self.guidance = sampler, cond, null_cond, guidance
+        self.generator, self.clip, self.impl = generator, clip, impl
+        self.x = x.clone()
+        self.t = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        self.coef = torch.empty_like(coef)
+
+    def load(self, t: int, coef: torch.Tensor) -> None:
+        self.t.fill_(t)
+        self.coef.copy_(coef)
+
+    def __call__(self) -> None:
+        out, uncond = self.sampler._model_out(self.x, self.t, self.cond, self.null_cond, self.guidance)
+        seed = None if self.generator is False else philox.draw_seed(self.generator, self.x.device)
+        self.x.copy_(fused_step(self.x, out, uncond, None, self.coef, _guidance(self.guidance), self.clip, seed=seed,
+                                impl=self.impl))
 
 
 class DDPMSampler(_Sampler):
@@ -101,6 +208,9 @@ class DDPMSampler(_Sampler):
 
     kind = "ddpm"
 
+    def _plans(self, x, options):
+        return ddpm_plans(x, self.timesteps, self._t_prevs(), self.schedule, prediction=self.prediction, **options)
+
     def _step(self, x, out, uncond, t, t_prev, guidance, generator, step_kw):
         return ddpm_step(x, out, t, self.schedule, t_prev=t_prev, prediction=self.prediction,
                          clip_x0=self.clip_x0, generator=generator, model_out_uncond=uncond, guidance=guidance,
@@ -112,6 +222,9 @@ class DDIMSampler(_Sampler):
     ``eta=`` to :meth:`sample`."""
 
     kind = "ddim"
+
+    def _plans(self, x, options):
+        return ddim_plans(x, self.timesteps, self._t_prevs(), self.schedule, prediction=self.prediction, **options)
 
     def _step(self, x, out, uncond, t, t_prev, guidance, generator, step_kw):
         return ddim_step(x, out, t, t_prev, self.schedule, prediction=self.prediction, clip_x0=self.clip_x0,

@@ -151,6 +151,34 @@ def fused_step(x, m, u, z, coef, guidance: float = 1.0, clip: float = 0.0, *, se
     return fused_step_reference(x, m, u, z, coef, guidance, clip, seed=seed)
 
 
+def _coef_key(kind, t: int, t_prev: int, device, options) -> tuple:
+    return (kind, t, t_prev, torch.device(device), tuple(sorted(options.items())))
+
+
+def _coef_cache(schedule: NoiseSchedule, room: int) -> dict:
+    """The schedule's coefficient cache, emptied first if ``room`` more entries would take it past its bound."""
+    cache = schedule.__dict__.setdefault("_coef_cache", {})
+    if len(cache) + room > 16384:
+        cache.clear()
+    return cache
+
+
+def _prime_coefficients(kind, schedule, ts, t_prevs, device, **options) -> None:
+    """Cache the (1, 8) coefficients of many int steps from one computation and one host-to-device copy, so that
+    a sampling loop does no copy (a host sync on CUDA) per step, even on its first run. The values are those
+    :func:`_coefficients` computes one step at a time: the formulas are only +, -, *, / and sqrt, which round
+    the same in a vectorised loop."""
+    missing = [(t, p) for t, p in zip(ts, t_prevs) if _coef_key(kind, t, p, device, options)
+               not in schedule.__dict__.get("_coef_cache", {})]
+    if not missing:
+        return
+    cache = _coef_cache(schedule, len(missing))
+    rows = step_coefficients(kind, schedule, torch.tensor([t for t, _ in missing]),
+                             torch.tensor([p for _, p in missing]), **options).to(device)
+    for i, (t, p) in enumerate(missing):
+        cache[_coef_key(kind, t, p, device, options)] = rows[i:i + 1]
+
+
 def _coefficients(kind, schedule, t, t_prev, x, **options) -> torch.Tensor:
     """``(1, 8)`` coefficients for int timesteps (cached on the schedule per device and options: a sampling loop
     computes each step's once), else ``(N, 8)`` gathered on x's device without a host sync."""
@@ -160,11 +188,9 @@ def _coefficients(kind, schedule, t, t_prev, x, **options) -> torch.Tensor:
             raise ValueError(f"fastgan: t must be in [0, {T}), got {t}")
         if not -1 <= t_prev < T:
             raise ValueError(f"fastgan: t_prev must be in [-1, {T}), got {t_prev}")
-        key = (kind, t, t_prev, x.device, tuple(sorted(options.items())))
-        cache = schedule.__dict__.setdefault("_coef_cache", {})
+        cache = _coef_cache(schedule, 1)
+        key = _coef_key(kind, t, t_prev, x.device, options)
         if key not in cache:
-            if len(cache) >= 16384:
-                cache.clear()
             one = torch.tensor([t]), torch.tensor([t_prev])
             cache[key] = step_coefficients(kind, schedule, *one, **options).to(x.device)
         return cache[key]
@@ -202,6 +228,41 @@ def _clip(clip_x0) -> float:
     return float(clip_x0)
 
 
+def ddpm_plan(x_t, t, t_prev, schedule: NoiseSchedule, *, prediction: str = "eps",
+              variance: str = "fixed_small") -> tuple[torch.Tensor, bool]:
+    """A DDPM step's fused-step coefficients and whether it draws noise (all but int ``t = 0``): what
+    :func:`ddpm_step` runs, apart for a sampler that replays the step with the coefficients in a static buffer."""
+    if t_prev is None and isinstance(t, int):
+        t_prev = t - 1
+    coef = _coefficients("ddpm", schedule, t, t_prev, x_t, prediction=prediction, variance=variance)
+    return coef, not (isinstance(t, int) and t == 0)
+
+
+def ddim_plan(x_t, t, t_prev, schedule: NoiseSchedule, *, prediction: str = "eps",
+              eta: float = 0.0) -> tuple[torch.Tensor, bool]:
+    """A DDIM step's coefficients and whether it draws noise (``eta > 0``); see :func:`ddpm_plan`."""
+    if not eta >= 0:
+        raise ValueError(f"fastgan: eta must be >= 0, got {eta}")
+    coef = _coefficients("ddim", schedule, t, t_prev, x_t, prediction=prediction, eta=float(eta))
+    return coef, eta > 0
+
+
+def ddpm_plans(x_t, ts: list[int], t_prevs: list[int], schedule: NoiseSchedule, *, prediction: str = "eps",
+               variance: str = "fixed_small") -> list[tuple[torch.Tensor, bool]]:
+    """:func:`ddpm_plan` for every step of a loop, the coefficients computed and copied to x_t's device at once."""
+    _prime_coefficients("ddpm", schedule, ts, t_prevs, x_t.device, prediction=prediction, variance=variance)
+    return [ddpm_plan(x_t, t, p, schedule, prediction=prediction, variance=variance) for t, p in zip(ts, t_prevs)]
+
+
+def ddim_plans(x_t, ts: list[int], t_prevs: list[int], schedule: NoiseSchedule, *, prediction: str = "eps",
+               eta: float = 0.0) -> list[tuple[torch.Tensor, bool]]:
+    """:func:`ddim_plan` for every step of a loop (see :func:`ddpm_plans`)."""
+    if not eta >= 0:
+        raise ValueError(f"fastgan: eta must be >= 0, got {eta}")
+    _prime_coefficients("ddim", schedule, ts, t_prevs, x_t.device, prediction=prediction, eta=float(eta))
+    return [ddim_plan(x_t, t, p, schedule, prediction=prediction, eta=eta) for t, p in zip(ts, t_prevs)]
+
+
 def _seed(x, noise, generator, needed: bool):
     """The step's Philox seed (one int64 draw from ``generator`` on x's device), or None when ``noise`` is given or
     the step adds no noise (then the generator does not advance)."""
@@ -233,10 +294,8 @@ def ddpm_step(x_t, model_out, t, schedule: NoiseSchedule, *, t_prev=None, predic
         ``x_{t_prev}`` in x_t's dtype and shape. At ``t = 0`` no noise is added.
     """
     _check(x_t, model_out, model_out_uncond, noise, guidance)
-    if t_prev is None and isinstance(t, int):
-        t_prev = t - 1
-    coef = _coefficients("ddpm", schedule, t, t_prev, x_t, prediction=prediction, variance=variance)
-    seed = _seed(x_t, noise, generator, needed=not (isinstance(t, int) and t == 0))
+    coef, noisy = ddpm_plan(x_t, t, t_prev, schedule, prediction=prediction, variance=variance)
+    seed = _seed(x_t, noise, generator, needed=noisy)
     return fused_step(x_t, model_out, model_out_uncond, noise, coef, _guidance(guidance), _clip(clip_x0), seed=seed,
                       impl=impl)
 
@@ -252,9 +311,7 @@ def ddim_step(x_t, model_out, t, t_prev, schedule: NoiseSchedule, *, eta: float 
     ``abar`` is taken as 1) and ``eta`` (0: deterministic, no noise drawn).
     """
     _check(x_t, model_out, model_out_uncond, noise, guidance)
-    if not eta >= 0:
-        raise ValueError(f"fastgan: eta must be >= 0, got {eta}")
-    coef = _coefficients("ddim", schedule, t, t_prev, x_t, prediction=prediction, eta=float(eta))
-    seed = _seed(x_t, noise, generator, needed=eta > 0)
+    coef, noisy = ddim_plan(x_t, t, t_prev, schedule, prediction=prediction, eta=eta)
+    seed = _seed(x_t, noise, generator, needed=noisy)
     return fused_step(x_t, model_out, model_out_uncond, noise, coef, _guidance(guidance), _clip(clip_x0), seed=seed,
                       impl=impl)

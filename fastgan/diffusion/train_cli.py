@@ -89,6 +89,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
       help="class index or name (default: cycle through the classes)")
     p("--nrow", type=int, default=None, help="images per grid row (default: ~sqrt(n))")
     p("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p("--cuda-graph", action="store_true", help="replay (UNet + step) from one CUDA graph (CUDA devices only)")
     p("--seed", type=int, default=0)
     p("--device", default=None)
 
@@ -152,9 +153,10 @@ def make_schedule(kind: str, num_steps: int) -> NoiseSchedule:
 @torch.no_grad()
 def generate(model: UNet, schedule: NoiseSchedule, n: int, *, prediction: str = "eps", steps: int | None = None,
              ddim: bool = True, eta: float = 0.0, labels: torch.Tensor | None = None, guidance: float | None = None,
-             seed: int = 0, device=None) -> torch.Tensor:
+             seed: int = 0, device=None, cuda_graph: bool = False) -> torch.Tensor:
     """Sample ``n`` images ``(n, C, S, S)`` in [-1, 1] (clamped) with DDIM (``eta``) or DDPM, optionally
-    class-conditional (``labels``) with classifier-free guidance (``guidance``)."""
+    class-conditional (``labels``) with classifier-free guidance (``guidance``); ``cuda_graph``: see
+    :meth:`DDPMSampler.sample`."""
     device = device or next(model.parameters()).device
     size, ch = model.config["img_size"], model.in_channels
     g = torch.Generator().manual_seed(seed)
@@ -168,7 +170,8 @@ def generate(model: UNet, schedule: NoiseSchedule, n: int, *, prediction: str = 
     if labels is not None and guidance is not None:
         null = torch.full_like(labels, model.num_classes)
     model.eval()
-    out = sampler.sample(x_T, cond=labels, null_cond=null, guidance=guidance, generator=gen, **kw)
+    out = sampler.sample(x_T, cond=labels, null_cond=null, guidance=guidance, generator=gen, cuda_graph=cuda_graph,
+                         **kw)
     return out.clamp(-1, 1)
 
 
@@ -324,6 +327,8 @@ def _sample(args) -> int:
     if (args.guidance is not None or args.class_ is not None) and not conditional:
         raise ValueError("--guidance/--class need a class-conditional model (trained with --cfg)")
     device = _device(args.device)
+    if args.cuda_graph and device.type != "cuda":
+        raise ValueError(f"--cuda-graph needs a CUDA device, got {device}")
     model = UNet(**cfg)
     use_ema = ckpt["ema"] is not None and not args.no_ema
     model.load_state_dict(ckpt["ema"]["module"] if use_ema else ckpt["model"])
@@ -344,7 +349,8 @@ def _sample(args) -> int:
     if not 1 <= steps <= schedule.num_steps:
         raise ValueError(f"--steps must be in [1, {schedule.num_steps}], got {steps}")
     imgs = generate(model, schedule, args.n, prediction=ckpt["prediction"], steps=steps, ddim=args.ddim,
-                    eta=args.eta or 0.0, labels=labels, guidance=args.guidance, seed=args.seed, device=device)
+                    eta=args.eta or 0.0, labels=labels, guidance=args.guidance, seed=args.seed, device=device,
+                    cuda_graph=args.cuda_graph)
     save_grid(imgs, args.out, nrow=args.nrow)
     print(f"wrote {args.out} ({args.n} images, {'DDIM' if args.ddim else 'DDPM'} {steps} steps"
           + (f", guidance {args.guidance}" if args.guidance is not None else "") + ")")
