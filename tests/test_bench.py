@@ -99,6 +99,29 @@ def test_wrong_output_is_flagged(tmp_path):
     assert "MISMATCH" in (tmp_path / "report.md").read_text()
 
 
+def test_a_case_without_check_is_not_compared(tmp_path):
+    case = _tiny_case(**{"fastgan-ref": lambda x, w, b: 2 * _eager(x, w, b)})
+    case.check = False
+    rep, _ = _run(tmp_path, case, png=False)
+    assert "check_ok" not in rep["cases"][0]["results"]["fastgan-ref"]
+
+
+def test_sampling_suite_cases():
+    cpu = build_cases(["sampling"], SuiteOptions(device="cpu", preset="default", compile=False))
+    assert [c.name for c in cpu] == ["sample 4x3x16x16 fp32 ddpm-20-steps", "sample 4x3x16x16 fp32 ddim-10-steps"]
+    assert [c.check for c in cpu] == [False, True] and all(set(c.fns) == {"eager", "fastgan-auto"} for c in cpu)
+    (x_T,) = cpu[1].make_inputs(0)
+    ddim = cpu[1].fns["fastgan-auto"](x_T)
+    assert harness.relative_error(ddim, cpu[1].fns["eager"](x_T)) < 1e-5 and not torch.equal(ddim, x_T)
+    ddpm = cpu[0].fns["fastgan-auto"](x_T)
+    assert ddpm.shape == x_T.shape and torch.equal(ddpm, cpu[0].fns["fastgan-auto"](x_T))  # seeded: reproduces
+    gpu = build_cases(["sampling"], SuiteOptions(device="cuda", preset="default", compile=False))
+    assert [c.name for c in gpu] == ["sample 64x3x32x32 fp32 ddpm-1000-steps", "sample 64x3x32x32 fp32 ddim-50-steps"]
+    assert set(gpu[0].fns) == {"eager", "fastgan-auto", "fastgan-graph"}
+    assert [(t.kind, t.value, t.device_match) for t in gpu[0].targets] == [("min_speedup", 1.5, "H100")]
+    assert "fastgan-auto" not in build_cases(["sampling"], SuiteOptions(device="cpu", impls=()))[0].fns
+
+
 def test_png_skipped_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     with pytest.warns(RuntimeWarning, match="matplotlib"):

@@ -7,6 +7,8 @@
 #   tools/gpu_session.sh test       # build + pytest on CUDA (cuda and triton impls)              ~5 min
 #   tools/gpu_session.sh sanitize   # build + compute-sanitizer memcheck/racecheck, small cases   ~5 min
 #   tools/gpu_session.sh bench      # build + `fastgan bench` (default preset on CUDA) -> report  ~6 min
+#                                   # (every suite but sampling, which has its own stage)
+#   tools/gpu_session.sh sampling   # build + CUDA-graph sampler tests + the sampling-loop report ~5 min
 #
 # The device machine keeps nothing between sessions, so each stage builds first (a warm machine reuses ./build).
 set -euo pipefail
@@ -42,8 +44,21 @@ case "$stage" in
     ;;
   bench)
     build
-    (cd /tmp && "$PY" -m fastgan bench --out "$OUT/bench" ${BENCH_ARGS:-}) >"$OUT/bench.log" 2>&1 || true
+    suites=$(cd /tmp && "$PY" -c "from fastgan.bench.suites import all_suites
+print(' '.join('--suite ' + s for s in all_suites() if s != 'sampling'))")
+    # shellcheck disable=SC2086
+    (cd /tmp && "$PY" -m fastgan bench --out "$OUT/bench" $suites ${BENCH_ARGS:-}) >"$OUT/bench.log" 2>&1 || true
     tail -40 "$OUT/bench.log"
     ;;
-  *) echo "unknown stage $stage (build|test|sanitize|bench)"; exit 2 ;;
+  sampling)
+    build
+    # Whole 1000-step loops (seconds each): the graphed sampler's tests first, then its report.
+    TRITON_INTERPRET=0 FASTGAN_REQUIRE_EXT=1 "$PY" -m pytest tests/test_samplers.py -q -rs -p no:cacheprovider \
+      >"$OUT/pytest-samplers.log" 2>&1 || true
+    tail -15 "$OUT/pytest-samplers.log"
+    (cd /tmp && "$PY" -m fastgan bench --suite sampling --no-compile --out "$OUT/bench-sampling" ${BENCH_ARGS:-}) \
+      >"$OUT/bench-sampling.log" 2>&1 || true
+    tail -20 "$OUT/bench-sampling.log"
+    ;;
+  *) echo "unknown stage $stage (build|test|sanitize|bench|sampling)"; exit 2 ;;
 esac

@@ -25,6 +25,7 @@ BUILTIN_SUITE_MODULES = (
     "fastgan.bench.adain_suite",
     "fastgan.bench.spade_suite",
     "fastgan.bench.diffusion_suite",
+    "fastgan.bench.sampling_suite",
     "fastgan.bench.bias_act_suite",
     "fastgan.bench.stargan_v2_suite",
     "fastgan.bench.grad_penalty_suite",
@@ -83,6 +84,8 @@ class Case:
         bytes_floor: the fewest bytes the op must read plus write (see ``bytes_detail``).
         bytes_detail: what ``bytes_floor`` counts, in words.
         targets: performance goals for this case.
+        check: compare each impl's output with eager's. False where they must differ, e.g. sampling loops that
+            draw their noise differently (say why in the suite's notes).
     """
 
     suite: str
@@ -96,6 +99,7 @@ class Case:
     bytes_floor: int
     bytes_detail: str = ""
     targets: tuple[Target, ...] = ()
+    check: bool = True
 
     @property
     def name(self) -> str:
