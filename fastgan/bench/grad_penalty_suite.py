@@ -36,7 +36,9 @@ CPU default preset: smaller batches (8x3x64x64, 2x3x256x256, 32x3x32x32), fp32.
 Critic-step cases (layout "critic-wgan-gp", "critic-r1"): the gradients of one DCGAN discriminator loss with its
 penalty, all fastgan kernels vs torch.nn modules and the textbook penalty with identical weights; the bytes
 floor counts the two input batches only (the step is convolution-bound; its % of ceiling is not meaningful).
-H100 goals: 7.7 ms WGAN-GP, 7.0 ms R1 at batch 64. CPU: batch 4, 32x32, base 16.
+H100 goals: 7.7 ms WGAN-GP, 7.0 ms R1 at batch 64. CPU: batch 4, 32x32, base 16. On CUDA, `fastgan-<impl>-graph` is
+the same step captured once in a CUDA graph and replayed (inputs copied into its static buffers, gradients
+cloned out; `fastgan.bench.graphed`): the issue asks for the step with and without graphs.
 """
 
 
@@ -127,19 +129,38 @@ def _textbook_step(critic, kind: str, real, fake):
     return torch.autograd.grad(loss, [p for p in critic.parameters() if p.requires_grad], allow_unused=True)
 
 
-def _fastgan_step(critic, kind: str, impl: str, real, fake):
+def _fastgan_step(critic, kind: str, impl: str, real, fake, generator=None):
     from .. import _backend
     from ..losses import gradient_penalty, ns_d_loss, wgan_d_loss
 
     with _backend.use_impl(impl):
         if kind == "wgan-gp":
-            g = torch.Generator(device=real.device).manual_seed(0)
+            g = torch.Generator(device=real.device).manual_seed(0) if generator is None else generator
             gp = gradient_penalty(critic, real, fake, kind="wgan-gp", weight=10.0, generator=g)
             loss = wgan_d_loss(critic(real), critic(fake)) + gp
         else:
             r1, out = gradient_penalty(critic, real, kind="r1", weight=10.0, return_outputs=True)
             loss = ns_d_loss(out, critic(fake)) + r1
         return torch.autograd.grad(loss, [p for p in critic.parameters() if p.requires_grad], allow_unused=True)
+
+
+def _graphed_step(critic_fn, kind: str, impl: str):
+    """The fastgan critic step replayed from a CUDA graph (captured on the first call's inputs). WGAN-GP draws its
+    interpolation weights from a generator registered with the graph and reseeded before each replay, so every
+    call draws what the eager step's fresh seed-0 generator draws."""
+    from .graphed import Graphed
+
+    state = {}
+
+    def run(real, fake):
+        if not state:
+            gen = torch.Generator(device=real.device).manual_seed(0)
+            step = lambda r, f: _fastgan_step(critic_fn(), kind, impl, r, f, generator=gen)  # noqa: E731
+            state["gen"], state["graph"] = gen, Graphed(step, (real, fake), (gen,) if kind == "wgan-gp" else ())
+        state["gen"].manual_seed(0)
+        return state["graph"](real, fake)
+
+    return run
 
 
 def _critic_cases(opts: SuiteOptions):
@@ -163,6 +184,8 @@ def _critic_cases(opts: SuiteOptions):
         fns = {"eager": lambda r, f, k=kind: _textbook_step(critics()[1], k, r, f)}
         for impl in impls:
             fns[f"fastgan-{impl}"] = lambda r, f, k=kind, i=impl: _fastgan_step(critics()[0], k, i, r, f)
+        if opts.device == "cuda" and impls:  # the fastest impl's step again, replayed from a CUDA graph
+            fns[f"fastgan-{impls[0]}-graph"] = _graphed_step(lambda: critics()[0], kind, impls[0])
         targets = ()
         if opts.device == "cuda":
             targets = (Target("max_us", STEP_GOALS_US[kind], "fastgan", "H100", "issue goal: DCGAN critic step"),)
