@@ -199,6 +199,26 @@ def test_bfloat16_sample_with_a_subnormal_norm(device, impl):
     torch.testing.assert_close(ours.double(), ref, rtol=2e-2, atol=0)
 
 
+@pytest.mark.skipif("cpp" not in live("cpu"), reason="compiled extension not loaded")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpp_sums_of_squares_beyond_floats_range(dtype):
+    """The C++ forward squares and adds float/16-bit values in float blocks of 64 (only the block sums in double);
+    a sample whose float sum overflows (values above ~1.8e19) or falls below 2^-60 (squares in float's subnormal
+    range) is summed again in double. The saved norm (the second output, float64) must match float64 throughout."""
+    big, tiny = (1e4, 1e-3) if dtype == torch.float16 else (3e25, 2e-30)
+    g = torch.randn(5, 3, 50, generator=torch.Generator().manual_seed(9))  # 150 = two blocks of 64 and a tail
+    g[1] *= big
+    g[2] *= tiny
+    g[3, 0, 7] = big  # one huge element in an otherwise ordinary sample
+    g = g.to(dtype)
+    p, norm = torch.ops.fastgan.grad_penalty_fwd(g, 0, 1.0)
+    want = g.double().flatten(1).norm(dim=1)
+    assert torch.isfinite(norm).all()
+    torch.testing.assert_close(norm, want, rtol=2e-7, atol=0)  # ~3 float roundings of non-negative terms at most
+    torch.testing.assert_close(p.double(), ((want - 1) ** 2).to(dtype).double(), rtol=1e-2 if dtype != torch.float32
+                               else 1e-6, atol=0)
+
+
 @pytest.mark.parametrize("device,impl", impl_params())
 @pytest.mark.parametrize("kind", KINDS)
 def test_nan_in_gives_nan_out(device, impl, kind):
