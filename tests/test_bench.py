@@ -99,6 +99,20 @@ def test_wrong_output_is_flagged(tmp_path):
     assert "MISMATCH" in (tmp_path / "report.md").read_text()
 
 
+def test_hopper_goals_apply_on_the_h100_and_the_h200():
+    from fastgan.bench.suites import HOPPER
+
+    case = _tiny_case()
+    case.targets = (Target("max_us", 5.0, "eager", HOPPER, "issue goal on the H100"),)
+    res = [{"results": {"eager": {"median_us": 4.0, "min_us": 3.9}}}]
+    for name, applies, met in (("NVIDIA H100 80GB HBM3", True, True), ("NVIDIA H200", True, True),
+                               ("NVIDIA A100-SXM4-80GB", False, None)):
+        (goal,) = harness.evaluate_targets([case], res, name)
+        assert (goal["applies"], goal["met"]) == (applies, met)
+        assert ("measured on NVIDIA H200" in goal["note"]) == (name == "NVIDIA H200")
+        assert ("applies to H100 or H200 only" in goal["note"]) == (not applies)
+
+
 def test_a_case_without_check_is_not_compared(tmp_path):
     case = _tiny_case(**{"fastgan-ref": lambda x, w, b: 2 * _eager(x, w, b)})
     case.check = False
@@ -118,7 +132,7 @@ def test_sampling_suite_cases():
     gpu = build_cases(["sampling"], SuiteOptions(device="cuda", preset="default", compile=False))
     assert [c.name for c in gpu] == ["sample 64x3x32x32 fp32 ddpm-1000-steps", "sample 64x3x32x32 fp32 ddim-50-steps"]
     assert set(gpu[0].fns) == {"eager", "fastgan-auto", "fastgan-graph"}
-    assert [(t.kind, t.value, t.device_match) for t in gpu[0].targets] == [("min_speedup", 1.5, "H100")]
+    assert [(t.kind, t.value, t.device_match) for t in gpu[0].targets] == [("min_speedup", 1.5, "H100|H200")]
     assert "fastgan-auto" not in build_cases(["sampling"], SuiteOptions(device="cpu", impls=()))[0].fns
 
 

@@ -12,7 +12,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .suites import SuiteOptions, Target, register_suite, standard_cases, tensor_bytes
+from .suites import HOPPER, SuiteOptions, Target, register_suite, standard_cases, tensor_bytes
 
 EPS = 1e-5
 CPU_BATCH = 2
@@ -85,7 +85,7 @@ def _targets(shape, dtype, layout, mode, device) -> tuple[Target, ...]:
     if device == "cuda":
         us = H100_GOALS.get((mode, tuple(shape), dtype))
         if us is not None and layout == "contiguous":
-            return (Target("max_us", us, "fastgan", "H100", "issue goal on the H100"),)
+            return (Target("max_us", us, "fastgan", HOPPER, "issue goal on the H100"),)
         return ()
     if mode == "fwd" and dtype == torch.float32:
         return (Target("min_speedup", CPU_MIN_SPEEDUP, "fastgan-cpp", "", "issue goal: C++ vs eager on 2 cores"),)

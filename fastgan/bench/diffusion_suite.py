@@ -13,7 +13,7 @@ import functools
 
 import torch
 
-from .suites import SuiteOptions, Target, register_suite, standard_cases, tensor_bytes
+from .suites import HOPPER, SuiteOptions, Target, register_suite, standard_cases, tensor_bytes
 
 T_STEP = 500
 H100_GOALS = {("ddpm", (64, 3, 64, 64)): 6.0, ("ddpm", (4, 3, 512, 512)): 16.0, ("ddim", (64, 3, 64, 64)): 6.0}
@@ -95,7 +95,7 @@ def _cases(kind: str, opts: SuiteOptions):
     def targets(shape, dtype, layout, mode, device):
         us = H100_GOALS.get((kind, tuple(shape)))
         if device == "cuda" and us is not None:
-            return (Target("max_us", us, "fastgan", "H100", "issue goal on the H100"),)
+            return (Target("max_us", us, "fastgan", HOPPER, "issue goal on the H100"),)
         if device == "cpu":
             return (Target("min_speedup", 2.0, "fastgan-cpp", "", "issue goal: C++ step vs eager on 2 cores"),)
         return ()

@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-from .suites import Case, SuiteOptions, Target, fastgan_impls, register_suite, standard_cases, tensor_bytes
+from .suites import Case, HOPPER, SuiteOptions, Target, fastgan_impls, register_suite, standard_cases, tensor_bytes
 
 SHAPES = ((64, 3, 64, 64), (8, 3, 256, 256), (256, 3, 32, 32))
 CPU_SHAPES = ((8, 3, 64, 64), (2, 3, 256, 256), (32, 3, 32, 32))
@@ -88,7 +88,7 @@ def matrix(device: str, preset: str) -> list[tuple]:
 def _targets(shape, dtype, layout, mode, device) -> tuple[Target, ...]:
     if device == "cuda":
         us = bytes_floor(shape, dtype, mode) / (0.8 * H100_COPY_GBPS * 1e3)
-        return (Target("max_us", round(us, 2), "fastgan", "H100", "issue goal: >= 80% of the bytes floor"),)
+        return (Target("max_us", round(us, 2), "fastgan", HOPPER, "issue goal: >= 80% of the bytes floor"),)
     return ()
 
 
@@ -188,7 +188,7 @@ def _critic_cases(opts: SuiteOptions):
             fns[f"fastgan-{impls[0]}-graph"] = _graphed_step(lambda: critics()[0], kind, impls[0])
         targets = ()
         if opts.device == "cuda":
-            targets = (Target("max_us", STEP_GOALS_US[kind], "fastgan", "H100", "issue goal: DCGAN critic step"),)
+            targets = (Target("max_us", STEP_GOALS_US[kind], "fastgan", HOPPER, "issue goal: DCGAN critic step"),)
         yield Case(suite="grad_penalty", shape=shape, dtype=torch.float32, layout=f"critic-{kind}", mode="fwd+bwd",
                    device=opts.device, make_inputs=make, fns=fns, bytes_floor=2 * tensor_bytes(shape, torch.float32),
                    bytes_detail="2E (inputs only; the step is convolution-bound)", targets=targets)

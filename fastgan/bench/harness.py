@@ -299,14 +299,17 @@ def evaluate_targets(cases: list[Case], case_results: list[dict], device_name: s
             r = res.get(label, {})
             measured = r.get("median_us") if t.kind == "max_us" else r.get("speedup_vs_eager")
             best = r.get("min_us") if t.kind == "max_us" else r.get("speedup_vs_eager_min")
-            applies = t.device_match.lower() in device_name.lower()
+            applies = any(m.lower() in device_name.lower() for m in t.device_match.split("|"))
+            note = t.note + ("" if applies else f" (applies to {t.device_match.replace('|', ' or ')} only)")
+            if applies and "H100" in t.device_match and "H100" not in device_name:
+                note += f" (set for the H100; measured on {device_name})"
             met = None
             if applies and measured is not None:
                 met = measured <= t.value if t.kind == "max_us" else measured >= t.value
             out.append({
                 "suite": case.suite, "case": case.name, "kind": t.kind, "value": t.value, "impl": label,
                 "measured": measured, "measured_best": best, "met": met, "applies": applies,
-                "note": t.note + ("" if applies else f" (applies to {t.device_match} only)"),
+                "note": note,
             })
     return out
 

@@ -13,7 +13,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .suites import SuiteOptions, Target, register_suite, standard_cases, tensor_bytes
+from .suites import HOPPER, SuiteOptions, Target, register_suite, standard_cases, tensor_bytes
 
 EPS = 1e-5
 SHAPES = ((8, 64, 256, 256), (8, 256, 64, 64), (32, 512, 32, 32), (8, 512, 16, 16))
@@ -92,7 +92,7 @@ def _targets(shape, dtype, layout: str, mode: str, device: str) -> tuple[Target,
     if device == "cuda":
         us = H100_TARGETS.get((mode, tuple(shape)))
         if us is not None and dtype == torch.float32 and layout == "contiguous":
-            return (Target("max_us", us, "fastgan", "H100", "issue goal on the H100"),)
+            return (Target("max_us", us, "fastgan", HOPPER, "issue goal on the H100"),)
         return ()
     if mode == "fwd" and dtype == torch.float32:
         return (Target("min_speedup", CPU_MIN_SPEEDUP, "fastgan-cpp", "", "issue goal: C++ forward vs eager"),)

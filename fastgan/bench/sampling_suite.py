@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .suites import Case, SuiteOptions, Target, fastgan_impls, register_suite
+from .suites import Case, HOPPER, SuiteOptions, Target, fastgan_impls, register_suite
 
 H100_MIN_SPEEDUP = 1.5
 # fastgan's UNet with its defaults (base 64, mult (1, 2, 2, 2), 2 res blocks, attention at 16x16) at 32x32.
@@ -127,7 +127,7 @@ def sampling_cases(opts: SuiteOptions):
                 fns["fastgan-graph"] = _fastgan_loop(model, kind, steps, graph=True)
         targets = ()
         if opts.device == "cuda" and kind == "ddpm" and steps == GPU_DDPM_STEPS and batch == GPU_BATCH:
-            targets = (Target("min_speedup", H100_MIN_SPEEDUP, "fastgan", "H100",
+            targets = (Target("min_speedup", H100_MIN_SPEEDUP, "fastgan", HOPPER,
                               "issue goal on the H100: 1000-step DDPM sampling vs a diffusers-style eager loop"),)
         size = cfg["img_size"]
         yield Case(suite="sampling", shape=(batch, 3, size, size), dtype=torch.float32,
