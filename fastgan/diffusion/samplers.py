@@ -5,7 +5,8 @@ Timesteps follow diffusers' default ("leading") spacing: with ``k = T // num_inf
 cumulative alpha is taken as 1). Classifier-free guidance runs the model once on the doubled batch
 ``[x, x]`` with ``[cond, null_cond]`` and combines the halves inside the fused step.
 
-The loop has no host synchronisation of its own (timesteps are Python ints, coefficients are cached per step).
+The loop has no host synchronisation of its own: timesteps are Python ints, and every step's coefficients are
+computed and copied to the device at once before the loop (then cached on the schedule).
 
 ``sample(..., cuda_graph=True)`` captures (model call + fused step) once in a CUDA graph and replays it for every
 step: the first steps run eagerly on a side stream (they warm up cuBLAS/cuDNN, Triton's compilation and the

@@ -231,7 +231,8 @@ def _clip(clip_x0) -> float:
 def ddpm_plan(x_t, t, t_prev, schedule: NoiseSchedule, *, prediction: str = "eps",
               variance: str = "fixed_small") -> tuple[torch.Tensor, bool]:
     """A DDPM step's fused-step coefficients and whether it draws noise (all but int ``t = 0``): what
-    :func:`ddpm_step` runs, apart for a sampler that replays the step with the coefficients in a static buffer."""
+    :func:`ddpm_step` uses, exposed for the samplers (the CUDA-graph loop replays the step with them in a static
+    buffer)."""
     if t_prev is None and isinstance(t, int):
         t_prev = t - 1
     coef = _coefficients("ddpm", schedule, t, t_prev, x_t, prediction=prediction, variance=variance)
