@@ -106,7 +106,7 @@ def _run(sampler, x_T, gen_kind, static: bool, **kw):
 
 
 @pytest.mark.parametrize("kind,steps,kw,gen_kind", STATIC_CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_static_buffer_loop_equals_the_eager_loop(kind, steps, kw, gen_kind, dtype):
     x_T = torch.randn(3, 2, 5, 7, generator=torch.Generator().manual_seed(4), dtype=dtype)
     s = _sampler(kind, steps, clip_x0=1.5)
