@@ -27,28 +27,12 @@
 #include <vector>
 
 #include "convert16.h"
+#include "group_norm_dbwd_math.h"
 #include "group_norm_math.h"
 #include "norm_common.h"
 
 namespace fastgan {
 namespace {
-
-// Pass-1 sums per channel, with d = x - (stored mean), gz = grad_y * f'(z), v = ggx:
-//   0: sum d   1: sum gz   2: sum gz * d   3: sum v   4: sum v * d   5: sum v * gz   6: sum d^2
-constexpr int kSums = 7;
-// Lanes per sum in the fused sum loops: 8 doubles, so the six (or two) running sums fit the vector registers
-// (AVX2 has 16); the order is fixed in source, so every ISA clone sums alike.
-constexpr int kDl = 8;
-constexpr int64_t kDerivCap = 1 << 18;  // f', f'' of a group up to this size are kept between passes
-
-FASTGAN_GN_INLINE double tree8(const double* l) {
-  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
-}
-
-// A channel's constants for the passes after the first (see the group driver below for their meaning).
-struct DbwdCoef {
-  double mu, r, a, uw, ub, m_v, B2, A2, c0, cx;
-};
 
 // f'(z) into d1 and, for SiLU, f''(z) into d2, with z = (x - mu) * ra + b in float, exactly as the backward's
 // pass computes it (the same relu/lrelu masks). SiLU's one exp serves both.
@@ -158,14 +142,8 @@ struct DbwdLoops {
       pick_isa(&dbwd_out_base<T, ACT>, &dbwd_out_avx2<T, ACT>, &dbwd_out_avx512<T, ACT>);
 };
 
-// Per group (M = Cg * L elements; a = scale, uw = ggscale, ub = ggshift per channel; xhat with the exact mean):
-//   G = sum gz, Gx = sum gz xhat, V = sum v, Vx = sum v xhat, VG = sum v gz           (per channel)
-//   m_h = sum_c a G / M, A2 = sum_c a Gx / M, m_v = sum_c V / M, B2 = sum_c Vx / M     (group means of h = a gz,
-//   h xhat, v, v xhat), C = r (sum_c a VG / M - m_v m_h - B2 A2)                      (the mean of v * gx)
-//   g_scale = r (VG - m_v G - B2 Gx) + sum Rz xhat,   g_shift = sum Rz                  (per channel)
-//   mT = mean(T) = -r (m_v A2 + m_h B2) + sum_c (uw G + a sum Rz) / M
-//   mTx = mean(T xhat) = -2 r A2 B2 + sum_c (uw Gx + a sum Rz xhat) / M
-//   g_x = r (T - mT - xhat mTx) - r xhat C:   c0 = -r mT,  cx = -r (mTx + C)
+// Per group: pass 1 sums, the group constants (dbwd_group, group_norm_dbwd_math.h), for SiLU the Rz sums, then
+// the outputs.
 template <typename T, int ACT>
 void dbwd_kernel(const at::Tensor& v_t, const at::Tensor& uw_t, const at::Tensor& ub_t, const at::Tensor& gy_t,
                  const at::Tensor& x_t, const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& scale,
@@ -192,7 +170,6 @@ void dbwd_kernel(const at::Tensor& v_t, const at::Tensor& uw_t, const at::Tensor
     std::vector<DbwdCoef> coef(static_cast<size_t>(s.Cg));
     for (int64_t p = begin; p < end; ++p) {
       const A mu_s = mp[p];
-      double r = rp[p];
       // Element range [j0, j1) of channel ch: its f', f'' (cached or fresh), then f(offset, d1, d2).
       auto over = [&](int64_t ch, bool first, const auto& f) {
         const int64_t nc = p * s.Cg + ch;
@@ -208,49 +185,20 @@ void dbwd_kernel(const at::Tensor& v_t, const at::Tensor& uw_t, const at::Tensor
         over(ch, true, [&](int64_t o, int64_t n, const A* a1, const A*) {
           k.sums(xp + o, gp + o, vp + o, a1, n, mu_s, &sums[kSums * ch]);
         });
-      double delta = 0;
-      for (int64_t ch = 0; ch < s.Cg; ++ch) delta += sums[kSums * ch];
-      delta /= M;
-      {  // rstd again, in double from this pass's sums: the stored float rstd's rounding, amplified by r^2 in the
-         // combination, was most of the error on small ill-conditioned groups
-        double m2 = 0;
-        for (int64_t ch = 0; ch < s.Cg; ++ch) m2 += sums[kSums * ch + 6];
-        r = 1.0 / std::sqrt(std::max(0.0, m2 / M - delta * delta) + eps);
-      }
-      double m_h = 0, a2 = 0, m_v = 0, b2 = 0, m_vh = 0, su = 0, sux = 0;
-      for (int64_t ch = 0; ch < s.Cg; ++ch) {
-        const double* c = &sums[kSums * ch];
-        const double a = sp[p * s.Cg + ch], uw = uwp[p * s.Cg + ch];
-        const double gx = r * (c[2] - delta * c[1]);
-        m_h += a * c[1], a2 += a * gx, m_v += c[3], b2 += r * (c[4] - delta * c[3]), m_vh += a * c[5];
-        su += uw * c[1], sux += uw * gx;
-      }
-      m_h /= M, a2 /= M, m_v /= M, b2 /= M, m_vh /= M;
-      const double cc = r * (m_vh - m_v * m_h - b2 * a2);
-      double mt = -r * (m_v * a2 + m_h * b2) + su / M, mtx = -2.0 * r * a2 * b2 + sux / M;
-      for (int64_t ch = 0; ch < s.Cg; ++ch) {
-        const int64_t nc = p * s.Cg + ch;
-        const double* c = &sums[kSums * ch];
-        gsp[nc] = r * (c[5] - m_v * c[1] - b2 * r * (c[2] - delta * c[1]));
-        gbp[nc] = 0.0;
-        coef[ch] = DbwdCoef{static_cast<double>(mu_s) + delta, r, sp[nc], uwp[nc], ubp[nc], m_v, b2, a2, 0.0, 0.0};
-      }
+      const int64_t q0 = p * s.Cg;  // the group's first channel
+      DbwdGroup grp = dbwd_group(sums.data(), s.Cg, M, eps, static_cast<double>(mu_s), sp + q0, uwp + q0, ubp + q0,
+                                 coef.data(), gsp + q0, gbp + q0);
       if constexpr (ACT == kSilu) {
         for (int64_t ch = 0; ch < s.Cg; ++ch) {
-          const int64_t nc = p * s.Cg + ch;
           double rs[2] = {0.0, 0.0};
           over(ch, false, [&](int64_t o, int64_t n, const A*, const A* a2p) {
             k.rz(xp + o, gp + o, vp + o, a2p, n, coef[ch], rs);
           });
-          gsp[nc] += rs[1];
-          gbp[nc] = rs[0];
-          mt += sp[nc] * rs[0] / M;
-          mtx += sp[nc] * rs[1] / M;
+          dbwd_add_rz(grp, coef[ch], rs, M, gsp[q0 + ch], gbp[q0 + ch]);
         }
       }
       for (int64_t ch = 0; ch < s.Cg; ++ch) {
-        coef[ch].c0 = -r * mt;
-        coef[ch].cx = -r * (mtx + cc);
+        dbwd_finish(grp, coef[ch]);
         over(ch, false, [&](int64_t o, int64_t n, const A* a1, const A* a2p) {
           k.out(xp + o, gp + o, vp + o, a1, a2p, n, coef[ch], ggyp + o, gx2p + o);
         });
