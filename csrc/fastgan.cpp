@@ -37,6 +37,13 @@ TORCH_LIBRARY(fastgan, m) {
       "group_norm_dbwd(Tensor ggx, Tensor ggscale, Tensor ggshift, Tensor grad_y, Tensor x, Tensor mean, "
       "Tensor rstd, Tensor scale, Tensor shift, int groups, float eps, int act, float alpha) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Double backward with maps: the vjp of bwd's (gx, gscale, gshift, ggamma, gbeta) when the forward had gamma and
+  // beta, returning (g_grad_y, g_x, g_scale, g_shift, g_gamma, g_beta); ggbeta exactly when act is not linear
+  // (g_beta then has 0 elements: beta does not enter a linear f's backward).
+  m.def(
+      "group_norm_dbwd_maps(Tensor ggx, Tensor ggscale, Tensor ggshift, Tensor gggamma, Tensor? ggbeta, "
+      "Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, Tensor scale, Tensor shift, Tensor gamma, Tensor beta, "
+      "int groups, float eps, int act, float alpha) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // F.group_norm's per-channel weight/bias form of group_norm_fwd (fold and gradient reduction in C++).
   m.def(
       "group_norm_wb(Tensor x, Tensor? weight, Tensor? bias, int groups, float eps, int act, float alpha) "

@@ -1,6 +1,6 @@
 """The norm kernels' ISA clones (csrc/cpu_isa.h) give the same bits.
 
-The group-norm family's C++ inner loops (group norm, SPADE maps, channels-last, the double backward, and instance
+The group-norm family's C++ inner loops (group norm, SPADE maps, channels-last, the double backwards, and instance
 norm's contiguous forward, which runs on them) and instance norm's own loops (channels-last forward, backward, double backward) are
 compiled for the baseline ISA, AVX2 and AVX-512 and picked by CPU, capped by
 ATEN_CPU_CAPABILITY. None uses FMA or reorders a sum, so every clone must give the same bits. The kernel ops are
@@ -34,6 +34,9 @@ for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
                     if maps[0] is None:
                         out += list(ops.group_norm_dbwd(gm, t0, s0, gy, x, mean, rstd, s0, t0, groups, 1e-5, act,
                                                         alpha))
+                    else:
+                        out += list(ops.group_norm_dbwd_maps(gm, t0, s0, bm, bm if act else None, gy, x, mean, rstd,
+                                                             s0, t0, *maps, groups, 1e-5, act, alpha))
         acc = torch.float64 if dt == torch.float64 else torch.float32
         s1, t1 = s0.to(acc), t0.to(acc)
         y, mean, rstd = ops.instance_norm_fwd(x, s1, t1, 1e-5)

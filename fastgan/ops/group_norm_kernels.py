@@ -34,6 +34,13 @@ projection applied to v; ``m_v``, ``B2`` the group means of v and v*xhat, ``m_h`
     T = -r * (v * A2 + h * B2) + uw * gz + scale * Rz                                   (d/dxhat, direct)
     g_x = r * (T - mean_M(T) - xhat * mean_M(T * xhat)) - r * xhat * mean_M(v * gx)       (per group)
 
+With maps the cotangents also hold ``cgg = gggamma`` and, for non-linear ``f``, ``cgb = ggbeta`` (like x); with Q as
+above, ``gu = gy * f'(u)`` and ``gz = gu * (1 + gamma)``::
+
+    Qu = Q * (1 + gamma) + cgg * z + cgb            (the cotangent of gu)
+    Ru = Qu * gy * f''(u),   g_gy = Qu * f'(u),   g_gamma = Q * gu + Ru * z,   g_beta = Ru
+    Rz = Ru * (1 + gamma) + cgg * gu                (then g_scale, g_shift, T and g_x as above)
+
 Kernel ops (schemas in ``csrc/fastgan.cpp``; ``*_triton`` twins defined here around ``fastgan.kernels``)::
 
     group_norm_fwd(x, scale, shift, gamma?, beta?, groups, eps, act, alpha)    -> (y, mean, rstd)    stats (N, G)
@@ -41,16 +48,18 @@ Kernel ops (schemas in ``csrc/fastgan.cpp``; ``*_triton`` twins defined here aro
                                                     -> (gx, gscale, gshift, ggamma, gbeta)   sums (N, C)
     group_norm_dbwd(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, groups, eps, act, alpha)
                                                     -> (g_gy, g_x, g_scale, g_shift)
+    group_norm_dbwd_maps(ggx, ggscale, ggshift, gggamma, ggbeta?, gy, x, mean, rstd, scale, shift, gamma, beta,
+                         groups, eps, act, alpha)   -> (g_gy, g_x, g_scale, g_shift, g_gamma, g_beta)  (C++ only)
 
 ``ggamma``/``gbeta`` have 0 elements without maps; ``gbeta`` also for linear ``f``, where it is ``gy`` itself (the
 autograd formula passes gy on instead of a copy).
 
 Autograd: the backward of ``fwd`` is ``bwd`` (fused kernels; for the extension's op this formula is registered in
 C++, ``csrc/group_norm_autograd.cpp``, saving the Python autograd.Function's per-call cost). The backward of
-``bwd`` (double backward, e.g. a gradient penalty) is ``dbwd`` without maps; with maps it is **composite**: the
-vector-Jacobian product of :func:`reference_bwd` written in plain torch ops with mean/rstd recomputed from x, so
-second and higher orders are correct but run on eager torch ops. The backward of ``dbwd`` (third order) is the vjp
-of :func:`reference_dbwd`.
+``bwd`` (double backward, e.g. a gradient penalty) is ``dbwd`` without maps and ``dbwd_maps`` with them. Triton has
+no ``dbwd_maps``: there the double backward with maps is **composite**, the vector-Jacobian product of
+:func:`reference_bwd` in plain torch ops with mean/rstd recomputed from x (correct, but eager torch ops). The
+backward of ``dbwd``/``dbwd_maps`` (third order) is the vjp of :func:`reference_dbwd`/:func:`reference_dbwd_maps`.
 """
 from __future__ import annotations
 
@@ -158,6 +167,20 @@ def reference_dbwd(ggx, ggscale, ggshift, gy, x, scale, shift, groups: int, eps:
     return vjp((ggx.to(x.dtype), ggscale.to(torch.float64), ggshift.to(torch.float64)))
 
 
+def reference_dbwd_maps(ggx, ggscale, ggshift, gggamma, ggbeta, gy, x, scale, shift, gamma, beta, groups: int,
+                        eps: float, act: int, alpha: float):
+    """The double backward with maps as the vjp of :func:`composite_bwd`'s outputs (``ggbeta`` None for linear
+    ``f``, whose gbeta output is empty): returns ``(g_gy, g_x, g_scale, g_shift, g_gamma, g_beta)``. Differentiable
+    again. torch.func.vjp differentiates at the given values without walking back through their own history
+    (autograd.grad would, double-counting paths into x); the result stays differentiable in the outer graph."""
+    n_out = 5 if act != 0 else 4
+    _, vjp = torch.func.vjp(lambda *t: composite_bwd(*t, groups, eps, act, alpha)[:n_out], gy, x, scale, shift,
+                            gamma, beta)
+    f64 = torch.float64
+    cot = (ggx.to(x.dtype), ggscale.to(f64), ggshift.to(f64), gggamma.to(x.dtype))
+    return vjp(cot + ((ggbeta.to(x.dtype),) if act != 0 else ()))
+
+
 # -------------------------------------------------------------------------------------------------- fakes
 def fake_fwd(x, scale, shift, gamma, beta, groups, eps, act, alpha):
     stats = x.new_empty((x.shape[0], groups), dtype=acc_dtype(x.dtype))
@@ -171,6 +194,13 @@ def fake_wb(x, weight, bias, groups, eps, act, alpha):
 def fake_dbwd(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, groups, eps, act, alpha):
     sums = x.new_empty(x.shape[:2], dtype=torch.float64)
     return empty_like_layout(x), empty_like_layout(x), sums, torch.empty_like(sums)
+
+
+def fake_dbwd_maps(ggx, ggscale, ggshift, gggamma, ggbeta, gy, x, mean, rstd, scale, shift, gamma, beta, groups, eps,
+                   act, alpha):
+    sums = x.new_empty(x.shape[:2], dtype=torch.float64)
+    g_beta = empty_like_layout(x) if act != 0 else _no_map(x)
+    return empty_like_layout(x), empty_like_layout(x), sums, torch.empty_like(sums), empty_like_layout(x), g_beta
 
 
 def fake_bwd(gy, x, mean, rstd, scale, shift, gamma, beta, groups, eps, act, alpha):
@@ -244,10 +274,10 @@ _dbwd_triton.register_fake(fake_dbwd)
 
 
 # ---------------------------------------------------------------------------------------------- autograd
-def _attach_autograd(fwd, bwd, names: tuple[str, str], native: bool = False, dbwd=None) -> None:
-    """``fwd`` differentiates through ``bwd``; ``bwd`` through ``dbwd`` where given and there are no maps, else
-    through the vjp of :func:`composite_bwd` (any order). ``native``: the extension registered fwd's formula in C++
-    (csrc/group_norm_autograd.cpp); only bwd's is attached here."""
+def _attach_autograd(fwd, bwd, names: tuple[str, str], native: bool = False, dbwd=None, dbwd_maps=None) -> None:
+    """``fwd`` differentiates through ``bwd``; ``bwd`` through ``dbwd`` (no maps) or ``dbwd_maps`` (maps) where
+    given, else through the vjp of :func:`composite_bwd` (any order). ``native``: the extension registered fwd's
+    formula in C++ (csrc/group_norm_autograd.cpp); only bwd's is attached here."""
 
     def fwd_setup(ctx, inputs, output):
         x, scale, shift, gamma, beta, ctx.groups, ctx.eps, ctx.act, ctx.alpha = inputs
@@ -280,13 +310,17 @@ def _attach_autograd(fwd, bwd, names: tuple[str, str], native: bool = False, dbw
             else:
                 g_gy, g_x, g_scale, g_shift = reference_dbwd(ggx, ggscale, ggshift, gy, x, scale, shift, *args)
             return g_gy, g_x, None, None, g_scale, g_shift, None, None, None, None, None, None
-        # With maps: torch.func.vjp differentiates at the saved values without walking back through their own
-        # history (autograd.grad would, double-counting paths into x); its result stays differentiable in the
-        # outer graph, so third and higher orders work too.
-        n_out = 5 if ctx.act != 0 else 4  # the op's gbeta is empty for linear act: nothing flows through it
-        _, vjp = torch.func.vjp(lambda *t: composite_bwd(*t, *args)[:n_out], gy, x, scale, shift, gamma, beta)
-        cot = [ggx.to(x.dtype), ggscale.to(f64), ggshift.to(f64), gggamma.to(x.dtype), ggbeta.to(x.dtype)]
-        g_gy, g_x, g_scale, g_shift, g_gamma, g_beta = vjp(tuple(cot[:n_out]))
+        # With maps; the op's gbeta is empty for linear act (it is gy itself): nothing flows through it.
+        cgb = ggbeta if ctx.act != 0 else None
+        if dbwd_maps is not None:
+            g_gy, g_x, g_scale, g_shift, g_gamma, g_beta = dbwd_maps(
+                ggx, ggscale.to(f64).contiguous(), ggshift.to(f64).contiguous(), gggamma, cgb, gy, x, mean, rstd,
+                scale, shift, gamma, beta, *args)
+            if ctx.act == 0:
+                g_beta = None
+        else:
+            g_gy, g_x, g_scale, g_shift, g_gamma, g_beta = reference_dbwd_maps(
+                ggx, ggscale, ggshift, gggamma, cgb, gy, x, scale, shift, gamma, beta, *args)
         return g_gy, g_x, None, None, g_scale, g_shift, g_gamma, g_beta, None, None, None, None
 
     if not native:
@@ -312,9 +346,40 @@ def _attach_third_order(name: str) -> None:
     torch.library.register_autograd(name, backward, setup_context=setup)
 
 
+def _attach_third_order_maps(name: str) -> None:
+    """The backward of the fused double backward with maps ``name``: the vjp of :func:`reference_dbwd_maps`."""
+
+    def setup(ctx, inputs, output):
+        ggx, ggscale, ggshift, gggamma, ggbeta, gy, x, _mean, _rstd, scale, shift, gamma, beta, *ctx.args = inputs
+        ctx.linear = ggbeta is None
+        ctx.save_for_backward(ggx, ggscale, ggshift, gggamma, ggbeta, gy, x, scale, shift, gamma, beta)
+
+    def backward(ctx, g_gy, g_x, g_scale, g_shift, g_gamma, g_beta):
+        saved = list(ctx.saved_tensors)
+        x, f64 = saved[6], torch.float64
+        keep = [i for i in range(len(saved)) if not (ctx.linear and i == 4)]  # ggbeta: None for linear act
+
+        def fn(*t):
+            full = list(saved)
+            for i, v in zip(keep, t):
+                full[i] = v
+            return reference_dbwd_maps(*full, *ctx.args)
+
+        _, vjp = torch.func.vjp(fn, *(saved[i] for i in keep))
+        # For linear act the op's g_beta is empty while the reference's is zeros like beta
+        cot = [g_gy.to(x.dtype), g_x.to(x.dtype), g_scale.to(f64), g_shift.to(f64), g_gamma.to(x.dtype),
+               g_beta.to(x.dtype) if not ctx.linear else torch.zeros_like(saved[10])]
+        grads = dict(zip(keep, vjp(tuple(cot))))
+        g = [grads.get(i) for i in range(len(saved))]
+        return (*g[:7], None, None, *g[7:], None, None, None, None)
+
+    torch.library.register_autograd(name, backward, setup_context=setup)
+
+
 class _Ops:
-    def __init__(self, fwd, bwd, dbwd=None):
+    def __init__(self, fwd, bwd, dbwd=None, dbwd_maps=None):
         self.fwd, self.bwd, self.dbwd = fwd, bwd, dbwd  # dbwd: fused double backward without maps, if any
+        self.dbwd_maps = dbwd_maps  # fused double backward with maps, if any
         self.wb = None  # group_norm_wb (weight/bias form), where the backend has it
 
 
@@ -338,8 +403,13 @@ def _compiled_ops() -> _Ops:
             torch.library.register_fake("fastgan::group_norm_dbwd")(fake_dbwd)
             _attach_third_order("fastgan::group_norm_dbwd")
             dbwd = torch.ops.fastgan.group_norm_dbwd.default
-        _attach_autograd(*pair, names=names, native=native, dbwd=dbwd)
-        _compiled = _Ops(*pair, dbwd)
+        dbwd_maps = None
+        if hasattr(torch.ops.fastgan, "group_norm_dbwd_maps"):
+            torch.library.register_fake("fastgan::group_norm_dbwd_maps")(fake_dbwd_maps)
+            _attach_third_order_maps("fastgan::group_norm_dbwd_maps")
+            dbwd_maps = torch.ops.fastgan.group_norm_dbwd_maps.default
+        _attach_autograd(*pair, names=names, native=native, dbwd=dbwd, dbwd_maps=dbwd_maps)
+        _compiled = _Ops(*pair, dbwd, dbwd_maps)
         if hasattr(torch.ops.fastgan, "group_norm_wb"):  # weight/bias form, autograd in C++ (an older build lacks it)
             torch.library.register_fake("fastgan::group_norm_wb")(fake_wb)
             _compiled.wb = torch.ops.fastgan.group_norm_wb.default

@@ -4,8 +4,9 @@
 
 Status: on the C++ (CPU) and Triton backends, for contiguous x with x-shaped contiguous (or per-channel) maps,
 one fused pass of the group-norm kernel family (one group per channel, the maps applied inside the kernel:
-``u = z + z * gamma + beta``), forward and backward; the double backward is composite (autograd of the backward's
-formula in plain torch ops), as for every group-norm op. Otherwise — channels_last or strided x or maps (which the
+``u = z + z * gamma + beta``), forward and backward; the double backward is one fused op on C++
+(``group_norm_dbwd_maps``) and composite on Triton (autograd of the backward's formula in plain torch ops).
+Otherwise — channels_last or strided x or maps (which the
 group-norm kernels would copy to contiguous), broadcast spatial maps, and the CUDA C++ backend (``impl="cuda"``,
 the automatic choice on CUDA where it is built), which has no fused SPADE kernel yet — the normalisation runs on
 the instance-norm kernels (native channels-last, fused double backward) and the modulation is one ``addcmul``.
