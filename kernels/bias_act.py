@@ -36,6 +36,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from ._params import param_tensor
+
 __all__ = ["forward", "backward", "double_backward"]
 
 BLOCK = 1024
@@ -181,8 +183,7 @@ def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _launch(mode: int, x, bias, g, h, act: int, alpha: float, gain: float, clamp: float, dim: int):
     x = _dense(x)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    params = torch.tensor([alpha, gain, clamp, math.sqrt(0.5), 1.0 / math.sqrt(2 * math.pi)], dtype=acc,
-                          device=x.device)
+    params = param_tensor((alpha, gain, clamp, math.sqrt(0.5), 1.0 / math.sqrt(2 * math.pi)), acc, x.device)
     C = x.shape[dim]
     inner = x.numel() if C == 1 else x.stride(dim)
     out = torch.empty_like(x)

@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._params import param_tensor
+
 __all__ = ["forward", "backward", "double_backward"]
 
 BLOCK = 1024  # elements per program of the elementwise passes
@@ -198,7 +200,7 @@ def _tl_acc(x: torch.Tensor):
 
 def _params(g: torch.Tensor, target: float) -> torch.Tensor:
     """The target as a float64 tensor: a Python float kernel argument would be rounded to float32."""
-    return torch.tensor([target], dtype=torch.float64, device=g.device)
+    return param_tensor((target,), torch.float64, g.device)
 
 
 def _like(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,8 @@ import triton.language as tl
 from fastgan.ops._layout import is_channels_last, match_layout
 from fastgan.ops.instance_norm_ref import acc_dtype
 
+from ._params import join64, split64
+
 __all__ = ["forward", "backward", "double_backward"]
 
 # Heuristic knobs, module-level so tests can shrink them and drive the multi-tile loops with tiny inputs.
@@ -83,8 +85,8 @@ def _group(Cg, L, IDX64: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, eps_lo, alpha, ACT: tl.constexpr,
-                MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
+def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, eps_lo, alpha_hi, alpha_lo,
+                ACT: tl.constexpr, MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
     """Forward of group p = n*G + g over its M = Cg*L elements::
 
         k    = sum(x) / M                               (pass 1: a shift near the mean)
@@ -98,6 +100,7 @@ def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, e
     eps arrives as eps_hi + eps_lo (Triton passes Python floats as float32).
     """
     ACC: tl.constexpr = MEAN.dtype.element_ty
+    alpha = join64(alpha_hi, alpha_lo, ACC)
     p, M, base = _group(Cg, L, IDX64)
     acc = tl.zeros([BLOCK_C, BLOCK_L], ACC)
     for c0 in range(0, Cg, BLOCK_C):
@@ -160,8 +163,8 @@ def _gz_tile(GY, X, GAMMA, BETA, base, c0, l0, Cg, L, mean, rstd, a, b, alpha, A
 
 
 @triton.jit
-def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GAMMA, BETA, GX, GSCALE, GSHIFT, GGAMMA, GBETA, G, Cg, L, alpha,
-                ACT: tl.constexpr, MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GAMMA, BETA, GX, GSCALE, GSHIFT, GGAMMA, GBETA, G, Cg, L, alpha_hi,
+                alpha_lo, ACT: tl.constexpr, MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
                 IDX64: tl.constexpr):
     """Backward of group p, with xhat = (x - mean) * rstd, gz = gy * f'(xhat * scale + shift)::
 
@@ -173,6 +176,7 @@ def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GAMMA, BETA, GX, GSCALE, GSHIFT
     ggamma = gu * z and, for a non-linear f, gbeta = gu.
     """
     ACC: tl.constexpr = MEAN.dtype.element_ty
+    alpha = join64(alpha_hi, alpha_lo, ACC)
     p, M, base = _group(Cg, L, IDX64)
     mean = tl.load(MEAN + p)
     rstd = tl.load(RSTD + p)
@@ -259,7 +263,7 @@ def _dbwd_chan(SCALE, SHIFT, UW, UB, p, Cg, c0, ZACC: tl.constexpr, BLOCK_C: tl.
 
 @triton.jit
 def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSCALE2, GSHIFT2, G, Cg, L, eps_hi,
-                 eps_lo, alpha, ACT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
+                 eps_lo, alpha_hi, alpha_lo, ACT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
     """Double backward of group p without maps (v = ggx, uw = ggscale, ub = ggshift; the formulas and the names
     m_v, B2, A2, Q, Rz, T in group_norm_kernels' docstring)::
 
@@ -276,6 +280,7 @@ def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSC
     """
     ZACC: tl.constexpr = MEAN.dtype.element_ty
     ACC: tl.constexpr = tl.float64
+    alpha = join64(alpha_hi, alpha_lo, ZACC)
     p, M, base = _group(Cg, L, IDX64)
     mean = tl.load(MEAN + p)
     rz_acc = tl.load(RSTD + p)
@@ -290,7 +295,7 @@ def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSC
     u_acc = tl.zeros([BLOCK_C], ACC)
     ux_acc = tl.zeros([BLOCK_C], ACC)
     for c0 in range(0, Cg, BLOCK_C):
-        rc, cm, a, b, uw, _ = _dbwd_chan(SCALE, SHIFT, UW, UB, p, Cg, c0, ZACC, BLOCK_C)
+        rc, cm, a, b, uw, _ub0 = _dbwd_chan(SCALE, SHIFT, UW, UB, p, Cg, c0, ZACC, BLOCK_C)
         t_g = tl.zeros([BLOCK_C, BLOCK_L], ACC)
         t_gx = tl.zeros([BLOCK_C, BLOCK_L], ACC)
         t_v = tl.zeros([BLOCK_C, BLOCK_L], ACC)
@@ -339,6 +344,9 @@ def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSC
     mt = -r * (m_v * a2 + m_h * b2) + tl.sum(u_acc, 0) / M
     mtx = -2.0 * r * a2 * b2 + kr * (tl.sum(ux_acc, 0) - delta * tl.sum(u_acc, 0)) / M
     mean_e = mean.to(ACC) + delta / r_s
+    # SUMS is read back below by other threads of this program than those that stored it: a block barrier (it also
+    # makes the stores visible); today's later reductions happen to place one, nothing guarantees it.
+    tl.debug_barrier()
     for c0 in range(0, Cg, BLOCK_C):
         rc = c0 + tl.arange(0, BLOCK_C)
         cm = rc < Cg
@@ -349,7 +357,7 @@ def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSC
         rz_s = tl.zeros([BLOCK_C], ACC)
         rzx_s = tl.zeros([BLOCK_C], ACC)
         if ACT == 5:
-            _, _, a, b, uw, ub = _dbwd_chan(SCALE, SHIFT, UW, UB, p, Cg, c0, ZACC, BLOCK_C)
+            _q1, _q2, a, b, uw, ub = _dbwd_chan(SCALE, SHIFT, UW, UB, p, Cg, c0, ZACC, BLOCK_C)
             t_r = tl.zeros([BLOCK_C, BLOCK_L], ACC)
             t_rx = tl.zeros([BLOCK_C, BLOCK_L], ACC)
             for l0 in range(0, L, BLOCK_L):
@@ -420,7 +428,7 @@ def forward(x, scale, shift, gamma, beta, groups: int, eps: float, act: int, alp
     f64 = torch.float64
     _fwd_kernel[(x.shape[0] * groups,)](
         xc, y, scale.to(f64).contiguous(), shift.to(f64).contiguous(), gm, bm, mean, rstd, groups, cg, length, eps_hi,
-        float(eps) - eps_hi, float(alpha), ACT=int(act), MOD=mod, **meta)
+        float(eps) - eps_hi, *split64(alpha), ACT=int(act), MOD=mod, **meta)
     return (match_layout(y, x) if cl else y), mean, rstd
 
 
@@ -443,7 +451,7 @@ def backward(gy, x, mean, rstd, scale, shift, gamma, beta, act: int, alpha: floa
     _bwd_kernel[(x.shape[0] * groups,)](
         gyc, xc, mean.to(acc).contiguous(), rstd.to(acc).contiguous(), scale.to(f64).contiguous(),
         shift.to(f64).contiguous(), gm, bm, gx, gscale, gshift, ggamma if mod else gx, gbeta if gbeta.numel() else gx,
-        groups, cg, length, float(alpha), ACT=int(act), MOD=mod, **meta)
+        groups, cg, length, *split64(alpha), ACT=int(act), MOD=mod, **meta)
 
     def layout(t):
         return match_layout(t, x) if cl and t.numel() else t
@@ -470,7 +478,7 @@ def double_backward(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, eps:
         ggx.to(x.dtype).contiguous(), ggscale.to(f64).contiguous(), ggshift.to(f64).contiguous(),
         gy.to(x.dtype).contiguous(), xc, mean.to(acc).contiguous(), rstd.to(acc).contiguous(),
         scale.to(f64).contiguous(), shift.to(f64).contiguous(), sums, ggy, gx2, gscale2, gshift2, groups, cg, length,
-        eps_hi, float(eps) - eps_hi, float(alpha), ACT=int(act), **meta)
+        eps_hi, float(eps) - eps_hi, *split64(alpha), ACT=int(act), **meta)
 
     def layout(t):
         return match_layout(t, x) if cl else t

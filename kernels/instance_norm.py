@@ -126,8 +126,8 @@ def _welford(X, n, c, cmask, l0, l1, C, L, ACC: tl.constexpr, CHANNELS_LAST: tl.
     chunk is reduced two-pass in registers and merged with :func:`_chan`. No sum of squares is ever formed.
     """
     rows = tl.arange(0, BLOCK_L)
-    x, _, _ = _tile(X, n, c, cmask, l0 + rows, l1, C, L, ACC, CHANNELS_LAST, True)
-    k = (_colsum(x, BLOCK_L, BLOCK_C) / tl.cast(tl.minimum(l1 - l0, BLOCK_L), ACC))[None, :]  # the first chunk's mean
+    x0, _o0, _m0 = _tile(X, n, c, cmask, l0 + rows, l1, C, L, ACC, CHANNELS_LAST, True)
+    k = (_colsum(x0, BLOCK_L, BLOCK_C) / tl.cast(tl.minimum(l1 - l0, BLOCK_L), ACC))[None, :]  # the first chunk's mean
     n_full = (l1 - l0) // BLOCK_L
     m = tl.zeros([BLOCK_L, BLOCK_C], ACC)
     m2 = tl.zeros([BLOCK_L, BLOCK_C], ACC)
@@ -221,8 +221,8 @@ def _fwd_kernel(X, Y, SCALE, SHIFT, MEAN, RSTD, PART, C, CB, L, L_SPLIT, S, NC, 
             n_full = (l1 - l0) // BLOCK_L
             k = k[None, :]
             mean_rel = mean_rel[None, :]
-            x, offs, mask = _tile(X, n, c, cmask, l0 + n_full * BLOCK_L + rows, l1, C, L, ACC, CHANNELS_LAST, True)
-            tl.store(Y + offs, (((x - k) - mean_rel) * a + b).to(OUT), mask=mask)
+            xt, offt, maskt = _tile(X, n, c, cmask, l0 + n_full * BLOCK_L + rows, l1, C, L, ACC, CHANNELS_LAST, True)
+            tl.store(Y + offt, (((xt - k) - mean_rel) * a + b).to(OUT), mask=maskt)
             for i in range(n_full):  # backwards: the last chunks read are the likeliest still in L2
                 l = l0 + (n_full - 1 - i) * BLOCK_L + rows
                 x, offs, mask = _tile(X, n, c, cmask, l, l1, C, L, ACC, CHANNELS_LAST, False)
