@@ -8,9 +8,13 @@ SCHED = NoiseSchedule.linear(1000)
 MU, SIGMA = 0.7, 0.4  # data: every element ~ N(MU, SIGMA^2)
 
 
+_ABAR = {}  # alphas_cumprod per device: a copy per call would be a host-to-device copy inside a CUDA-graph capture
+
+
 def gaussian_eps_model(x, t):
     """E[eps | x_t] for x0 ~ N(MU, SIGMA^2): (x_t - sqrt(abar) MU) sqrt(1 - abar) / (abar SIGMA^2 + 1 - abar)."""
-    abar = SCHED.alphas_cumprod.to(x.device)[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    table = _ABAR.setdefault(x.device, SCHED.alphas_cumprod.to(x.device))
+    abar = table[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
     return (x - abar.sqrt() * MU) * (1 - abar).sqrt() / (abar * SIGMA**2 + 1 - abar)
 
 
@@ -84,6 +88,8 @@ STATIC_CASES = [
     ("ddim", 20, {"eta": 0.0}, None),
     ("ddim", 25, {"eta": 0.7}, "gen"),
     ("ddpm", 2, {}, "gen"),  # every step in the warm-up: nothing graphed
+    ("ddpm", 3, {}, "gen"),  # the two noisy steps warm the body up; the noiseless last one is eager: no graph
+    ("ddpm", 1, {}, "gen"),  # the one noiseless step is the body's kind
     ("ddim", 3, {"eta": 1.0, "impl": "ref"}, "gen"),
 ]
 

@@ -31,24 +31,28 @@ class Graphed:
         if not example_inputs or any(not isinstance(t, torch.Tensor) or t.device.type != "cuda"
                                      for t in example_inputs):
             raise ValueError("fastgan: Graphed needs CUDA tensors as example inputs")
-        self.static = [t.detach().clone() for t in example_inputs]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                fn(*self.static)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        for gen in generators:
-            self.graph.register_generator_state(gen)
-        with torch.cuda.graph(self.graph):
-            out = fn(*self.static)
+        self.device = example_inputs[0].device
+        with torch.cuda.device(self.device):  # Triton and the capture work on the current device
+            self.static = [t.detach().clone() for t in example_inputs]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    fn(*self.static)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            for gen in generators:
+                self.graph.register_generator_state(gen)
+            # stream=side: torch's default capture stream is one per process, made on whichever device came first
+            with torch.cuda.graph(self.graph, stream=side):
+                out = fn(*self.static)
         self.tuple_out = isinstance(out, (tuple, list))
         self.out = list(out) if self.tuple_out else [out]
 
     def __call__(self, *inputs: torch.Tensor):
-        for buf, t in zip(self.static, inputs, strict=True):
-            buf.copy_(t)
-        self.graph.replay()
-        out = [None if t is None else t.clone() for t in self.out]
+        with torch.cuda.device(self.device):
+            for buf, t in zip(self.static, inputs, strict=True):
+                buf.copy_(t)
+            self.graph.replay()
+            out = [None if t is None else t.clone() for t in self.out]
         return tuple(out) if self.tuple_out else out[0]

@@ -130,44 +130,53 @@ class _Sampler:
         impl = step_kw.get("impl")
         options = {k: v for k, v in step_kw.items() if k != "impl"}
         n = len(self.timesteps)
-        warmup = min(max(warmup, 1), n)
         plans = self._plans(x_T, options)
-        side = torch.cuda.Stream(x_T.device) if capture else None
-        if side is not None:
-            side.wait_stream(torch.cuda.current_stream(x_T.device))
-        x = x_T
-        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-            for i in range(warmup):  # real steps of the loop, eager: they also warm up what a capture must not do
-                out, uncond = self._model_out(x, self.timesteps[i], cond, null_cond, guidance)
-                x = self._step(x, out, uncond, self.timesteps[i], self._t_prev(i), guidance, generator, step_kw)
-                self._report(progress, i)
-        if side is not None:
-            torch.cuda.current_stream(x_T.device).wait_stream(side)
-        if warmup == n:
-            return x
-        noisy = plans[warmup][1]
-        body = _StaticStep(self, x, plans[warmup][0], cond, null_cond, guidance, generator if noisy else False,
+        flags = [p[1] for p in plans]
+        noisy = flags.count(True) >= flags.count(False)  # the graph serves the common kind of step
+        body = _StaticStep(self, x_T, plans[0][0], cond, null_cond, guidance, generator if noisy else False,
                            float(_clip(self.clip_x0)), impl)
-        x, run = body.x, body
-        if capture:
-            graph = torch.cuda.CUDAGraph()
-            if noisy and generator is not None and hasattr(graph, "register_generator_state"):
-                graph.register_generator_state(generator)  # a non-default generator advances on every replay
-            with torch.cuda.graph(graph):
-                body()
-            run = graph.replay
-        for i in range(warmup, n):
-            coef, step_noisy = plans[i]
-            if step_noisy == noisy:
+
+        def advance(i: int, x: torch.Tensor, run) -> torch.Tensor:
+            """Step i from x: through ``run`` (the body or its graph) when it is the graphed kind, else eager."""
+            if flags[i] == noisy:
                 if x is not body.x:
                     body.x.copy_(x)
-                body.load(self.timesteps[i], coef)
+                body.load(self.timesteps[i], plans[i][0])
                 run()
                 x = body.x
             else:  # e.g. DDPM's last step (t = 0), which adds no noise
                 out, uncond = self._model_out(x, self.timesteps[i], cond, null_cond, guidance)
                 x = self._step(x, out, uncond, self.timesteps[i], self._t_prev(i), guidance, generator, step_kw)
             self._report(progress, i)
+            return x
+
+        # Warm-up: real steps, the graphed kind through the body itself, so whatever a capture must not do (Triton
+        # compiling the very kernel variant, cuBLAS handles, the allocator) happens here, on a side stream.
+        cur = torch.cuda.current_stream(x_T.device) if capture else None
+        side = torch.cuda.Stream(x_T.device) if capture else None
+        if side is not None:
+            side.wait_stream(cur)
+        x, i, warmed = x_T, 0, 0
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            while i < n and warmed < max(warmup, 1):
+                warmed += flags[i] == noisy
+                x = advance(i, x, body)
+                i += 1
+        run = body
+        if side is not None:
+            cur.wait_stream(side)
+            if x is not body.x:
+                x.record_stream(cur)  # made on the side stream, used on this one from here
+            if noisy in flags[i:]:
+                graph = torch.cuda.CUDAGraph()
+                if noisy and generator is not None and hasattr(graph, "register_generator_state"):
+                    graph.register_generator_state(generator)  # a non-default generator advances on every replay
+                # stream=side: torch's default capture stream is one per process, made on the first device used
+                with torch.cuda.graph(graph, stream=side):
+                    body()
+                run = graph.replay
+        for j in range(i, n):
+            x = advance(j, x, run)
         return x
 
 
