@@ -37,6 +37,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <mutex>
 
 #include "instance_norm_cuda.cuh"
 #include "norm_common.h"
@@ -45,17 +46,45 @@ namespace fastgan {
 namespace in_cuda {
 
 // ---------------------------------------------------------------------------------------------- launchers
-inline DeviceLimits device_limits() {
+constexpr int kMaxDevices = 64;  // per-device caches below; a device beyond this is queried on every call
+
+inline int current_device() {
   int dev = 0;
-  DeviceLimits d;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
+  return dev;
+}
+
+inline DeviceLimits query_limits(int dev) {
+  DeviceLimits d;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   return d;
 }
 
+// The SM count and opt-in shared memory of the current device, queried once per device: the op's host time is
+// part of a small plane's cost.
+inline DeviceLimits device_limits(int dev) {
+  static DeviceLimits cache[kMaxDevices];
+  static std::once_flag once[kMaxDevices];
+  if (dev < 0 || dev >= kMaxDevices) return query_limits(dev);
+  std::call_once(once[dev], [dev] { cache[dev] = query_limits(dev); });
+  return cache[dev];
+}
+
+// Lets `kernel` take up to the device's opt-in shared memory, once per (kernel, device): the attribute only caps
+// what a launch may ask for, so the largest cap serves every plan.
+template <class Kernel>
+void allow_optin_smem(Kernel kernel, int dev, const DeviceLimits& d) {
+  static std::once_flag once[kMaxDevices];
+  auto set = [&] {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, d.smem_optin));
+  };
+  if (dev < 0 || dev >= kMaxDevices) set();
+  else std::call_once(once[dev], set);
+}
+
 template <class Op, int V>
-void launch_contiguous(const Op& op, const PlaneShape& s, const DeviceLimits& d, cudaStream_t stream) {
+void launch_contiguous(const Op& op, const PlaneShape& s, int dev, const DeviceLimits& d, cudaStream_t stream) {
   const int64_t planes = s.N * s.C;
   const ContigConfig c = contig_config<Op, V>(planes, s.L, d);
   if (c.warp) {
@@ -64,9 +93,7 @@ void launch_contiguous(const Op& op, const PlaneShape& s, const DeviceLimits& d,
     return;
   }
   auto kernel = plane_block_kernel<Op, V>;
-  if (c.smem > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(c.smem)));
-  }
+  if (c.smem > 48 * 1024) allow_optin_smem(kernel, dev, d);
   kernel<<<static_cast<unsigned>(c.blocks), c.threads, static_cast<size_t>(c.smem), stream>>>(op, planes, c.nvec,
                                                                                              c.ncache);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -111,12 +138,13 @@ void run(const Op& op, const PlaneShape& s, const at::Tensor& x) {
   bool vec = (s.channels_last ? s.C : s.L) % width == 0;
   for (int i = 0; i < Op::kIn; ++i) vec = vec && aligned(op.in[i], width * sizeof(T));
   for (int i = 0; i < Op::kOut; ++i) vec = vec && aligned(op.out[i], width * sizeof(T));
-  const DeviceLimits d = device_limits();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int dev = current_device();
+  const DeviceLimits d = device_limits(dev);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev);
   if (s.channels_last) {
     vec ? launch_channels_last<Op, kV>(op, s, d, stream, x) : launch_channels_last<Op, 1>(op, s, d, stream, x);
   } else {
-    vec ? launch_contiguous<Op, kVcontig>(op, s, d, stream) : launch_contiguous<Op, 1>(op, s, d, stream);
+    vec ? launch_contiguous<Op, kVcontig>(op, s, dev, d, stream) : launch_contiguous<Op, 1>(op, s, dev, d, stream);
   }
 }
 
