@@ -36,6 +36,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from ._device import on_input_device
+from ._math import div_, exp_
 from ._params import param_tensor
 
 __all__ = ["forward", "backward", "double_backward"]
@@ -60,22 +62,22 @@ def _tanh(z, LIBDEVICE: tl.constexpr):
 
 @triton.jit
 def _sigmoid(z):
-    return 1.0 / (1.0 + tl.exp(-z))
+    return div_(1.0, 1.0 + exp_(-z))
 
 
 @triton.jit
 def _sigmoid_pair(z):
     """sigmoid(z) and sigmoid(-z) = 1 - sigmoid(z), each to full relative precision."""
-    e = tl.exp(-tl.abs(z))
-    r = 1.0 / (1.0 + e)
+    e = exp_(-tl.abs(z))
+    r = div_(1.0, 1.0 + e)
     return tl.where(z >= 0, r, e * r), tl.where(z >= 0, e * r, r)
 
 
 @triton.jit
 def _sech2(z):
     """1 - tanh(z)^2 as 4e / (1 + e)^2, e = exp(-2|z|): no cancellation where tanh is near +-1."""
-    e = tl.exp(-2.0 * tl.abs(z))
-    return 4.0 * e / ((1.0 + e) * (1.0 + e))
+    e = exp_(-2.0 * tl.abs(z))
+    return div_(4.0 * e, (1.0 + e) * (1.0 + e))
 
 
 @triton.jit
@@ -89,7 +91,7 @@ def _act(z, alpha, K, ACT: tl.constexpr, LIBDEVICE: tl.constexpr):
     elif ACT == 4:
         f = _sigmoid(z)
     elif ACT == 5:
-        f = z / (1.0 + tl.exp(-z))
+        f = div_(z, 1.0 + exp_(-z))
     elif ACT == 6:
         f = z * 0.5 * (1.0 + tl.math.erf(z * K))
     else:
@@ -113,7 +115,7 @@ def _act_d1(z, alpha, K, PDF, ACT: tl.constexpr, LIBDEVICE: tl.constexpr):
         d = s * (1.0 + z * sc)
     elif ACT == 6:
         cdf = 0.5 * (1.0 + tl.math.erf(z * K))
-        d = cdf + z * (tl.exp(-0.5 * z * z) * PDF)
+        d = cdf + z * (exp_(-0.5 * z * z) * PDF)
     else:
         d = tl.zeros_like(z) + 1.0
     return d
@@ -130,7 +132,7 @@ def _act_d2(z, alpha, K, PDF, ACT: tl.constexpr, LIBDEVICE: tl.constexpr):
         s, sc = _sigmoid_pair(z)
         d = s * sc * (2.0 + z * (sc - s))
     elif ACT == 6:
-        d = tl.exp(-0.5 * z * z) * PDF * (2.0 - z * z)
+        d = exp_(-0.5 * z * z) * PDF * (2.0 - z * z)
     else:
         d = z * 0.0  # piecewise linear
     return d
@@ -198,16 +200,19 @@ def _launch(mode: int, x, bias, g, h, act: int, alpha: float, gain: float, clamp
     return out
 
 
+@on_input_device
 def forward(x, bias, act: int, alpha: float, gain: float, clamp: float, dim: int) -> torch.Tensor:
     """``y`` (see the module docstring); x's dtype, its layout when dense, else contiguous."""
     return _launch(0, x, bias, None, None, act, alpha, gain, clamp, dim)
 
 
+@on_input_device
 def backward(gy, x, bias, act: int, alpha: float, gain: float, clamp: float, dim: int) -> torch.Tensor:
     """``gx = gy * gain * f'(z) * m`` in x's dtype and layout."""
     return _launch(1, x, bias, gy, None, act, alpha, gain, clamp, dim)
 
 
+@on_input_device
 def double_backward(ggx, gy, x, bias, act: int, alpha: float, gain: float, clamp: float, dim: int) -> torch.Tensor:
     """``gx2 = ggx * gy * gain * f''(z) * m`` in x's dtype and layout."""
     return _launch(2, x, bias, ggx, gy, act, alpha, gain, clamp, dim)

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._device import on_input_device
 from ._params import join64, split64
 
 BLOCK = 1024
@@ -92,6 +93,7 @@ def _step_kernel(X, M, U, Z, SEED, K, OUT, numel, per_sample, sample_size, chans
     tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
+@on_input_device
 def step(x: torch.Tensor, m: torch.Tensor, u, z, coef: torch.Tensor, guidance: float, clip: float,
          seed: torch.Tensor | None = None, channels_last: bool = False) -> torch.Tensor:
     """Launch the fused step. ``x, m, u, z`` share x's shape and (dense, batch-outermost) layout; ``coef`` is

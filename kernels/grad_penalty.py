@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._device import on_input_device
 from ._params import param_tensor
 
 __all__ = ["forward", "backward", "double_backward"]
@@ -210,6 +211,7 @@ def _like(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(g).copy_(t)
 
 
+@on_input_device
 def forward(grad: torch.Tensor, kind: int, target: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(p, norm)``: p (N,) in grad's dtype, the norms (N,) in float64."""
     g = _sample_major(grad)
@@ -220,6 +222,7 @@ def forward(grad: torch.Tensor, kind: int, target: float) -> tuple[torch.Tensor,
     return p, norm
 
 
+@on_input_device
 def backward(gp: torch.Tensor, grad: torch.Tensor, norm: torch.Tensor, kind: int, target: float) -> torch.Tensor:
     """``gx = gp_n c_n g`` in grad's dtype and (sample-major) layout."""
     g = _sample_major(grad)
@@ -230,6 +233,7 @@ def backward(gp: torch.Tensor, grad: torch.Tensor, norm: torch.Tensor, kind: int
     return out
 
 
+@on_input_device
 def double_backward(ggx: torch.Tensor, gp: torch.Tensor, grad: torch.Tensor, norm: torch.Tensor, kind: int,
                     target: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(g_grad, g_gp)``: the backward's derivative applied to ``ggx``, w.r.t. grad and gp."""

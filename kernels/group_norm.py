@@ -25,6 +25,8 @@ import triton.language as tl
 from fastgan.ops._layout import is_channels_last, match_layout
 from fastgan.ops.instance_norm_ref import acc_dtype
 
+from ._device import on_input_device
+from ._math import div_, exp_
 from ._params import join64, split64
 
 __all__ = ["forward", "backward", "double_backward"]
@@ -44,7 +46,7 @@ def _act(z, alpha, ACT: tl.constexpr):
     elif ACT == 2:
         return tl.where(z < 0, z * alpha, z)
     elif ACT == 5:
-        return z / (1.0 + tl.exp(-z))
+        return div_(z, 1.0 + exp_(-z))
     else:
         return z
 
@@ -57,7 +59,7 @@ def _act_d1(z, alpha, ACT: tl.constexpr):
     elif ACT == 2:
         return tl.where(z > 0, 1.0, alpha)
     elif ACT == 5:
-        s = 1.0 / (1.0 + tl.exp(-z))
+        s = div_(1.0, 1.0 + exp_(-z))
         return s * (1.0 + z * (1.0 - s))
     else:
         return z * 0.0 + 1.0
@@ -223,7 +225,7 @@ def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GAMMA, BETA, GX, GSCALE, GSHIFT
 def _act_d2(z, ACT: tl.constexpr):
     """f''(z): 0 for the piecewise-linear activations, silu s (1 - s) (2 + z (1 - 2 s))."""
     if ACT == 5:
-        s = 1.0 / (1.0 + tl.exp(-z))
+        s = div_(1.0, 1.0 + exp_(-z))
         return s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
     else:
         return z * 0.0
@@ -414,6 +416,7 @@ def _maps(gamma, beta, x):
     return gamma.to(x.dtype).contiguous(), beta.to(x.dtype).contiguous(), True
 
 
+@on_input_device
 def forward(x, scale, shift, gamma, beta, groups: int, eps: float, act: int, alpha: float):
     """``reference_fwd``: ``(y, mean, rstd)``; y in x's layout and dtype, stats ``(N, G)`` in the acc dtype."""
     cl = is_channels_last(x)
@@ -432,6 +435,7 @@ def forward(x, scale, shift, gamma, beta, groups: int, eps: float, act: int, alp
     return (match_layout(y, x) if cl else y), mean, rstd
 
 
+@on_input_device
 def backward(gy, x, mean, rstd, scale, shift, gamma, beta, act: int, alpha: float):
     """``reference_bwd``: ``(gx, gscale, gshift, ggamma, gbeta)``; gx and the map gradients like x (0 elements where
     the op returns none), the sums ``(N, C)`` in float64."""
@@ -459,6 +463,7 @@ def backward(gy, x, mean, rstd, scale, shift, gamma, beta, act: int, alpha: floa
     return layout(gx), gscale, gshift, layout(ggamma), layout(gbeta)
 
 
+@on_input_device
 def double_backward(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, eps: float, act: int, alpha: float):
     """``reference_dbwd`` without maps: ``(g_gy, g_x, g_scale, g_shift)``; the first two like x, the sums
     ``(N, C)`` in float64."""

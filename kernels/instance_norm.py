@@ -35,6 +35,8 @@ import triton.language as tl
 from fastgan.ops._layout import canonical, empty_like_layout, is_channels_last, match_layout
 from fastgan.ops.instance_norm_ref import acc_dtype
 
+from ._device import on_input_device
+
 __all__ = ["forward", "backward", "double_backward"]
 
 # Kernel modes (constexpr MODE): one launch does everything, or the two launches of the split strategy.
@@ -390,7 +392,6 @@ def _dbwd_kernel(GGX, GGSCALE, GGSHIFT, GY, X, MEAN, RSTD, SCALE, GX2, GGY, GSCA
         x, offs, mask = _tile(X, n, c, cmask, rows, L, C, L, ACC, CHANNELS_LAST, True)
         g, _, _ = _tile(GY, n, c, cmask, rows, L, C, L, ACC, CHANNELS_LAST, True)
         v, _, _ = _tile(GGX, n, c, cmask, rows, L, C, L, ACC, CHANNELS_LAST, True)
-        xhat = (x - mean) * rstd
         s_g = _colsum(g, BLOCK_L, BLOCK_C)
         s_gx = _colsum(g * (x - mean), BLOCK_L, BLOCK_C) * r1
         s_v = _colsum(v, BLOCK_L, BLOCK_C)
@@ -533,6 +534,7 @@ def _per_plane(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return t.to(acc).contiguous()
 
 
+@on_input_device
 def forward(x, scale, shift, eps):
     """``reference_fwd``: returns ``(y, mean, rstd)``; y in x's layout and dtype, stats (N, C) in the acc dtype."""
     x = canonical(x)
@@ -550,6 +552,7 @@ def forward(x, scale, shift, eps):
     return y, mean, rstd
 
 
+@on_input_device
 def backward(gy, x, mean, rstd, scale):
     """``reference_bwd``: returns ``(gx, gscale, gshift)``; gx like x, the sums (N, C) in the acc dtype."""
     x = canonical(x)
@@ -566,6 +569,7 @@ def backward(gy, x, mean, rstd, scale):
     return gx, gscale, gshift
 
 
+@on_input_device
 def double_backward(ggx, ggscale, ggshift, gy, x, mean, rstd, scale):
     """``reference_dbwd``: returns ``(gx2, ggy, gscale2)``; gx2 like x, ggy like x in gy's dtype, gscale2 (N, C)."""
     x = canonical(x)
