@@ -135,6 +135,37 @@ def test_double_backward_matches_reference(device, impl, dtype):
 GRADCHECK_SHAPES = [((2, 3, 3, 4), "contiguous"), ((2, 3, 3, 4), "channels_last"), ((1, 2, 5), "contiguous")]
 
 
+# GPU kernels change strategy with the plane size: CUDA C++ runs one warp per plane up to 1024 elements and one block
+# per plane above, caching the plane in shared memory up to the device's opt-in limit (~227 KiB on Hopper: a
+# 256x256 float32 plane is past it, so it is cached in part); Triton splits planes into tiles and ranges. Odd C in
+# channels-last takes the scalar (unvectorised) path. Only the GPU runs these sizes.
+GPU_SHAPES = [((2, 3, 32, 32), "contiguous"), ((2, 3, 1, 1025), "contiguous"), ((1, 2, 256, 256), "contiguous"),
+              ((2, 5, 33, 31), "channels_last"), ((4, 64, 16, 16), "channels_last")]
+
+
+@pytest.mark.parametrize("device,impl", [p for p in impl_params() if p.id.startswith("cuda")])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_plane_strategies_follow_the_rule(device, impl, dtype):
+    for shape, layout in GPU_SHAPES:
+        x = _to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
+        w, b = (torch.randn(shape[1], device=device, dtype=dtype) for _ in range(2))
+        gy = torch.randn_like(x)
+        name = f"{impl} {dtype} {shape} {layout}"
+        assert_rule(fastgan.ops.instance_norm(x, w, b, impl=impl), eager_instance_norm(x, w, b), _ref64(x, w, b),
+                    f"{name} forward")
+        grads = {}
+        for key, fn, cast in (("ours", lambda *a: fastgan.ops.instance_norm(*a, impl=impl), lambda t: t),
+                              ("eager", eager_instance_norm, lambda t: t),
+                              ("ref", instance_norm_reference, lambda t: t.double())):
+            ins = [cast(t).detach().requires_grad_() for t in (x, w, b)]
+            grads[key] = torch.autograd.grad(fn(*ins), ins, cast(gy))
+        assert_rule(grads["ours"][0], grads["eager"][0], grads["ref"][0], f"{name} grad x")
+        ours = _penalty_grads(lambda a, c: fastgan.ops.instance_norm(a, c, impl=impl), x, w, gy)
+        eager = _penalty_grads(lambda a, c: eager_instance_norm(a, c), x, w, gy)
+        ref = _penalty_grads(lambda a, c: instance_norm_reference(a, c), x.double(), w.double(), gy.double())
+        assert_rule(ours[0], eager[0], ref[0], f"{name} penalty grad x")
+
+
 @pytest.mark.parametrize("device,impl", impl_params())
 @pytest.mark.parametrize("shape,layout", GRADCHECK_SHAPES)
 def test_gradcheck_and_gradgradcheck_float64(device, impl, shape, layout):
