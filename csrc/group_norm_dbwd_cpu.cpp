@@ -67,10 +67,7 @@ FASTGAN_GN_INLINE void dbwd_sums_impl(const T* x, const T* gy, const T* v, const
     acc[0][l] += xd, acc[1][l] += g, acc[2][l] += g * xd, acc[3][l] += vv, acc[4][l] += vv * xd, acc[5][l] += vv * g;
     acc[6][l] += xd * xd;
   };
-  int64_t i = 0;
-  for (; i + kDl <= n; i += kDl)
-    for (int l = 0; l < kDl; ++l) add(i + l, l);
-  for (int l = 0; i < n; ++i, ++l) add(i, l);
+  over_lanes(n, add);
   for (int q = 0; q < kSums; ++q) s[q] += tree8(acc[q]);
 }
 
@@ -86,10 +83,7 @@ FASTGAN_GN_INLINE void dbwd_rz_impl(const T* x, const T* gy, const T* v, const a
     const double rz = q * static_cast<double>(load_as<A>(gy[i])) * static_cast<double>(d2[i]);
     lr[l] += rz, lx[l] += rz * xh;
   };
-  int64_t i = 0;
-  for (; i + kDl <= n; i += kDl)
-    for (int l = 0; l < kDl; ++l) add(i + l, l);
-  for (int l = 0; i < n; ++i, ++l) add(i, l);
+  over_lanes(n, add);
   s[0] += tree8(lr);
   s[1] += tree8(lx);
 }

@@ -127,10 +127,7 @@ FASTGAN_GN_INLINE void mod_stats_impl(const T* x, int64_t n, acc_of<T> mu, doubl
     const double d = static_cast<double>(load_as<A>(x[i])) - static_cast<double>(mu);
     l1[l] += d, l2[l] += d * d;
   };
-  int64_t i = 0;
-  for (; i + kDl <= n; i += kDl)
-    for (int l = 0; l < kDl; ++l) add(i + l, l);
-  for (int l = 0; i < n; ++i, ++l) add(i, l);
+  over_lanes(n, add);
   s[0] += tree8(l1);
   s[1] += tree8(l2);
 }
@@ -147,10 +144,7 @@ FASTGAN_GN_INLINE void mod_sums_impl(const ModPtrs<T>& p, int64_t n, const ModCh
     acc[0][l] += xd, acc[1][l] += g, acc[2][l] += g * xd, acc[3][l] += vv, acc[4][l] += vv * xd, acc[5][l] += vv * g;
     acc[6][l] += xd * xd;
   };
-  int64_t i = 0;
-  for (; i + kDl <= n; i += kDl)
-    for (int l = 0; l < kDl; ++l) add(i + l, l);
-  for (int l = 0; i < n; ++i, ++l) add(i, l);
+  over_lanes(n, add);
   for (int q = 0; q < kSums; ++q) s[q] += tree8(acc[q]);
 }
 
@@ -164,10 +158,7 @@ FASTGAN_GN_INLINE void mod_rz_impl(const ModPtrs<T>& p, int64_t n, const ModChan
     const ModCot t = mod_cot<T, ACT>(e, p.v[i], p.gy[i], p.cg[i], p.cb, i, k);
     lr[l] += t.rz, lx[l] += t.rz * t.xh;
   };
-  int64_t i = 0;
-  for (; i + kDl <= n; i += kDl)
-    for (int l = 0; l < kDl; ++l) add(i + l, l);
-  for (int l = 0; i < n; ++i, ++l) add(i, l);
+  over_lanes(n, add);
   s[0] += tree8(lr);
   s[1] += tree8(lx);
 }

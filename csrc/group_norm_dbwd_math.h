@@ -20,6 +20,15 @@ constexpr int kSums = 7;
 constexpr int kDl = 8;
 constexpr int64_t kDerivCap = 1 << 18;  // f', f'' of a group up to this size are kept between passes
 
+// add(i, l) for the n elements, element i into lane l of kDl: the lane order, and so every sum, is fixed in source.
+template <typename F>
+FASTGAN_GN_INLINE void over_lanes(int64_t n, const F& add) {
+  int64_t i = 0;
+  for (; i + kDl <= n; i += kDl)
+    for (int l = 0; l < kDl; ++l) add(i + l, l);
+  for (int l = 0; i < n; ++i, ++l) add(i, l);
+}
+
 FASTGAN_GN_INLINE double tree8(const double* l) {
   return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
 }
