@@ -1,42 +1,38 @@
-"""Small parameter tensors the Triton kernels read their float64-exact scalars from, cached per value.
+"""Scalar kernel arguments at float64 precision.
 
-A Python float kernel argument is passed as float32 on a GPU (the interpreter keeps it float64, so CPU tests do not
-see this), so the kernels that need a scalar at full precision either read it from a tiny tensor (bias_act's
-alpha/gain/clamp, the gradient penalty's target) or take it as a float32 pair (:func:`split64`/:func:`join64`:
-group norm's lrelu slope, the diffusion step's guidance and clip). Building that tensor on
-every call would be a pageable host-to-device copy each time: a stream sync per op call, and an error inside a
-CUDA-graph capture. The cache makes it once per (values, dtype, device); the kernels only read it.
+A Python float argument reaches a compiled Triton kernel as float32 (the interpreter keeps it float64, so the CPU
+tests do not see this). Kernels that need a scalar at full precision in float64 (bias_act's alpha/gain/clamp and
+GELU constants, the gradient penalty's target, group norm's lrelu slope and eps, the diffusion step's guidance and
+clip) take it as three float32 parts: :func:`split64` on the host, :func:`join64` in the kernel. A tensor holding the
+scalars would cost a host-to-device copy per call (a stream sync, and an error inside a CUDA-graph capture).
 """
 from __future__ import annotations
 
-import functools
 import math
 import struct
 
-import torch
 import triton
 import triton.language as tl
 
 
-@functools.lru_cache(maxsize=512)
-def _cached(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype, device=device)
+def split64(v: float) -> tuple[float, float, float]:
+    """``v`` as ``hi + mid + lo``, each float32: hi is v's float32 rounding, mid that of the rest, lo the rest of
+    that. 3 x 24 bits hold a double's 53, so :func:`join64` gets v back exactly in float64 for
+    ``2^-78 <= |v| < 2^128`` (below, the parts reach float32's subnormals: within 2^-149 of v). Infinities and NaN
+    pass as (v, 0, 0); a finite ``|v| >= 2^128`` does not fit float32 and arrives as infinity."""
+    v = float(v)
+    if not math.isfinite(v) or abs(v) >= 3.4028234663852886e38:
+        return v, 0.0, 0.0
+    hi = _f32(v)
+    mid = _f32(v - hi)
+    return hi, mid, _f32(v - hi - mid)
 
 
-def param_tensor(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``torch.tensor(values, dtype, device)``, made once per distinct argument set (read-only: never write to
-    it)."""
-    return _cached(tuple(float(v) for v in values), dtype, torch.device(device))
-
-
-def split64(v: float) -> tuple[float, float]:
-    """``v`` as ``hi + lo`` with hi its float32 rounding: two float32 kernel arguments that :func:`join64` adds back
-    to v's float64 value (a lone float argument would arrive rounded to float32)."""
-    hi = struct.unpack("f", struct.pack("f", float(v)))[0] if math.isfinite(v) and abs(v) < 3.4e38 else float(v)
-    return hi, float(v) - hi if math.isfinite(hi) else 0.0
+def _f32(v: float) -> float:
+    return struct.unpack("f", struct.pack("f", v))[0]
 
 
 @triton.jit
-def join64(hi, lo, DT: tl.constexpr):
-    """A :func:`split64` pair back as one scalar of dtype DT (float64: exact; float32: hi)."""
-    return tl.cast(hi, DT) + tl.cast(lo, DT)
+def join64(hi, mid, lo, DT: tl.constexpr):
+    """A :func:`split64` triple back as one scalar of dtype DT (float64: v exactly; float32: hi, v's rounding)."""
+    return (tl.cast(hi, DT) + tl.cast(mid, DT)) + tl.cast(lo, DT)

@@ -38,7 +38,7 @@ from triton.language.extra import libdevice
 
 from ._device import on_input_device
 from ._math import div_, exp_
-from ._params import param_tensor
+from ._params import join64, split64
 
 __all__ = ["forward", "backward", "double_backward"]
 
@@ -139,17 +139,21 @@ def _act_d2(z, alpha, K, PDF, ACT: tl.constexpr, LIBDEVICE: tl.constexpr):
 
 
 @triton.jit
-def _bias_act_kernel(X, B, P, G, H, OUT, numel, C, inner, MODE: tl.constexpr, ACT: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, CLAMP: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK: tl.constexpr):
-    """MODE 0: OUT = y; MODE 1: OUT = G * gain * f'(z) * m; MODE 2: OUT = G * H * gain * f''(z) * m."""
-    ACC: tl.constexpr = P.dtype.element_ty
+def _bias_act_kernel(X, B, G, H, OUT, numel, C, inner, alpha_hi, alpha_mid, alpha_lo, gain_hi, gain_mid, gain_lo,
+                     clamp_hi, clamp_mid, clamp_lo, k_hi, k_mid, k_lo, pdf_hi, pdf_mid, pdf_lo, MODE: tl.constexpr,
+                     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, CLAMP: tl.constexpr, LIBDEVICE: tl.constexpr,
+                     ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """MODE 0: OUT = y; MODE 1: OUT = G * gain * f'(z) * m; MODE 2: OUT = G * H * gain * f''(z) * m.
+
+    The scalars come as float32 triples (kernels/_params.py), joined in ACC: alpha, gain, clamp, and GELU's
+    1/sqrt(2) and 1/sqrt(2 pi) (float literals would be float32 in float64 kernels)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    alpha = tl.load(P)
-    gain = tl.load(P + 1)
-    clamp = tl.load(P + 2)
-    K = tl.load(P + 3)  # 1/sqrt(2) and 1/sqrt(2 pi) in ACC: float literals would be float32 in float64 kernels
-    PDF = tl.load(P + 4)
+    alpha = join64(alpha_hi, alpha_mid, alpha_lo, ACC)
+    gain = join64(gain_hi, gain_mid, gain_lo, ACC)
+    clamp = join64(clamp_hi, clamp_mid, clamp_lo, ACC)
+    K = join64(k_hi, k_mid, k_lo, ACC)
+    PDF = join64(pdf_hi, pdf_mid, pdf_lo, ACC)
     z = tl.load(X + offs, mask=mask, other=0.0).to(ACC)
     if HAS_BIAS:
         z += tl.load(B + (offs // inner) % C, mask=mask, other=0.0)
@@ -185,18 +189,18 @@ def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _launch(mode: int, x, bias, g, h, act: int, alpha: float, gain: float, clamp: float, dim: int):
     x = _dense(x)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    params = param_tensor((alpha, gain, clamp, math.sqrt(0.5), 1.0 / math.sqrt(2 * math.pi)), acc, x.device)
+    scalars = [v for s in (alpha, gain, clamp, math.sqrt(0.5), 1.0 / math.sqrt(2 * math.pi)) for v in split64(s)]
     C = x.shape[dim]
     inner = x.numel() if C == 1 else x.stride(dim)
     out = torch.empty_like(x)
-    b = bias.to(acc).contiguous() if bias is not None else params
+    b = bias.to(acc).contiguous() if bias is not None else x  # no bias: never read
     g = _like(g, x) if g is not None else x
     h = _like(h, x) if h is not None else x
     libdevice = x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
     grid = (triton.cdiv(x.numel(), BLOCK),)
-    _bias_act_kernel[grid](x, b, params, g, h, out, x.numel(), C, inner, MODE=mode, ACT=act,
-                           HAS_BIAS=bias is not None, CLAMP=clamp >= 0, LIBDEVICE=libdevice, BLOCK=BLOCK,
-                           num_warps=4)
+    _bias_act_kernel[grid](x, b, g, h, out, x.numel(), C, inner, *scalars, MODE=mode, ACT=act,
+                           HAS_BIAS=bias is not None, CLAMP=clamp >= 0, LIBDEVICE=libdevice,
+                           ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=BLOCK, num_warps=4)
     return out
 
 

@@ -62,11 +62,11 @@ def _noise(SEED, offs, row, col, sample_size, chans, spatial, CL: tl.constexpr, 
 
 @triton.jit
 def _step_kernel(X, M, U, Z, SEED, K, OUT, numel, per_sample, sample_size, chans, spatial, guidance_hi,
-                 guidance_lo, clip_hi, clip_lo, HAS_U: tl.constexpr, NOISE: tl.constexpr, CL: tl.constexpr, CLIP: tl.constexpr,
-                 BLOCK: tl.constexpr):
+                 guidance_mid, guidance_lo, clip_hi, clip_mid, clip_lo, HAS_U: tl.constexpr, NOISE: tl.constexpr,
+                 CL: tl.constexpr, CLIP: tl.constexpr, BLOCK: tl.constexpr):
     ACC: tl.constexpr = K.dtype.element_ty
-    guidance = join64(guidance_hi, guidance_lo, ACC)
-    clip = join64(clip_hi, clip_lo, ACC)
+    guidance = join64(guidance_hi, guidance_mid, guidance_lo, ACC)
+    clip = join64(clip_hi, clip_mid, clip_lo, ACC)
     ROWS: tl.constexpr = BLOCK // 4
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)[:, None]
     col = tl.arange(0, 4)[None, :]
@@ -111,6 +111,6 @@ def step(x: torch.Tensor, m: torch.Tensor, u, z, coef: torch.Tensor, guidance: f
     grid = (triton.cdiv(numel, BLOCK),)
     _step_kernel[grid](x, m, u if u is not None else x, z if z is not None else x,
                        seed if seed is not None else coef, coef, out, numel, per_sample, sample_size, chans,
-                       spatial, *split64(guidance), *split64(clip), HAS_U=u is not None, NOISE=noise, CL=channels_last and noise == 2,
-                       CLIP=clip > 0, BLOCK=BLOCK, num_warps=4)
+                       spatial, *split64(guidance), *split64(clip), HAS_U=u is not None, NOISE=noise,
+                       CL=channels_last and noise == 2, CLIP=clip > 0, BLOCK=BLOCK, num_warps=4)
     return out

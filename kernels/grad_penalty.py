@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._params import param_tensor
+from ._params import join64, split64
 
 __all__ = ["forward", "backward", "double_backward"]
 
@@ -86,10 +86,11 @@ def _finish(total, rows, rmask, P, NORM, DOT, GGP, t, MODE: tl.constexpr, KIND: 
 
 
 @triton.jit
-def _reduce_kernel(G, V, PART, P, NORM, DOT, GGP, PRM, N, M, chunk, S, MODE: tl.constexpr, KIND: tl.constexpr,
-                   FINAL: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _reduce_kernel(G, V, PART, P, NORM, DOT, GGP, t_hi, t_mid, t_lo, N, M, chunk, S, MODE: tl.constexpr,
+                   KIND: tl.constexpr, FINAL: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_M: tl.constexpr):
     """Sum of g^2 (SQUARES) or g v (DOTS) over chunk program_id(1) of samples [pid * BLOCK_N, + BLOCK_N)."""
-    t = tl.load(PRM)
+    t = join64(t_hi, t_mid, t_lo, tl.float64)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     s = tl.program_id(1)
@@ -112,10 +113,10 @@ def _reduce_kernel(G, V, PART, P, NORM, DOT, GGP, PRM, N, M, chunk, S, MODE: tl.
 
 
 @triton.jit
-def _finalize_kernel(PART, P, NORM, DOT, GGP, PRM, N, S, MODE: tl.constexpr, KIND: tl.constexpr,
-                     ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):
+def _finalize_kernel(PART, P, NORM, DOT, GGP, t_hi, t_mid, t_lo, N, S, MODE: tl.constexpr,
+                     KIND: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):
     """Adds the S partial sums of each sample (in chunk order within a lane) and finishes the sample."""
-    t = tl.load(PRM)
+    t = join64(t_hi, t_mid, t_lo, tl.float64)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     acc = tl.zeros([BLOCK_N, BLOCK_S], dtype=ACC)
@@ -127,10 +128,10 @@ def _finalize_kernel(PART, P, NORM, DOT, GGP, PRM, N, S, MODE: tl.constexpr, KIN
 
 
 @triton.jit
-def _apply_kernel(G, V, GP, NORM, DOT, OUT, PRM, numel, M, MODE: tl.constexpr, KIND: tl.constexpr,
-                  ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _apply_kernel(G, V, GP, NORM, DOT, OUT, t_hi, t_mid, t_lo, numel, M, MODE: tl.constexpr,
+                  KIND: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """MODE 0: OUT = backward's gx; MODE 1: OUT = the double backward's gradient w.r.t. grad."""
-    t64 = tl.load(PRM)
+    t64 = join64(t_hi, t_mid, t_lo, tl.float64)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     n = offs // M
@@ -177,31 +178,27 @@ def _plan(N: int, M: int) -> tuple[int, int, int, int]:
     return block_n, block_m, chunk, triton.cdiv(M, chunk)
 
 
-def _reduce(mode: int, g, v, kind: int, prm, p=None, norm=None, dot=None, ggp=None):
+def _reduce(mode: int, g, v, kind: int, target: float, p=None, norm=None, dot=None, ggp=None):
     N = g.shape[0]
     M = g.numel() // N
     block_n, block_m, chunk, S = _plan(N, M)
     groups = triton.cdiv(N, block_n)
     v = g if v is None else v
-    p = prm if p is None else p
-    norm, dot, ggp = (prm if t is None else t for t in (norm, dot, ggp))
     part = torch.empty(N * S if S > 1 else 1, dtype=_acc(g), device=g.device)
-    _reduce_kernel[(groups, S)](g, v, part, p, norm, dot, ggp, prm, N, M, chunk, S, MODE=mode, KIND=kind,
-                                FINAL=S == 1, ACC=_tl_acc(g), BLOCK_N=block_n, BLOCK_M=block_m, num_warps=4)
+    p, norm, dot, ggp = (part if t is None else t for t in (p, norm, dot, ggp))  # unused outputs: any pointer
+    _reduce_kernel[(groups, S)](g, v, part, p, norm, dot, ggp, *split64(target), N, M, chunk, S, MODE=mode,
+                                KIND=kind, FINAL=S == 1, ACC=_tl_acc(g), BLOCK_N=block_n, BLOCK_M=block_m,
+                                num_warps=4)
     if S > 1:
         block_s = min(64, triton.next_power_of_2(S))
         fin_n = max(1, min(triton.next_power_of_2(N), 1024 // block_s))
-        _finalize_kernel[(triton.cdiv(N, fin_n),)](part, p, norm, dot, ggp, prm, N, S, MODE=mode, KIND=kind,
-                                                   ACC=_tl_acc(g), BLOCK_N=fin_n, BLOCK_S=block_s, num_warps=4)
+        _finalize_kernel[(triton.cdiv(N, fin_n),)](part, p, norm, dot, ggp, *split64(target), N, S, MODE=mode,
+                                                   KIND=kind, ACC=_tl_acc(g), BLOCK_N=fin_n, BLOCK_S=block_s,
+                                                   num_warps=4)
 
 
 def _tl_acc(x: torch.Tensor):
     return tl.float64 if x.dtype == torch.float64 else tl.float32
-
-
-def _params(g: torch.Tensor, target: float) -> torch.Tensor:
-    """The target as a float64 tensor: a Python float kernel argument would be rounded to float32."""
-    return param_tensor((target,), torch.float64, g.device)
 
 
 def _like(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -218,7 +215,7 @@ def forward(grad: torch.Tensor, kind: int, target: float) -> tuple[torch.Tensor,
     N = g.shape[0]
     p = torch.empty(N, dtype=g.dtype, device=g.device)
     norm = torch.empty(N, dtype=torch.float64, device=g.device)
-    _reduce(SQUARES, g, None, kind, _params(g, target), p=p, norm=norm)
+    _reduce(SQUARES, g, None, kind, target, p=p, norm=norm)
     return p, norm
 
 
@@ -228,7 +225,7 @@ def backward(gp: torch.Tensor, grad: torch.Tensor, norm: torch.Tensor, kind: int
     g = _sample_major(grad)
     out = torch.empty_like(g)
     _apply_kernel[(triton.cdiv(g.numel(), BLOCK),)](
-        g, g, gp.contiguous(), norm.contiguous(), norm, out, _params(g, target), g.numel(), g.numel() // g.shape[0],
+        g, g, gp.contiguous(), norm.contiguous(), norm, out, *split64(target), g.numel(), g.numel() // g.shape[0],
         MODE=0, KIND=kind, ACC=_tl_acc(g), BLOCK=BLOCK, num_warps=4)
     return out
 
@@ -239,13 +236,13 @@ def double_backward(ggx: torch.Tensor, gp: torch.Tensor, grad: torch.Tensor, nor
     """``(g_grad, g_gp)``: the backward's derivative applied to ``ggx``, w.r.t. grad and gp."""
     g = _sample_major(grad)
     v = _like(ggx, g)
-    prm = _params(g, target)
     N = g.shape[0]
     gp, norm = gp.contiguous(), norm.contiguous()
     dot = torch.empty(N, dtype=_acc(g), device=g.device)
     g_gp = torch.empty(N, dtype=gp.dtype, device=g.device)
-    _reduce(DOTS, g, v, kind, prm, norm=norm, dot=dot, ggp=g_gp)
+    _reduce(DOTS, g, v, kind, target, norm=norm, dot=dot, ggp=g_gp)
     out = torch.empty_like(g)
-    _apply_kernel[(triton.cdiv(g.numel(), BLOCK),)](g, v, gp, norm, dot, out, prm, g.numel(), g.numel() // N,
+    _apply_kernel[(triton.cdiv(g.numel(), BLOCK),)](g, v, gp, norm, dot, out, *split64(target), g.numel(),
+                                                    g.numel() // N,
                                                     MODE=1, KIND=kind, ACC=_tl_acc(g), BLOCK=BLOCK, num_warps=4)
     return out, g_gp

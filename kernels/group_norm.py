@@ -87,8 +87,9 @@ def _group(Cg, L, IDX64: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, eps_lo, alpha_hi, alpha_lo,
-                ACT: tl.constexpr, MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
+def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, eps_lo, alpha_hi, alpha_mid,
+                alpha_lo, ACT: tl.constexpr, MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+                IDX64: tl.constexpr):
     """Forward of group p = n*G + g over its M = Cg*L elements::
 
         k    = sum(x) / M                               (pass 1: a shift near the mean)
@@ -102,7 +103,7 @@ def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, e
     eps arrives as eps_hi + eps_lo (Triton passes Python floats as float32).
     """
     ACC: tl.constexpr = MEAN.dtype.element_ty
-    alpha = join64(alpha_hi, alpha_lo, ACC)
+    alpha = join64(alpha_hi, alpha_mid, alpha_lo, ACC)
     p, M, base = _group(Cg, L, IDX64)
     acc = tl.zeros([BLOCK_C, BLOCK_L], ACC)
     for c0 in range(0, Cg, BLOCK_C):
@@ -166,8 +167,8 @@ def _gz_tile(GY, X, GAMMA, BETA, base, c0, l0, Cg, L, mean, rstd, a, b, alpha, A
 
 @triton.jit
 def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GAMMA, BETA, GX, GSCALE, GSHIFT, GGAMMA, GBETA, G, Cg, L, alpha_hi,
-                alpha_lo, ACT: tl.constexpr, MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
-                IDX64: tl.constexpr):
+                alpha_mid, alpha_lo, ACT: tl.constexpr, MOD: tl.constexpr, BLOCK_C: tl.constexpr,
+                BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
     """Backward of group p, with xhat = (x - mean) * rstd, gz = gy * f'(xhat * scale + shift)::
 
         gshift[n, c] = sum_L(gz),   gscale[n, c] = rstd * sum_L(gz * (x - mean))        (pass 1, per channel)
@@ -178,7 +179,7 @@ def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GAMMA, BETA, GX, GSCALE, GSHIFT
     ggamma = gu * z and, for a non-linear f, gbeta = gu.
     """
     ACC: tl.constexpr = MEAN.dtype.element_ty
-    alpha = join64(alpha_hi, alpha_lo, ACC)
+    alpha = join64(alpha_hi, alpha_mid, alpha_lo, ACC)
     p, M, base = _group(Cg, L, IDX64)
     mean = tl.load(MEAN + p)
     rstd = tl.load(RSTD + p)
@@ -265,7 +266,8 @@ def _dbwd_chan(SCALE, SHIFT, UW, UB, p, Cg, c0, ZACC: tl.constexpr, BLOCK_C: tl.
 
 @triton.jit
 def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSCALE2, GSHIFT2, G, Cg, L, eps_hi,
-                 eps_lo, alpha_hi, alpha_lo, ACT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
+                 eps_lo, alpha_hi, alpha_mid, alpha_lo, ACT: tl.constexpr, BLOCK_C: tl.constexpr,
+                 BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
     """Double backward of group p without maps (v = ggx, uw = ggscale, ub = ggshift; the formulas and the names
     m_v, B2, A2, Q, Rz, T in group_norm_kernels' docstring)::
 
@@ -282,7 +284,7 @@ def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSC
     """
     ZACC: tl.constexpr = MEAN.dtype.element_ty
     ACC: tl.constexpr = tl.float64
-    alpha = join64(alpha_hi, alpha_lo, ZACC)
+    alpha = join64(alpha_hi, alpha_mid, alpha_lo, ZACC)
     p, M, base = _group(Cg, L, IDX64)
     mean = tl.load(MEAN + p)
     rz_acc = tl.load(RSTD + p)
