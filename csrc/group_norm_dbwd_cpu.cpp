@@ -44,8 +44,8 @@ FASTGAN_GN_INLINE void dbwd_derivs_impl(const T* x, int64_t n, acc_of<T> mu, acc
   for (int64_t i = 0; i < n; ++i) {
     const A z = (load_as<A>(x[i]) - mu) * ra + b;
     if constexpr (ACT == kSilu) {
-      const A e = exp_a(-z, er);
-      const A sg = A(1) / (A(1) + e), sm = e * sg;  // sigmoid(z), 1 - sigmoid(z)
+      A sg, sm;  // sigmoid(z), 1 - sigmoid(z)
+      sigmoid_pair(z, er, sg, sm);
       d1[i] = sg * (A(1) + z * sm);
       d2[i] = sg * sm * (A(2) + z * (sm - sg));
     } else {

@@ -10,9 +10,10 @@
 // ggbeta is given exactly when act is not linear (for linear f, bwd's gbeta is grad_y itself, so its cotangent
 // reaches grad_y through autograd); g_beta then has 0 elements, as beta does not enter a linear f's backward.
 //
-// Work unit: a (n, g) group, as in the kernel without maps. Each pass recomputes z, u, f'(u), f''(u),
-// gu = grad_y f'(u) and gz = gu + gu * gamma in double (relu/lrelu's mask from u in the acc dtype, as the backward
-// computes it); the cotangent algebra is in double too. Pass 1 sums as without maps (with this gz); pass 2 sums Rz,
+// Work unit: a (n, g) group, as in the kernel without maps. z, u, gu = grad_y f'(u) and gz = gu + gu * gamma are
+// computed in double by each pass; f'(u) and f''(u) once per element and kept between the passes for groups up to
+// kDerivCap elements (recomputed per chunk above), relu/lrelu's mask from u in the acc dtype, as the backward
+// computes it; the cotangent algebra is in double too. Pass 1 sums as without maps (with this gz); pass 2 sums Rz,
 // the cotangent reaching z directly, which the maps make non-zero for every f; pass 3 writes the outputs.
 // Per element, with Q the cotangent of gz (as without maps) and cgg, cgb the cotangents of ggamma, gbeta:
 //   Qu = Q (1 + gamma) + cgg z + cgb,  Ru = Qu grad_y f''(u),  Rz = Ru (1 + gamma) + cgg gu
@@ -60,13 +61,14 @@ template <typename T, int ACT>
 FASTGAN_GN_INLINE void mod_derivs_impl(const T* x, const T* gm, const T* bm, int64_t n, const ModChan<acc_of<T>>& c,
                                        double* __restrict__ d1, double* __restrict__ d2) {
   using A = acc_of<T>;
+  const ExpRange er = exp_range();
   for (int64_t i = 0; i < n; ++i) {
     const A xa = load_as<A>(x[i]), gma = load_as<A>(gm[i]), bma = load_as<A>(bm[i]);
     if constexpr (ACT == kSilu) {
       const double z = (static_cast<double>(xa) - c.mu_d) * c.r_d * c.a_d + c.b_d;
       const double u = (z + z * static_cast<double>(gma)) + static_cast<double>(bma);
-      const double ex = std::exp(-u);
-      const double sg = 1.0 / (1.0 + ex), sm = ex * sg;  // sigmoid(u), 1 - sigmoid(u)
+      double sg, sm;  // sigmoid(u), 1 - sigmoid(u)
+      sigmoid_pair(u, er, sg, sm);
       d1[i] = sg * (1.0 + u * sm);
       d2[i] = sg * sm * (2.0 + u * (sm - sg));
     } else {

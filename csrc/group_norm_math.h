@@ -47,16 +47,27 @@ FASTGAN_GN_INLINE A act_f(A z, A alpha, const ExpRange& er) {
   else return z;
 }
 
-// f'(z); at z = 0 relu's is 0 and lrelu's alpha, as torch's backward has them. SiLU: s (1 + z (1 - s)) with
-// 1 - s = sigmoid(-z) = e * s computed directly (no cancellation where s is near 1; eager's 1 - s loses bits there).
+// sigmoid(z) and 1 - sigmoid(z) = sigmoid(-z), each to full relative precision (no cancellation where s is near 1;
+// eager's 1 - s loses bits there) and finite for every finite z: from e = exp(-|z|), which cannot overflow (a
+// double exp(-z) is inf below z = -709, and inf * 0 made f' NaN there). NaN stays NaN.
+template <typename A>
+FASTGAN_GN_INLINE void sigmoid_pair(A z, const ExpRange& er, A& s, A& sm) {
+  const bool neg = z < A(0);
+  const A e = exp_a(neg ? z : -z, er);
+  const A r = A(1) / (A(1) + e);
+  s = neg ? e * r : r;
+  sm = neg ? r : e * r;
+}
+
+// f'(z); at z = 0 relu's is 0 and lrelu's alpha, as torch's backward has them. SiLU: s (1 + z (1 - s)).
 template <int ACT, typename A>
 FASTGAN_GN_INLINE A act_d1(A z, A alpha, const ExpRange& er) {
   if constexpr (ACT == kRelu) return z > A(0) ? A(1) : A(0);
   else if constexpr (ACT == kLrelu) return z > A(0) ? A(1) : alpha;
   else if constexpr (ACT == kSilu) {
-    const A e = exp_a(-z, er);
-    const A s = A(1) / (A(1) + e);
-    return s * (A(1) + z * (e * s));
+    A s, sm;
+    sigmoid_pair(z, er, s, sm);
+    return s * (A(1) + z * sm);
   } else return A(1);
 }
 

@@ -77,6 +77,32 @@ def test_op_float32_matches_float64_on_its_inputs(act):
                 torch.testing.assert_close(o.double(), r, rtol=0, atol=tol, msg=f"{shape}/G{g} {act} {what}")
 
 
+@pytest.mark.parametrize("act", ["silu", "lrelu"])
+def test_op_on_large_groups_matches_reference_float64(act):
+    """Groups past the single-thread cutoff (two tasks, parallel where torch has two threads) and past kDerivCap
+    (f', f'' recomputed per chunk in every pass instead of kept): float64 at 1e-10 of the magnitude."""
+    gen = torch.Generator().manual_seed(17)
+    ins = _op_inputs((2, 2, 400, 400), torch.float64, "contiguous", ACTS[act], gen)
+    ours = _run_op(ins, 1, ACTS[act])
+    ref = gnk.reference_dbwd_maps(*ins, 1, EPS, ACTS[act], 0.2)
+    for o, r, what in zip(ours, ref, OUTS):
+        torch.testing.assert_close(o, r, rtol=0, atol=1e-10 * max(1.0, r.abs().max().item()), msg=f"{act} {what}")
+
+
+def test_silu_far_below_zero_stays_finite():
+    """exp(-u) of a double overflows below u = -709: the derivatives come from exp(-|u|), so a group with such a
+    value still gets finite gradients (0 there), as eager's."""
+    gen = torch.Generator().manual_seed(19)
+    ins = list(_op_inputs((1, 2, 3, 3), torch.float64, "contiguous", ACTS["silu"], gen))
+    ins[10] = ins[10].clone()
+    ins[10][0, 0, 0, 0] = -750.0  # beta
+    ours = _run_op(ins, 1, ACTS["silu"])
+    ref = gnk.reference_dbwd_maps(*ins, 1, EPS, ACTS["silu"], 0.2)
+    for o, r, what in zip(ours, ref, OUTS):
+        assert torch.isfinite(o).all(), what
+        torch.testing.assert_close(o, r, rtol=0, atol=1e-10 * max(1.0, r.abs().max().item()), msg=what)
+
+
 def _penalty_grads(fn, x, w, b, gm, bm, gy):
     """Gradients of ||d<y, gy>/d(x, gamma, beta)||^2 w.r.t. x, weight, bias, gamma and beta: a double backward
     that sends cotangents through every output of the backward (gx, the sums, ggamma and gbeta)."""
@@ -161,7 +187,7 @@ def test_opcheck(layout, act):
                            EPS, act, 0.2))
 
 
-@pytest.mark.parametrize("act", [0, 5])
+@pytest.mark.parametrize("act", [0, 2, 5])
 def test_third_order_goes_through_the_reference(act):
     gen = torch.Generator().manual_seed(13)
     ins = [t.requires_grad_() if t is not None else None
