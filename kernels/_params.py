@@ -21,8 +21,8 @@ def split64(v: float) -> tuple[float, float, float]:
     ``2^-78 <= |v| < 2^128`` (below, the parts reach float32's subnormals: within 2^-149 of v). Infinities and NaN
     pass as (v, 0, 0); a finite ``|v| >= 2^128`` does not fit float32 and arrives as infinity."""
     v = float(v)
-    if not math.isfinite(v) or abs(v) >= 3.4028234663852886e38:
-        return v, 0.0, 0.0
+    if v == 0.0 or not math.isfinite(v) or abs(v) >= 3.4028234663852886e38:
+        return v, v if v == 0.0 else 0.0, v if v == 0.0 else 0.0  # a zero's parts keep its sign
     hi = _f32(v)
     mid = _f32(v - hi)
     return hi, mid, _f32(v - hi - mid)
@@ -34,5 +34,10 @@ def _f32(v: float) -> float:
 
 @triton.jit
 def join64(hi, mid, lo, DT: tl.constexpr):
-    """A :func:`split64` triple back as one scalar of dtype DT (float64: v exactly; float32: hi, v's rounding)."""
-    return (tl.cast(hi, DT) + tl.cast(mid, DT)) + tl.cast(lo, DT)
+    """A :func:`split64` triple back as one scalar of dtype DT: float64, v exactly; otherwise hi, v's float32
+    rounding (adding mid in float32 could round a tie to hi's even neighbour)."""
+    if DT == tl.float64:
+        r = (tl.cast(hi, DT) + tl.cast(mid, DT)) + tl.cast(lo, DT)
+    else:
+        r = tl.cast(hi, DT)
+    return r

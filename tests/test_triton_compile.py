@@ -3,6 +3,7 @@ the other Triton tests use, accepts kernels the GPU compiler rejects (three such
 this check existed: loop-carried throwaway variables that changed shape, a module global read in a jit function)."""
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,11 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "triton_compile_check.py"
                     reason="Triton with its NVIDIA backend (bundled ptxas) is not installed")
 def test_every_triton_kernel_variant_compiles_for_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # compile for real, untouched by other processes' caches
     # From tmp_path, so the installed fastgan is the one imported (a plain pip install has no _C in the checkout).
     proc = subprocess.run([sys.executable, str(TOOL), "--quick"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=900)
     report = proc.stdout[-6000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, report
-    assert ", 0 failed" in proc.stdout and "launches compiled" in proc.stdout, report
+    found = re.search(r"(\d+) launches compiled, 0 failed", proc.stdout)
+    assert found and int(found.group(1)) >= 250, report  # 272 variants at the time of writing

@@ -33,6 +33,12 @@ def test_split64_round_trips_doubles_exactly():
         assert abs(_join(split64(v)) - v) <= 2.0**-149, v
 
 
+def test_split64_keeps_the_sign_of_zero():
+    for z in (0.0, -0.0):
+        assert all(math.copysign(1, p) == math.copysign(1, z) for p in split64(z))
+        assert math.copysign(1, _join(split64(z))) == math.copysign(1, z)
+
+
 def test_split64_passes_non_finite_and_out_of_range_values():
     assert split64(math.inf) == (math.inf, 0.0, 0.0) and split64(-math.inf) == (-math.inf, 0.0, 0.0)
     assert math.isnan(split64(math.nan)[0]) and split64(math.nan)[1:] == (0.0, 0.0)
