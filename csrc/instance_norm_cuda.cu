@@ -71,13 +71,15 @@ inline DeviceLimits device_limits(int dev) {
   return cache[dev];
 }
 
-// Lets `kernel` take up to the device's opt-in shared memory, once per (kernel, device): the attribute only caps
-// what a launch may ask for, so the largest cap serves every plan.
-template <class Kernel>
-void allow_optin_smem(Kernel kernel, int dev, const DeviceLimits& d) {
+// Lets plane_block_kernel<Op, V> take up to the device's opt-in shared memory, once per (kernel, device): the
+// attribute only caps what a launch may ask for, so the largest cap serves every plan. The flags belong to the
+// <Op, V> instance: kernels of different V share a function-pointer type, so a flag per type would serve one only.
+template <class Op, int V>
+void allow_optin_smem(int dev, const DeviceLimits& d) {
   static std::once_flag once[kMaxDevices];
   auto set = [&] {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, d.smem_optin));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(plane_block_kernel<Op, V>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        d.smem_optin));
   };
   if (dev < 0 || dev >= kMaxDevices) set();
   else std::call_once(once[dev], set);
@@ -93,7 +95,7 @@ void launch_contiguous(const Op& op, const PlaneShape& s, int dev, const DeviceL
     return;
   }
   auto kernel = plane_block_kernel<Op, V>;
-  if (c.smem > 48 * 1024) allow_optin_smem(kernel, dev, d);
+  if (c.smem > 48 * 1024) allow_optin_smem<Op, V>(dev, d);
   kernel<<<static_cast<unsigned>(c.blocks), c.threads, static_cast<size_t>(c.smem), stream>>>(op, planes, c.nvec,
                                                                                              c.ncache);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -138,9 +138,11 @@ GRADCHECK_SHAPES = [((2, 3, 3, 4), "contiguous"), ((2, 3, 3, 4), "channels_last"
 # GPU kernels change strategy with the plane size: CUDA C++ runs one warp per plane up to 1024 elements and one block
 # per plane above, caching the plane in shared memory up to the device's opt-in limit (~227 KiB on Hopper: a
 # 256x256 float32 plane is past it, so it is cached in part); Triton splits planes into tiles and ranges. Odd C in
-# channels-last takes the scalar (unvectorised) path. Only the GPU runs these sizes.
+# channels-last, and planes whose length is not a multiple of the vector width, take the scalar (unvectorised)
+# path; 255x257 after 256x256 is a large scalar-path plane after a vectorised one (each kernel needs its own
+# opt-in to more than 48 KiB of shared memory). Only the GPU runs these sizes.
 GPU_SHAPES = [((2, 3, 32, 32), "contiguous"), ((2, 3, 1, 1025), "contiguous"), ((1, 2, 256, 256), "contiguous"),
-              ((2, 5, 33, 31), "channels_last"), ((4, 64, 16, 16), "channels_last")]
+              ((1, 2, 255, 257), "contiguous"), ((2, 5, 33, 31), "channels_last"), ((4, 64, 16, 16), "channels_last")]
 
 
 @pytest.mark.parametrize("device,impl", [p for p in impl_params() if p.id.startswith("cuda")])
