@@ -20,16 +20,15 @@ Elementwise, so Triton is the whole GPU story (no CUDA C++ kernel): each program
 elements of x's memory. x is read as it is when it is dense in any dimension order, so the element at flat offset
 ``i`` has channel ``(i // inner) % C`` with ``inner = x.stride(dim)`` (the launcher copies other strides to
 contiguous first); the C bias values are gathered per element and stay in cache. Offsets are int64. Arithmetic is
-in float32 (float64 for float64 input); alpha, gain, clamp and the gelu constants come in a small tensor of that dtype so float64
-keeps full precision. Bytes: read x (and gy, ggx), write one output.
+in float32 (float64 for float64 input); alpha, gain, clamp and the gelu constants come as float32 triples
+(kernels/_params.py) so float64 keeps full precision. Bytes: read x (and gy, ggx), write one output.
 
-tanh: on CUDA libdevice's ``tanh``; the interpreter (CPU tests) has no libdevice, so there it is
-``-expm1(-2|z|) / (2 + expm1(-2|z|))`` with Kahan's accurate ``expm1(a) = (e - 1) * a / log(e)``, ``e = exp(a)``.
+tanh: compiled, libdevice's ``tanh`` (kernels/_math.py ``tanh_``); the interpreter (CPU tests) has no libdevice,
+so there it is ``-expm1(-2|z|) / (2 + expm1(-2|z|))`` with Kahan's accurate ``expm1(a) = (e - 1) * a / log(e)``.
 """
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
@@ -37,7 +36,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from ._device import on_input_device
-from ._math import div_, exp_
+from ._math import COMPILED, div_, exp_
 from ._params import join64, split64
 
 __all__ = ["forward", "backward", "double_backward"]
@@ -47,16 +46,22 @@ LINEAR, RELU, LRELU, TANH, SIGMOID, SILU, GELU = range(7)
 
 
 @triton.jit
-def _tanh(z, LIBDEVICE: tl.constexpr):
-    if LIBDEVICE:
+def _tanh_interpreted(z):
+    """tanh in float64 (cheap in the interpreter), so float32 results are correctly rounded."""
+    a = -2.0 * tl.abs(z).to(tl.float64)
+    e = tl.exp(a)
+    safe = tl.where((e == 1.0) | (e == 0.0), 0.5, e)  # no 0/0 or log(0) in the branch tl.where drops
+    em1 = tl.where(e == 1.0, a, tl.where(e == 0.0, -1.0, (safe - 1.0) * a / tl.log(safe)))
+    t = -em1 / (2.0 + em1)
+    return tl.where(z < 0, -t, t).to(z.dtype)
+
+
+@triton.jit
+def _tanh(z):
+    if COMPILED:
         t = libdevice.tanh(z)
-    else:  # in float64 (cheap in the interpreter), so float32 results are correctly rounded
-        a = -2.0 * tl.abs(z).to(tl.float64)
-        e = tl.exp(a)
-        safe = tl.where((e == 1.0) | (e == 0.0), 0.5, e)  # no 0/0 or log(0) in the branch tl.where drops
-        em1 = tl.where(e == 1.0, a, tl.where(e == 0.0, -1.0, (safe - 1.0) * a / tl.log(safe)))
-        t = -em1 / (2.0 + em1)
-        t = tl.where(z < 0, -t, t).to(z.dtype)
+    else:
+        t = _tanh_interpreted(z)
     return t
 
 
@@ -81,13 +86,13 @@ def _sech2(z):
 
 
 @triton.jit
-def _act(z, alpha, K, ACT: tl.constexpr, LIBDEVICE: tl.constexpr):
+def _act(z, alpha, K, ACT: tl.constexpr):
     if ACT == 1:
         f = tl.where(z <= 0, 0.0, z)
     elif ACT == 2:
         f = tl.where(z > 0, z, z * alpha)
     elif ACT == 3:
-        f = _tanh(z, LIBDEVICE)
+        f = _tanh(z)
     elif ACT == 4:
         f = _sigmoid(z)
     elif ACT == 5:
@@ -100,7 +105,7 @@ def _act(z, alpha, K, ACT: tl.constexpr, LIBDEVICE: tl.constexpr):
 
 
 @triton.jit
-def _act_d1(z, alpha, K, PDF, ACT: tl.constexpr, LIBDEVICE: tl.constexpr):
+def _act_d1(z, alpha, K, PDF, ACT: tl.constexpr):
     if ACT == 1:
         d = tl.where(z > 0, 1.0, 0.0)
     elif ACT == 2:
@@ -122,9 +127,9 @@ def _act_d1(z, alpha, K, PDF, ACT: tl.constexpr, LIBDEVICE: tl.constexpr):
 
 
 @triton.jit
-def _act_d2(z, alpha, K, PDF, ACT: tl.constexpr, LIBDEVICE: tl.constexpr):
+def _act_d2(z, alpha, K, PDF, ACT: tl.constexpr):
     if ACT == 3:
-        d = -2.0 * _tanh(z, LIBDEVICE) * _sech2(z)
+        d = -2.0 * _tanh(z) * _sech2(z)
     elif ACT == 4:
         s, sc = _sigmoid_pair(z)
         d = s * sc * (sc - s)
@@ -141,8 +146,8 @@ def _act_d2(z, alpha, K, PDF, ACT: tl.constexpr, LIBDEVICE: tl.constexpr):
 @triton.jit
 def _bias_act_kernel(X, B, G, H, OUT, numel, C, inner, alpha_hi, alpha_mid, alpha_lo, gain_hi, gain_mid, gain_lo,
                      clamp_hi, clamp_mid, clamp_lo, k_hi, k_mid, k_lo, pdf_hi, pdf_mid, pdf_lo, MODE: tl.constexpr,
-                     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, CLAMP: tl.constexpr, LIBDEVICE: tl.constexpr,
-                     ACC: tl.constexpr, BLOCK: tl.constexpr):
+                     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, CLAMP: tl.constexpr, ACC: tl.constexpr,
+                     BLOCK: tl.constexpr):
     """MODE 0: OUT = y; MODE 1: OUT = G * gain * f'(z) * m; MODE 2: OUT = G * H * gain * f''(z) * m.
 
     The scalars come as float32 triples (kernels/_params.py), joined in ACC: alpha, gain, clamp, and GELU's
@@ -158,17 +163,17 @@ def _bias_act_kernel(X, B, G, H, OUT, numel, C, inner, alpha_hi, alpha_mid, alph
     if HAS_BIAS:
         z += tl.load(B + (offs // inner) % C, mask=mask, other=0.0)
     if MODE == 0:
-        out = _act(z, alpha, K, ACT, LIBDEVICE) * gain
+        out = _act(z, alpha, K, ACT) * gain
         if CLAMP:
             out = tl.where(out < -clamp, -clamp, tl.where(out > clamp, clamp, out))
     else:
         g = tl.load(G + offs, mask=mask, other=0.0).to(ACC)
         if MODE == 1:
-            out = g * (gain * _act_d1(z, alpha, K, PDF, ACT, LIBDEVICE))
+            out = g * (gain * _act_d1(z, alpha, K, PDF, ACT))
         else:
-            out = g * tl.load(H + offs, mask=mask, other=0.0).to(ACC) * (gain * _act_d2(z, alpha, K, PDF, ACT, LIBDEVICE))
+            out = g * tl.load(H + offs, mask=mask, other=0.0).to(ACC) * (gain * _act_d2(z, alpha, K, PDF, ACT))
         if CLAMP:
-            out = tl.where(tl.abs(_act(z, alpha, K, ACT, LIBDEVICE) * gain) > clamp, 0.0, out)
+            out = tl.where(tl.abs(_act(z, alpha, K, ACT) * gain) > clamp, 0.0, out)
     tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
@@ -196,10 +201,9 @@ def _launch(mode: int, x, bias, g, h, act: int, alpha: float, gain: float, clamp
     b = bias.to(acc).contiguous() if bias is not None else x  # no bias: never read
     g = _like(g, x) if g is not None else x
     h = _like(h, x) if h is not None else x
-    libdevice = x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
     grid = (triton.cdiv(x.numel(), BLOCK),)
     _bias_act_kernel[grid](x, b, g, h, out, x.numel(), C, inner, *scalars, MODE=mode, ACT=act,
-                           HAS_BIAS=bias is not None, CLAMP=clamp >= 0, LIBDEVICE=libdevice,
+                           HAS_BIAS=bias is not None, CLAMP=clamp >= 0,
                            ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=BLOCK, num_warps=4)
     return out
 

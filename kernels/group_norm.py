@@ -87,8 +87,8 @@ def _group(Cg, L, IDX64: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, eps_lo, alpha_hi, alpha_mid,
-                alpha_lo, ACT: tl.constexpr, MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, eps_mid, eps_lo, alpha_hi,
+                alpha_mid, alpha_lo, ACT: tl.constexpr, MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
                 IDX64: tl.constexpr):
     """Forward of group p = n*G + g over its M = Cg*L elements::
 
@@ -100,7 +100,7 @@ def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, e
 
     The shift k makes s1 tiny, so the corrected two-pass variance loses nothing to cancellation, and x - mean is
     formed as (x - k) - s1/M, not limited by mean's rounding. rstd is computed in float64 (a per-group scalar);
-    eps arrives as eps_hi + eps_lo (Triton passes Python floats as float32).
+    eps and alpha arrive as split64's float32 triples (Triton passes Python floats as float32).
     """
     ACC: tl.constexpr = MEAN.dtype.element_ty
     alpha = join64(alpha_hi, alpha_mid, alpha_lo, ACC)
@@ -123,7 +123,7 @@ def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, e
     s2 = tl.sum(tl.sum(a2, 1), 0)
     mean_rel = s1 / M
     m2 = tl.cast(s2, tl.float64) - tl.cast(s1, tl.float64) * tl.cast(mean_rel, tl.float64)
-    var_eps = tl.maximum(m2, 0.0) / M + (tl.cast(eps_hi, tl.float64) + tl.cast(eps_lo, tl.float64))
+    var_eps = tl.maximum(m2, 0.0) / M + join64(eps_hi, eps_mid, eps_lo, tl.float64)
     rstd = tl.cast(1.0 / tl.sqrt(var_eps), ACC)
     tl.store(MEAN + p, k + mean_rel)
     tl.store(RSTD + p, rstd)
@@ -266,7 +266,7 @@ def _dbwd_chan(SCALE, SHIFT, UW, UB, p, Cg, c0, ZACC: tl.constexpr, BLOCK_C: tl.
 
 @triton.jit
 def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSCALE2, GSHIFT2, G, Cg, L, eps_hi,
-                 eps_lo, alpha_hi, alpha_mid, alpha_lo, ACT: tl.constexpr, BLOCK_C: tl.constexpr,
+                 eps_mid, eps_lo, alpha_hi, alpha_mid, alpha_lo, ACT: tl.constexpr, BLOCK_C: tl.constexpr,
                  BLOCK_L: tl.constexpr, IDX64: tl.constexpr):
     """Double backward of group p without maps (v = ggx, uw = ggscale, ub = ggshift; the formulas and the names
     m_v, B2, A2, Q, Rz, T in group_norm_kernels' docstring)::
@@ -338,7 +338,7 @@ def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSC
     # - delta * sum(.)).
     delta = tl.sum(d_acc, 0) / M
     var = tl.maximum(tl.sum(d2_acc, 0) / M - delta * delta, 0.0) / (r_s * r_s)
-    r = 1.0 / tl.sqrt(var + (tl.cast(eps_hi, tl.float64) + tl.cast(eps_lo, tl.float64)))
+    r = 1.0 / tl.sqrt(var + join64(eps_hi, eps_mid, eps_lo, tl.float64))
     kr = r / r_s
     m_h = tl.sum(h_acc, 0) / M
     a2 = kr * (tl.sum(a2_acc, 0) - delta * tl.sum(h_acc, 0)) / M
@@ -429,11 +429,10 @@ def forward(x, scale, shift, gamma, beta, groups: int, eps: float, act: int, alp
     mean = torch.empty((x.shape[0], groups), dtype=acc, device=x.device)
     rstd = torch.empty_like(mean)
     cg, length, meta = _meta(xc, groups)
-    eps_hi = float(torch.tensor(float(eps), dtype=torch.float32))
     f64 = torch.float64
     _fwd_kernel[(x.shape[0] * groups,)](
-        xc, y, scale.to(f64).contiguous(), shift.to(f64).contiguous(), gm, bm, mean, rstd, groups, cg, length, eps_hi,
-        float(eps) - eps_hi, *split64(alpha), ACT=int(act), MOD=mod, **meta)
+        xc, y, scale.to(f64).contiguous(), shift.to(f64).contiguous(), gm, bm, mean, rstd, groups, cg, length,
+        *split64(eps), *split64(alpha), ACT=int(act), MOD=mod, **meta)
     return (match_layout(y, x) if cl else y), mean, rstd
 
 
@@ -480,12 +479,11 @@ def double_backward(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, eps:
     sums = torch.empty(x.shape[:2] + (3,), dtype=torch.float64, device=x.device)  # per channel G, Gx, VG
     cg, length, meta = _meta(xc, groups)
     f64 = torch.float64
-    eps_hi = float(torch.tensor(float(eps), dtype=torch.float32))
     _dbwd_kernel[(x.shape[0] * groups,)](
         ggx.to(x.dtype).contiguous(), ggscale.to(f64).contiguous(), ggshift.to(f64).contiguous(),
         gy.to(x.dtype).contiguous(), xc, mean.to(acc).contiguous(), rstd.to(acc).contiguous(),
         scale.to(f64).contiguous(), shift.to(f64).contiguous(), sums, ggy, gx2, gscale2, gshift2, groups, cg, length,
-        eps_hi, float(eps) - eps_hi, *split64(alpha), ACT=int(act), **meta)
+        *split64(eps), *split64(alpha), ACT=int(act), **meta)
 
     def layout(t):
         return match_layout(t, x) if cl else t

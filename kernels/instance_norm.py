@@ -36,6 +36,7 @@ from fastgan.ops._layout import canonical, empty_like_layout, is_channels_last, 
 from fastgan.ops.instance_norm_ref import acc_dtype
 
 from ._device import on_input_device
+from ._params import join64, split64
 
 __all__ = ["forward", "backward", "double_backward"]
 
@@ -162,7 +163,7 @@ def _sum_partials(PART, k, stat, cmask, S, NC, ACC: tl.constexpr, BLOCK_C: tl.co
 
 # ------------------------------------------------------------------------------------------------- forward
 @triton.jit
-def _fwd_kernel(X, Y, SCALE, SHIFT, MEAN, RSTD, PART, C, CB, L, L_SPLIT, S, NC, eps_hi, eps_lo,
+def _fwd_kernel(X, Y, SCALE, SHIFT, MEAN, RSTD, PART, C, CB, L, L_SPLIT, S, NC, eps_hi, eps_mid, eps_lo,
                 CHANNELS_LAST: tl.constexpr, MODE: tl.constexpr, SINGLE: tl.constexpr, BLOCK_L: tl.constexpr,
                 BLOCK_C: tl.constexpr, IDX64: tl.constexpr):
     """Forward of each plane of L elements::
@@ -176,8 +177,8 @@ def _fwd_kernel(X, Y, SCALE, SHIFT, MEAN, RSTD, PART, C, CB, L, L_SPLIT, S, NC, 
     corrected two-pass algorithm: mean_rel = sum(x - k)/L, M2 = sum((x - k - mean_rel)^2). Loop: _welford.
     MODE FUSED does it all; PARTIAL writes range s's (k, mean_rel, M2) to PART[0..2, s]; APPLY shifts every
     range to range 0's k and Chan-merges them (every range but the last holds L_SPLIT rows), then writes y on
-    range s and, for range 0, mean and rstd. eps arrives as eps_hi + eps_lo (Triton passes Python floats as
-    float32), so the float64 sum sees it to ~48 bits.
+    range s and, for range 0, mean and rstd. eps arrives as split64's float32 triple (Triton passes Python
+    floats as float32), so the float64 sum sees it exactly.
     """
     ACC: tl.constexpr = MEAN.dtype.element_ty
     n, c, cmask, first, s, l0, l1 = _coords(C, CB, L, L_SPLIT, BLOCK_C, IDX64)
@@ -210,7 +211,7 @@ def _fwd_kernel(X, Y, SCALE, SHIFT, MEAN, RSTD, PART, C, CB, L, L_SPLIT, S, NC, 
     else:
         # rstd in float64 whatever ACC: a per-plane scalar (cheap even where float64 is slow), and it leaves the
         # rounding of M2 as the only error (float32 would add four roundings: /L, +eps, sqrt, 1/).
-        var_eps = tl.cast(m2, tl.float64) / L + (tl.cast(eps_hi, tl.float64) + tl.cast(eps_lo, tl.float64))
+        var_eps = tl.cast(m2, tl.float64) / L + join64(eps_hi, eps_mid, eps_lo, tl.float64)
         rstd = tl.cast(1.0 / tl.sqrt(var_eps), ACC)
         tl.store(MEAN + stat, k + mean_rel, mask=first)
         tl.store(RSTD + stat, rstd, mask=first)
@@ -546,9 +547,8 @@ def forward(x, scale, shift, eps):
         mean.fill_(math.nan)  # the mean of an empty plane, as the reference has it
         rstd.fill_(math.nan)
         return y, mean, rstd
-    eps_hi = float(torch.tensor(float(eps), dtype=torch.float32))
     _launch(_fwd_kernel, _plan(x, 1), (x, y, _per_plane(scale, acc), _per_plane(shift, acc), mean, rstd), 3, acc,
-            eps_hi, float(eps) - eps_hi)
+            *split64(eps))
     return y, mean, rstd
 
 

@@ -91,8 +91,6 @@ class Recorder:
 
         def getitem(fn, grid):
             def launch(*args, **kwargs):
-                if "LIBDEVICE" in kwargs:  # the wrappers pick libdevice only for CUDA tensors: compile that path
-                    kwargs["LIBDEVICE"] = True
                 g = grid(kwargs) if callable(grid) else grid
                 g = tuple(g) + (1,) * (3 - len(g))
                 status = "OK"
