@@ -357,20 +357,15 @@ def _attach_third_order_maps(name: str) -> None:
     def backward(ctx, g_gy, g_x, g_scale, g_shift, g_gamma, g_beta):
         saved = list(ctx.saved_tensors)
         x, f64 = saved[6], torch.float64
-        keep = [i for i in range(len(saved)) if not (ctx.linear and i == 4)]  # ggbeta: None for linear act
-
-        def fn(*t):
-            full = list(saved)
-            for i, v in zip(keep, t):
-                full[i] = v
-            return reference_dbwd_maps(*full, *ctx.args)
-
-        _, vjp = torch.func.vjp(fn, *(saved[i] for i in keep))
+        if ctx.linear:  # no ggbeta for linear act; the reference does not read it then: zeros stand in
+            saved[4] = torch.zeros_like(x)
+        _, vjp = torch.func.vjp(lambda *t: reference_dbwd_maps(*t, *ctx.args), *saved)
         # For linear act the op's g_beta is empty while the reference's is zeros like beta
-        cot = [g_gy.to(x.dtype), g_x.to(x.dtype), g_scale.to(f64), g_shift.to(f64), g_gamma.to(x.dtype),
-               g_beta.to(x.dtype) if not ctx.linear else torch.zeros_like(saved[10])]
-        grads = dict(zip(keep, vjp(tuple(cot))))
-        g = [grads.get(i) for i in range(len(saved))]
+        cot = (g_gy.to(x.dtype), g_x.to(x.dtype), g_scale.to(f64), g_shift.to(f64), g_gamma.to(x.dtype),
+               g_beta.to(x.dtype) if not ctx.linear else torch.zeros_like(saved[10]))
+        g = list(vjp(cot))
+        if ctx.linear:
+            g[4] = None
         return (*g[:7], None, None, *g[7:], None, None, None, None)
 
     torch.library.register_autograd(name, backward, setup_context=setup)
