@@ -17,7 +17,7 @@ from fastgan import _backend
 from fastgan.bench import harness, report
 from fastgan.bench.instance_norm_suite import bytes_floor
 from fastgan.bench.suites import Case, Suite, SuiteOptions, Target, build_cases
-from fastgan.bench.timing import TimingConfig, rotation_sets
+from fastgan.bench.timing import TimingConfig, rotation_sets, steady_cpu_allocator
 
 FAST = TimingConfig(budget_s=0.005, warmup_s=0.0, min_reps=3, max_reps=5)
 SHAPE = (2, 4, 8, 8)
@@ -66,6 +66,7 @@ def test_report_files_and_fields(tmp_path):
     assert "instance_norm_fwd" not in env["fastgan"]["live_impls"]  # only the tiny suite's ops (none) are listed
     assert data["ceiling"]["gbps"] > 0
     assert env["fastgan"]["cpu_isa"] == _backend.cpu_kernel_isa()  # which CPU clones produced the numbers
+    assert env["device"]["allocator"] == steady_cpu_allocator()  # None only off glibc
 
     (c,) = data["cases"]
     assert c["name"] == "fwd 2x4x8x8 fp32 contiguous" and c["floor_us"] > 0
@@ -87,6 +88,8 @@ def test_report_files_and_fields(tmp_path):
     assert "Copy ceiling" in md and "tiny notes" in md and "compile failed" in md
     if env["fastgan"]["cpu_isa"]:
         assert f"CPU kernels run {env['fastgan']['cpu_isa']} code" in md
+    if env["device"]["allocator"]:
+        assert env["device"]["allocator"] in md
     if "png" in paths:
         assert (tmp_path / "report.png").stat().st_size > 1000
         assert "report.png" in md
@@ -204,6 +207,21 @@ def test_fwd_bwd_case_returns_gradients():
     grads = case.fns["fastgan-ref"](*inputs)
     assert [g.shape for g in grads] == [x.shape, w.shape, b.shape]
     assert harness.relative_error(grads, case.fns["eager"](*inputs)) < 1e-4
+
+
+def test_steady_cpu_allocator_reuses_freed_buffers():
+    """Without it, whether a timed call's 8 MiB output costs 2048 fresh page faults depended on malloc's history."""
+    import resource
+
+    desc = steady_cpu_allocator()
+    if desc is None:
+        pytest.skip("the C library is not glibc")
+    assert steady_cpu_allocator() == desc and "glibc" in desc  # idempotent
+    torch.empty(2**21).fill_(1.0)  # 8 MiB, touched, freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        torch.empty(2**21).fill_(1.0)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 1000  # 10240 when each maps fresh pages
 
 
 def test_rotation_sets():

@@ -18,7 +18,8 @@ from typing import Any, Iterable, TextIO
 import torch
 
 from .suites import Case, Suite, dtype_name
-from .timing import TimingConfig, cache_bytes, copy_ceiling, cpu_pressure, rotation_sets, synchronize, time_impls
+from .timing import (TimingConfig, cache_bytes, copy_ceiling, cpu_pressure, rotation_sets, steady_cpu_allocator,
+                     synchronize, time_impls)
 
 SCHEMA = 1
 # Relative tolerance (max |impl - eager| / max |eager|, per output tensor) of the correctness check. It only
@@ -338,7 +339,10 @@ def benchmark(cases: list[Case], device: torch.device, suites: Iterable[Suite], 
     cfg = cfg or TimingConfig()
     suites = list(suites)
     t0 = time.perf_counter()
+    allocator = steady_cpu_allocator() if device.type == "cpu" else None
     env = environment(device, suites)
+    if device.type == "cpu":
+        env["device"]["allocator"] = allocator
     ceiling = copy_ceiling(device, ceiling_bytes)
     bar = Progress(len(cases), enabled=progress)
     case_results = []

@@ -13,7 +13,7 @@ import itertools
 import torch
 
 from .suites import SuiteOptions, build_cases
-from .timing import cache_bytes, rotation_sets, synchronize
+from .timing import cache_bytes, rotation_sets, steady_cpu_allocator, synchronize
 
 
 def _params(suite: str, config) -> list:
@@ -48,6 +48,8 @@ def suite_benchmark(suite: str):
         if case.device == "cuda" and not torch.cuda.is_available():
             pytest.skip("CUDA case; no CUDA device")
         device = torch.device(case.device)
+        if device.type == "cpu":
+            steady_cpu_allocator()  # as `fastgan bench` does: CPU timings must not depend on malloc's history
         first = case.make_inputs(0)
         input_bytes = sum(t.numel() * t.element_size() for t in first if isinstance(t, torch.Tensor))
         n = rotation_sets(case.bytes_floor, cache_bytes(device), input_bytes, 2**30)

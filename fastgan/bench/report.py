@@ -73,7 +73,8 @@ def header_rows(rep: dict[str, Any]) -> list[tuple[str, str]]:
         ("Date", env["date"]),
         ("Copy ceiling", f"**{ceil['gbps']:.0f} GB/s** read+write ({ceil['method']})"),
         ("Settings", settings),
-        ("Timing", TIMING_METHOD + (f"; {GPU_TIME_METHOD}" if dev["type"] == "cuda" else "")),
+        ("Timing", TIMING_METHOD + (f"; {GPU_TIME_METHOD}" if dev["type"] == "cuda" else "")
+         + (f"; {dev['allocator']}" if dev.get("allocator") else "")),
         ("Run time", f"{rep['elapsed_s']:.0f} s"),
     ]
     pressure = [p for p in (dev.get("pressure_at_start"), dev.get("pressure_at_end")) if p is not None]
