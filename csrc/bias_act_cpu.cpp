@@ -53,27 +53,30 @@ constexpr bool kFast = !std::is_same_v<T, double>;
 // element: the C++ kernel ran tanh/sigmoid/silu 5-7x slower than eager, whose math is vectorised). Float math
 // uses exp_f (~1 ulp, as eager's Sleef exp); tanh is computed in double and rounded once. float64 input keeps
 // libm (exact to its last bit, which gradcheck and the float64 tolerance rule see). gelu's erf stays libm's.
+// FMA: whether the ISA clone running the loop has FMA; then the float exp rounds its multiply-adds once (exp_f<true>).
+template <bool FMA>
 struct Vk {  // the vectorised exps' clamp bounds, read once per loop (vec_math.h)
   ExpRange f;
   ExpRangeD d;
 };
-FASTGAN_ALWAYS_INLINE Vk vec_consts() { return Vk{exp_range(), exp_range_d()}; }
+template <bool FMA>
+FASTGAN_ALWAYS_INLINE Vk<FMA> vec_consts() { return Vk<FMA>{exp_range(), exp_range_d()}; }
 
-template <bool FAST, typename A>
-FASTGAN_ALWAYS_INLINE A exp_of(A x, const Vk& k) {
+template <bool FAST, typename A, bool FMA>
+FASTGAN_ALWAYS_INLINE A exp_of(A x, const Vk<FMA>& k) {
   if constexpr (!FAST) return std::exp(x);
-  else if constexpr (std::is_same_v<A, float>) return exp_f(x, k.f);
+  else if constexpr (std::is_same_v<A, float>) return exp_f<FMA>(x, k.f);
   else return exp_d(x, k.d);
 }
 
-template <bool FAST, typename A>
-FASTGAN_ALWAYS_INLINE A tanh_of(A x, const Vk& k) {
+template <bool FAST, typename A, bool FMA>
+FASTGAN_ALWAYS_INLINE A tanh_of(A x, const Vk<FMA>& k) {
   if constexpr (!FAST) return std::tanh(x);
   else return A(tanh_d(double(x), k.d));
 }
 
-template <int64_t ACT, bool FAST, typename A>
-FASTGAN_ALWAYS_INLINE A act_f(A z, A alpha, const Vk& k) {
+template <int64_t ACT, bool FAST, typename A, bool FMA>
+FASTGAN_ALWAYS_INLINE A act_f(A z, A alpha, const Vk<FMA>& k) {
   if constexpr (ACT == kRelu) return z <= A(0) ? A(0) : z;
   // max/min instead of a select: GCC vectorises these (the select compiled to a mispredicted branch); NaN stays NaN.
   if constexpr (ACT == kLrelu) return std::max(z, A(0)) + alpha * std::min(z, A(0));
@@ -88,24 +91,24 @@ FASTGAN_ALWAYS_INLINE A act_f(A z, A alpha, const Vk& k) {
 // e in float even where A is double (the gradients): exp_f runs twice as many lanes as exp_d, and e's relative
 // error (~1 ulp of float, plus |z| ulps from rounding z) moves s and sc by far less than the output's rounding in
 // absolute terms (s * sc and z * sc are where e is small); the rest of the formula stays in A.
-template <bool FAST, typename A>
-FASTGAN_ALWAYS_INLINE void sigmoid_pair(A z, A& s, A& sc, const Vk& k) {
-  const A e = FAST ? A(exp_f(float(-std::abs(z)), k.f)) : std::exp(-std::abs(z));
+template <bool FAST, typename A, bool FMA>
+FASTGAN_ALWAYS_INLINE void sigmoid_pair(A z, A& s, A& sc, const Vk<FMA>& k) {
+  const A e = FAST ? A(exp_f<FMA>(float(-std::abs(z)), k.f)) : std::exp(-std::abs(z));
   const A r = A(1) / (A(1) + e);
   s = z >= A(0) ? r : e * r;
   sc = z >= A(0) ? e * r : r;
 }
 
 // 1 - tanh(z)^2 = 4 e / (1 + e)^2 with e = exp(-2|z|): no cancellation where tanh(z) is near +-1.
-template <bool FAST, typename A>
-FASTGAN_ALWAYS_INLINE A sech2(A z, const Vk& k) {
+template <bool FAST, typename A, bool FMA>
+FASTGAN_ALWAYS_INLINE A sech2(A z, const Vk<FMA>& k) {
   const A e = exp_of<FAST>(A(-2) * std::abs(z), k);
   const A d = A(1) + e;
   return A(4) * e / (d * d);
 }
 
-template <int64_t ACT, bool FAST, typename A>
-FASTGAN_ALWAYS_INLINE A act_d1(A z, A alpha, const Vk& k) {
+template <int64_t ACT, bool FAST, typename A, bool FMA>
+FASTGAN_ALWAYS_INLINE A act_d1(A z, A alpha, const Vk<FMA>& k) {
   if constexpr (ACT == kRelu) return A(z > A(0));
   if constexpr (ACT == kLrelu) {
     const A pos = A(z > A(0));
@@ -125,8 +128,8 @@ FASTGAN_ALWAYS_INLINE A act_d1(A z, A alpha, const Vk& k) {
   return A(1);
 }
 
-template <int64_t ACT, bool FAST, typename A>
-FASTGAN_ALWAYS_INLINE A act_d2(A z, A alpha, const Vk& k) {
+template <int64_t ACT, bool FAST, typename A, bool FMA>
+FASTGAN_ALWAYS_INLINE A act_d2(A z, A alpha, const Vk<FMA>& k) {
   if constexpr (ACT == kTanh) return A(-2) * tanh_of<FAST>(z, k) * sech2<FAST>(z, k);
   if constexpr (ACT == kSigmoid || ACT == kSilu) {
     A s, sc;
@@ -145,10 +148,11 @@ struct Params {
   double alpha, gain, clamp;
 };
 
-// Calls run(i0, len, b, bstep) over [begin, end): elements i0 .. i0 + len - 1 have bias b[j * bstep]; bstep (0 or
-// 1) is a compile-time constant, so the loops vectorise. Always inlined, with run's loop, into the ISA clones below:
-// the whole chunk is compiled for the clone's ISA, and a short run (channels_last with a small C) costs no call.
-template <typename A, typename Run>
+// Calls run(i0, len, b, bstep, fma) over [begin, end): elements i0 .. i0 + len - 1 have bias b[j * bstep]; bstep
+// (0 or 1) is a compile-time constant, so the loops vectorise; fma tells whether the clone has FMA (for Vk<FMA>).
+// Always inlined, with run's loop, into the ISA clones below: the whole chunk is compiled for the clone's ISA, and a
+// short run (channels_last with a small C) costs no call.
+template <bool FMA, typename A, typename Run>
 FASTGAN_ALWAYS_INLINE void chunk_runs(const Params& p, const A* bias, int64_t begin, int64_t end, const Run& run) {
   const int64_t C = p.C, inner = p.inner;
   int64_t i = begin;
@@ -156,32 +160,33 @@ FASTGAN_ALWAYS_INLINE void chunk_runs(const Params& p, const A* bias, int64_t be
     if (inner == 1) {  // bias index walks with the offset, wrapping every C elements
       const int64_t c = i % C;
       const int64_t len = std::min(end - i, C - c);
-      run(i, len, bias + c, std::integral_constant<int64_t, 1>{});
+      run(i, len, bias + c, std::integral_constant<int64_t, 1>{}, std::bool_constant<FMA>{});
       i += len;
     } else {  // a run of `inner` elements shares one channel
       const int64_t c = (i / inner) % C;
       const int64_t len = std::min(end - i, inner - i % inner);
-      run(i, len, bias + c, std::integral_constant<int64_t, 0>{});
+      run(i, len, bias + c, std::integral_constant<int64_t, 0>{}, std::bool_constant<FMA>{});
       i += len;
     }
   }
 }
 
 // ISA clones of a chunk (cpu_isa.h): the baseline, AVX2 and AVX-512; every element is computed on its own (no
-// reductions), so the three give the same bits (tests/test_bias_act.py::test_isa_clones_bitwise_equal). Eager
-// PyTorch picks AVX2/AVX-512 kernels itself and was 2x faster than the baseline clone on in-cache tensors. Written
-// out rather than FASTGAN_ISA_CLONES: the chunk takes the run functor as a template parameter.
+// reductions), so AVX2 and AVX-512 give the same bits, and so does the baseline except in sigmoid's and SiLU's exp,
+// which has FMA only in the other two (tests/test_bias_act.py::test_isa_clones_bitwise_equal). Eager PyTorch picks
+// AVX2/AVX-512 kernels itself and was 2x faster than the baseline clone on in-cache tensors. Written out rather than
+// FASTGAN_ISA_CLONES: the chunk takes the run functor as a template parameter.
 template <typename A, typename Run>
 void chunk_base(const Params& p, const A* bias, int64_t begin, int64_t end, const Run& run) {
-  chunk_runs(p, bias, begin, end, run);
+  chunk_runs<false>(p, bias, begin, end, run);
 }
 template <typename A, typename Run>
 FASTGAN_TARGET_AVX2 void chunk_avx2(const Params& p, const A* bias, int64_t begin, int64_t end, const Run& run) {
-  chunk_runs(p, bias, begin, end, run);
+  chunk_runs<true>(p, bias, begin, end, run);
 }
 template <typename A, typename Run>
 FASTGAN_TARGET_AVX512 void chunk_avx512(const Params& p, const A* bias, int64_t begin, int64_t end, const Run& run) {
-  chunk_runs(p, bias, begin, end, run);
+  chunk_runs<true>(p, bias, begin, end, run);
 }
 
 // run over [0, numel) in parallel. VEC: whether the loop vectorises at all (every activation but gelu, whose erf is
@@ -204,11 +209,11 @@ struct FwdRun {
   const T* x;
   T* y;
   A al, ga, cl;  // copies of the constants (registers), see GradRun
-  template <int64_t BSTEP>
-  FASTGAN_ALWAYS_INLINE void operator()(int64_t i0, int64_t len, const A* b,
-                                        std::integral_constant<int64_t, BSTEP>) const {
+  template <int64_t BSTEP, bool FMA>
+  FASTGAN_ALWAYS_INLINE void operator()(int64_t i0, int64_t len, const A* b, std::integral_constant<int64_t, BSTEP>,
+                                        std::bool_constant<FMA>) const {
     const A al_ = al, ga_ = ga, cl_ = cl;
-    const Vk k = vec_consts();
+    const Vk<FMA> k = vec_consts<FMA>();
     const T* __restrict xp = x + i0;
     T* __restrict yp = y + i0;
 #pragma omp simd
@@ -243,15 +248,15 @@ struct GradRun {
   const T* x;
   T* out;
   A al, ga, cl;
-  template <int64_t BSTEP>
-  FASTGAN_ALWAYS_INLINE void operator()(int64_t i0, int64_t len, const A* b,
-                                        std::integral_constant<int64_t, BSTEP>) const {
+  template <int64_t BSTEP, bool FMA>
+  FASTGAN_ALWAYS_INLINE void operator()(int64_t i0, int64_t len, const A* b, std::integral_constant<int64_t, BSTEP>,
+                                        std::bool_constant<FMA>) const {
     // Constants as locals and restrict pointers, so they stay in registers. The selects below become vector
     // blends only with -fno-trapping-math (setup.py): without it the relu/lrelu backward and every clamped path
     // ran as a compare-and-branch per element (1.5-3.8 ms for 1M random floats; 0.1-0.4 ms with it).
     const A al_ = al, ga_ = ga, cl_ = cl;
     const A slope_pos = ga_, slope_neg = ACT == kRelu ? A(0) : ga_ * al_;
-    const Vk k = vec_consts();
+    const Vk<FMA> k = vec_consts<FMA>();
     const T* __restrict gp = g + i0;
     const T* __restrict hp = MODE == 2 ? h + i0 : g + i0;
     const T* __restrict xp = x + i0;

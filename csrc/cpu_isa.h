@@ -7,9 +7,11 @@
 // picked once per process. ATEN_CPU_CAPABILITY=default|avx2 caps the choice as it does for ATen's own kernels (and
 // lets a test compare the clones).
 //
-// Same bits from every clone: none of the targets enables FMA (GCC keeps it out of "avx2" and "avx512f"; the
-// AVX-512 clone also says fp-contract=off; -std=c++20 implies it for the whole build), and the loops fix their
-// summation order in source (lane arrays, see cpu_reduce.h), so a wider vector never reassociates a sum.
+// Same bits from every clone: the compiler never contracts a * b + c into an FMA (-std=c++20 implies
+// fp-contract=off for the whole build; both clones, whose targets include FMA, say so again), and the loops fix
+// their summation order in source (lane arrays, see cpu_reduce.h), so a wider vector never reassociates a sum.
+// The one exception is chosen in source: bias_act's exp-based activations (sigmoid, SiLU) use an FMA exp in the
+// AVX2 and AVX-512 clones (vec_math.h's exp_f<true>), so there the baseline clone's last bit may differ.
 #pragma once
 
 #include <algorithm>
@@ -21,15 +23,15 @@ namespace {
 
 enum Isa { kIsaBase = 0, kIsaAvx2, kIsaAvx512 };
 
-#define FASTGAN_TARGET_AVX2 __attribute__((target("avx2")))
+#define FASTGAN_TARGET_AVX2 __attribute__((target("avx2,fma"), optimize("fp-contract=off")))
 #define FASTGAN_TARGET_AVX512                                                               \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512"), \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,prefer-vector-width=512"), \
                  optimize("fp-contract=off")))
 
 inline Isa detect_isa() {
   __builtin_cpu_init();
   Isa isa = kIsaBase;
-  if (__builtin_cpu_supports("avx2")) isa = kIsaAvx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = kIsaAvx2;
   if (isa == kIsaAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
     isa = kIsaAvx512;
