@@ -78,12 +78,17 @@ def _tile(ptr, base, c0, l0, Cg, L, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BL
 
 @triton.jit
 def _group(Cg, L, IDX64: tl.constexpr):
-    """This program's group p = n*G + g, its M = Cg*L elements and their offset (int64 indexing for huge inputs)."""
+    """This program's group p = n*G + g, its M = Cg*L elements and their offset, and Cg and L to index with.
+
+    IDX64 (an input of 2**31 elements or more): all of them int64, Cg and L too, so that a group of 2**31 elements
+    or more (Cg and L each fit int32, their product does not) has right offsets ``rc * L + rl`` and a right M."""
     p = tl.program_id(0)
     if IDX64:
         p = p.to(tl.int64)
+        Cg = Cg.to(tl.int64)
+        L = L.to(tl.int64)
     M = Cg * L
-    return p, M, p * M
+    return p, M, p * M, Cg, L
 
 
 @triton.jit
@@ -104,7 +109,7 @@ def _fwd_kernel(X, Y, SCALE, SHIFT, GAMMA, BETA, MEAN, RSTD, G, Cg, L, eps_hi, e
     """
     ACC: tl.constexpr = MEAN.dtype.element_ty
     alpha = join64(alpha_hi, alpha_mid, alpha_lo, ACC)
-    p, M, base = _group(Cg, L, IDX64)
+    p, M, base, Cg, L = _group(Cg, L, IDX64)
     acc = tl.zeros([BLOCK_C, BLOCK_L], ACC)
     for c0 in range(0, Cg, BLOCK_C):
         for l0 in range(0, L, BLOCK_L):
@@ -180,7 +185,7 @@ def _bwd_kernel(GY, X, MEAN, RSTD, SCALE, SHIFT, GAMMA, BETA, GX, GSCALE, GSHIFT
     """
     ACC: tl.constexpr = MEAN.dtype.element_ty
     alpha = join64(alpha_hi, alpha_mid, alpha_lo, ACC)
-    p, M, base = _group(Cg, L, IDX64)
+    p, M, base, Cg, L = _group(Cg, L, IDX64)
     mean = tl.load(MEAN + p)
     rstd = tl.load(RSTD + p)
     h = tl.zeros([BLOCK_C], ACC)
@@ -285,7 +290,7 @@ def _dbwd_kernel(V, UW, UB, GY, X, MEAN, RSTD, SCALE, SHIFT, SUMS, GGY, GX2, GSC
     ZACC: tl.constexpr = MEAN.dtype.element_ty
     ACC: tl.constexpr = tl.float64
     alpha = join64(alpha_hi, alpha_mid, alpha_lo, ZACC)
-    p, M, base = _group(Cg, L, IDX64)
+    p, M, base, Cg, L = _group(Cg, L, IDX64)
     mean = tl.load(MEAN + p)
     rz_acc = tl.load(RSTD + p)
     r_s = rz_acc.to(ACC)
