@@ -56,16 +56,16 @@ constexpr bool kFast = !std::is_same_v<T, double>;
 // FMA: whether the ISA clone running the loop has FMA; then the float exp rounds its multiply-adds once (exp_f<true>).
 template <bool FMA>
 struct Vk {  // the vectorised exps' clamp bounds, read once per loop (vec_math.h)
-  ExpRange f;
+  ExpRangeT<FMA> f;
   ExpRangeD d;
 };
 template <bool FMA>
-FASTGAN_ALWAYS_INLINE Vk<FMA> vec_consts() { return Vk<FMA>{exp_range(), exp_range_d()}; }
+FASTGAN_ALWAYS_INLINE Vk<FMA> vec_consts() { return Vk<FMA>{exp_range<FMA>(), exp_range_d()}; }
 
 template <bool FAST, typename A, bool FMA>
 FASTGAN_ALWAYS_INLINE A exp_of(A x, const Vk<FMA>& k) {
   if constexpr (!FAST) return std::exp(x);
-  else if constexpr (std::is_same_v<A, float>) return exp_f<FMA>(x, k.f);
+  else if constexpr (std::is_same_v<A, float>) return exp_f(x, k.f);
   else return exp_d(x, k.d);
 }
 
@@ -93,7 +93,7 @@ FASTGAN_ALWAYS_INLINE A act_f(A z, A alpha, const Vk<FMA>& k) {
 // absolute terms (s * sc and z * sc are where e is small); the rest of the formula stays in A.
 template <bool FAST, typename A, bool FMA>
 FASTGAN_ALWAYS_INLINE void sigmoid_pair(A z, A& s, A& sc, const Vk<FMA>& k) {
-  const A e = FAST ? A(exp_f<FMA>(float(-std::abs(z)), k.f)) : std::exp(-std::abs(z));
+  const A e = FAST ? A(exp_f(float(-std::abs(z)), k.f)) : std::exp(-std::abs(z));
   const A r = A(1) / (A(1) + e);
   s = z >= A(0) ? r : e * r;
   sc = z >= A(0) ? e * r : r;

@@ -63,5 +63,13 @@ inline Fn pick_isa(Fn base, Fn avx2, Fn avx512) {
   template <TPL> FASTGAN_TARGET_AVX2 void NAME##_avx2 PARAMS { NAME##_impl ARGS; } \
   template <TPL> FASTGAN_TARGET_AVX512 void NAME##_avx512 PARAMS { NAME##_impl ARGS; }
 
+// The same for a body whose math has an exp (the SiLU of the group-norm family): NAME_impl's first template
+// parameter is bool FMA, true in the clones with FMA (the exps take ExpRangeT<FMA>, vec_math.h); TARGS are its other
+// template arguments, CARGS the parenthesised call arguments.
+#define FASTGAN_ISA_CLONES_FMA(NAME, TPL, PARAMS, TARGS, CARGS)                                        \
+  template <TPL> void NAME##_base PARAMS { NAME##_impl<false, TARGS> CARGS; }                         \
+  template <TPL> FASTGAN_TARGET_AVX2 void NAME##_avx2 PARAMS { NAME##_impl<true, TARGS> CARGS; }     \
+  template <TPL> FASTGAN_TARGET_AVX512 void NAME##_avx512 PARAMS { NAME##_impl<true, TARGS> CARGS; }
+
 }  // namespace
 }  // namespace fastgan

@@ -40,12 +40,12 @@ Shape shape_of(const at::Tensor& x, int64_t groups) {
 // Forward statistics: cl_moments_impl and cl_channel_moments (cl_moments.h).
 
 // y = f(((x - mu_hi) - mu_lo) * a + b) with per-channel mu (the group's), a = rstd * scale, b = shift.
-template <typename T, int ACT>
+template <bool FMA, typename T, int ACT>
 FASTGAN_GN_INLINE void cl_fwd_rows_impl(const T* src, T* dst, int64_t r0, int64_t r1, int64_t C,
                                         const acc_of<T>* mu, const acc_of<T>* lo, const acc_of<T>* a,
                                         const acc_of<T>* b, acc_of<T> al) {
   using A = acc_of<T>;
-  const ExpRange er = exp_range();
+  const ExpRangeT<FMA> er = exp_range<FMA>();
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t c = 0; c < C; ++c) {
       const A z = ((load_as<A>(src[r * C + c]) - mu[c]) - lo[c]) * a[c] + b[c];
@@ -54,8 +54,8 @@ FASTGAN_GN_INLINE void cl_fwd_rows_impl(const T* src, T* dst, int64_t r0, int64_
 }
 
 // gz = gy * f'((x - mean) * (rstd * scale) + shift), as the contiguous kernel forms it (A arithmetic).
-template <int ACT, typename A, typename T>
-FASTGAN_GN_INLINE A grad_z(const T& x, const T& gy, A mu, A ra, A b, A al, const ExpRange& er) {
+template <int ACT, typename A, typename T, bool FMA>
+FASTGAN_GN_INLINE A grad_z(const T& x, const T& gy, A mu, A ra, A b, A al, const ExpRangeT<FMA>& er) {
   const A g = load_as<A>(gy);
   if constexpr (ACT == kLinear) return g;
   else return g * act_d1<ACT>((load_as<A>(x) - mu) * ra + b, al, er);
@@ -67,12 +67,12 @@ template <int ACT>
 constexpr bool kKeepGz = ACT == kSilu;
 
 // Per channel: s[c] += sum gz, s[C + c] += sum gz * (x - mu), s[2C + c] += sum (x - mu), in double.
-template <typename T, int ACT>
+template <bool FMA, typename T, int ACT>
 FASTGAN_GN_INLINE void cl_bwd_sums_impl(const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C,
                                         const acc_of<T>* mu, const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al,
                                         double* s, acc_of<T>* __restrict__ kept_gz) {
   using A = acc_of<T>;
-  const ExpRange er = exp_range();
+  const ExpRangeT<FMA> er = exp_range<FMA>();
   for (int64_t r = r0; r < r1; ++r) {
     if constexpr (kKeepGz<ACT>)  // the row's gz first, in a loop of its own: the exp vectorises best alone
       for (int64_t c = 0; c < C; ++c)
@@ -93,12 +93,12 @@ FASTGAN_GN_INLINE void cl_bwd_sums_impl(const T* x, const T* gy, int64_t r0, int
 
 // gx = r * (scale * gz - m_h - xhat * m_hx), xhat = (x - mean_exact) * r, in double; k[5C] = per channel
 // {mean_exact, r, scale, m_h, m_hx}.
-template <typename T, int ACT>
+template <bool FMA, typename T, int ACT>
 FASTGAN_GN_INLINE void cl_bwd_out_impl(const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C,
                                        const acc_of<T>* mu, const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al,
                                        const double* k, const acc_of<T>* kept_gz, T* __restrict__ gx) {
   using A = acc_of<T>;
-  const ExpRange er = exp_range();
+  const ExpRangeT<FMA> er = exp_range<FMA>();
   const double *k_mu = k, *k_r = k + C, *k_a = k + 2 * C, *k_mh = k + 3 * C, *k_mhx = k + 4 * C;
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t c = 0; c < C; ++c) {
@@ -114,19 +114,19 @@ FASTGAN_GN_INLINE void cl_bwd_out_impl(const T* x, const T* gy, int64_t r0, int6
 FASTGAN_ISA_CLONES(cl_moments, typename T,
                    (const T* base, int64_t r0, int64_t r1, int64_t C, double* mean_c, double* m2_c),
                    <T>(base, r0, r1, C, mean_c, m2_c))
-FASTGAN_ISA_CLONES(cl_fwd_rows, typename T FASTGAN_COMMA int ACT,
-                   (const T* src, T* dst, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
-                    const acc_of<T>* lo, const acc_of<T>* a, const acc_of<T>* b, acc_of<T> al),
-                   <T FASTGAN_COMMA ACT>(src, dst, r0, r1, C, mu, lo, a, b, al))
-FASTGAN_ISA_CLONES(cl_bwd_sums, typename T FASTGAN_COMMA int ACT,
-                   (const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
-                    const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, double* s, acc_of<T>* __restrict__ kg),
-                   <T FASTGAN_COMMA ACT>(x, gy, r0, r1, C, mu, ra, b, al, s, kg))
-FASTGAN_ISA_CLONES(cl_bwd_out, typename T FASTGAN_COMMA int ACT,
-                   (const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
-                    const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, const double* k, const acc_of<T>* kg,
-                    T* __restrict__ gx),
-                   <T FASTGAN_COMMA ACT>(x, gy, r0, r1, C, mu, ra, b, al, k, kg, gx))
+FASTGAN_ISA_CLONES_FMA(cl_fwd_rows, typename T FASTGAN_COMMA int ACT,
+                       (const T* src, T* dst, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
+                        const acc_of<T>* lo, const acc_of<T>* a, const acc_of<T>* b, acc_of<T> al),
+                       T FASTGAN_COMMA ACT, (src, dst, r0, r1, C, mu, lo, a, b, al))
+FASTGAN_ISA_CLONES_FMA(cl_bwd_sums, typename T FASTGAN_COMMA int ACT,
+                       (const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
+                        const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, double* s, acc_of<T>* __restrict__ kg),
+                       T FASTGAN_COMMA ACT, (x, gy, r0, r1, C, mu, ra, b, al, s, kg))
+FASTGAN_ISA_CLONES_FMA(cl_bwd_out, typename T FASTGAN_COMMA int ACT,
+                       (const T* x, const T* gy, int64_t r0, int64_t r1, int64_t C, const acc_of<T>* mu,
+                        const acc_of<T>* ra, const acc_of<T>* b, acc_of<T> al, const double* k, const acc_of<T>* kg,
+                        T* __restrict__ gx),
+                       T FASTGAN_COMMA ACT, (x, gy, r0, r1, C, mu, ra, b, al, k, kg, gx))
 
 template <typename T, int ACT>
 struct ClLoops {

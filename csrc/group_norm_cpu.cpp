@@ -92,11 +92,11 @@ FASTGAN_GN_INLINE void moments_impl(const T* x, int64_t n, Moments* m) {
 
 // y = f(((x - mu_hi) - mu_lo) * a + b): the mean as hi + lo keeps x - mean exact-ish when |mean| >> std.
 // With MOD: u = z + z * gm + bm (z * (1 + gm) without rounding 1 + gm), y = f(u).
-template <typename T, int ACT, bool MOD>
+template <bool FMA, typename T, int ACT, bool MOD>
 FASTGAN_GN_INLINE void fwd_out_impl(const T* x, int64_t n, acc_of<T> mu_hi, acc_of<T> mu_lo, acc_of<T> a,
                                     acc_of<T> b, acc_of<T> al, const T* gm, const T* bm, T* y) {
   using A = acc_of<T>;
-  const ExpRange er = exp_range();
+  const ExpRangeT<FMA> er = exp_range<FMA>();
   for (int64_t i = 0; i < n; ++i) {
     A z = ((load_as<A>(x[i]) - mu_hi) - mu_lo) * a + b;
     if constexpr (MOD) z = (z + z * load_as<A>(gm[i])) + load_as<A>(bm[i]);
@@ -107,13 +107,13 @@ FASTGAN_GN_INLINE void fwd_out_impl(const T* x, int64_t n, acc_of<T> mu_hi, acc_
 // gz = gy * f'(z) into gz[0, n) (n <= kChunk); s += {sum gz, sum gz * (x - mu), sum (x - mu)} in double.
 // With MOD, gz is the gradient of z: gu = gy * f'(u), gz = gu + gu * gm; and when ggm is given (the pass that
 // writes outputs) also ggm = gu * z and, for non-linear f, gbm = gu.
-template <typename T, int ACT, bool MOD>
+template <bool FMA, typename T, int ACT, bool MOD>
 FASTGAN_GN_INLINE void bwd_sums_impl(const T* x, const T* gy, int64_t n, acc_of<T> mu, acc_of<T> r, acc_of<T> a,
                                      acc_of<T> b, acc_of<T> al, const T* gm, const T* bm, T* ggm, T* gbm,
                                      acc_of<T>* gz, double* s) {
   using A = acc_of<T>;
   const A ra = r * a;
-  const ExpRange er = exp_range();
+  const ExpRangeT<FMA> er = exp_range<FMA>();
   if constexpr (!MOD) {
     for (int64_t i = 0; i < n; ++i) {
       const A g = load_as<A>(gy[i]);
@@ -159,16 +159,16 @@ FASTGAN_GN_INLINE void bwd_out_impl(const T* x, const acc_of<T>* gz, int64_t n, 
   }
 }
 
-// Each inner loop three times, for the baseline ISA, AVX2 and AVX-512 (same bits: cpu_isa.h).
+// Each inner loop three times, for the baseline ISA, AVX2 and AVX-512 (same bits, but for SiLU's exp: cpu_isa.h).
 FASTGAN_ISA_CLONES(moments, typename T, (const T* x, int64_t n, Moments* m), <T>(x, n, m))
-FASTGAN_ISA_CLONES(fwd_out, typename T FASTGAN_COMMA int ACT FASTGAN_COMMA bool MOD,
-                   (const T* x, int64_t n, acc_of<T> mh, acc_of<T> ml, acc_of<T> a, acc_of<T> b, acc_of<T> al,
-                    const T* gm, const T* bm, T* y),
-                   <T FASTGAN_COMMA ACT FASTGAN_COMMA MOD>(x, n, mh, ml, a, b, al, gm, bm, y))
-FASTGAN_ISA_CLONES(bwd_sums, typename T FASTGAN_COMMA int ACT FASTGAN_COMMA bool MOD,
-                   (const T* x, const T* gy, int64_t n, acc_of<T> mu, acc_of<T> r, acc_of<T> a, acc_of<T> b,
-                    acc_of<T> al, const T* gm, const T* bm, T* ggm, T* gbm, acc_of<T>* gz, double* s),
-                   <T FASTGAN_COMMA ACT FASTGAN_COMMA MOD>(x, gy, n, mu, r, a, b, al, gm, bm, ggm, gbm, gz, s))
+FASTGAN_ISA_CLONES_FMA(fwd_out, typename T FASTGAN_COMMA int ACT FASTGAN_COMMA bool MOD,
+                       (const T* x, int64_t n, acc_of<T> mh, acc_of<T> ml, acc_of<T> a, acc_of<T> b, acc_of<T> al,
+                        const T* gm, const T* bm, T* y),
+                       T FASTGAN_COMMA ACT FASTGAN_COMMA MOD, (x, n, mh, ml, a, b, al, gm, bm, y))
+FASTGAN_ISA_CLONES_FMA(bwd_sums, typename T FASTGAN_COMMA int ACT FASTGAN_COMMA bool MOD,
+                       (const T* x, const T* gy, int64_t n, acc_of<T> mu, acc_of<T> r, acc_of<T> a, acc_of<T> b,
+                        acc_of<T> al, const T* gm, const T* bm, T* ggm, T* gbm, acc_of<T>* gz, double* s),
+                       T FASTGAN_COMMA ACT FASTGAN_COMMA MOD, (x, gy, n, mu, r, a, b, al, gm, bm, ggm, gbm, gz, s))
 FASTGAN_ISA_CLONES(bwd_out, typename T,
                    (const T* x, const acc_of<T>* gz, int64_t n, double mu, double r, double a, double m_h,
                     double m_hx, T* gx),

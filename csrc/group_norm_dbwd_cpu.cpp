@@ -36,11 +36,11 @@ namespace {
 
 // f'(z) into d1 and, for SiLU, f''(z) into d2, with z = (x - mu) * ra + b in float, exactly as the backward's
 // pass computes it (the same relu/lrelu masks). SiLU's one exp serves both.
-template <typename T, int ACT>
+template <bool FMA, typename T, int ACT>
 FASTGAN_GN_INLINE void dbwd_derivs_impl(const T* x, int64_t n, acc_of<T> mu, acc_of<T> ra, acc_of<T> b,
                                         acc_of<T> al, acc_of<T>* d1, acc_of<T>* d2) {
   using A = acc_of<T>;
-  const ExpRange er = exp_range();
+  const ExpRangeT<FMA> er = exp_range<FMA>();
   for (int64_t i = 0; i < n; ++i) {
     const A z = (load_as<A>(x[i]) - mu) * ra + b;
     if constexpr (ACT == kSilu) {
@@ -109,10 +109,10 @@ FASTGAN_GN_INLINE void dbwd_out_impl(const T* x, const T* gy, const T* v, const 
   }
 }
 
-FASTGAN_ISA_CLONES(dbwd_derivs, typename T FASTGAN_COMMA int ACT,
-                   (const T* x, int64_t n, acc_of<T> mu, acc_of<T> ra, acc_of<T> b, acc_of<T> al, acc_of<T>* d1,
-                    acc_of<T>* d2),
-                   <T FASTGAN_COMMA ACT>(x, n, mu, ra, b, al, d1, d2))
+FASTGAN_ISA_CLONES_FMA(dbwd_derivs, typename T FASTGAN_COMMA int ACT,
+                       (const T* x, int64_t n, acc_of<T> mu, acc_of<T> ra, acc_of<T> b, acc_of<T> al, acc_of<T>* d1,
+                        acc_of<T>* d2),
+                       T FASTGAN_COMMA ACT, (x, n, mu, ra, b, al, d1, d2))
 FASTGAN_ISA_CLONES(dbwd_sums, typename T FASTGAN_COMMA int ACT,
                    (const T* x, const T* gy, const T* v, const acc_of<T>* d1, int64_t n, acc_of<T> mu, double* s),
                    <T FASTGAN_COMMA ACT>(x, gy, v, d1, n, mu, s))

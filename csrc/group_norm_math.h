@@ -34,13 +34,17 @@ constexpr int64_t kTaskElems = 1 << 15; // elements per parallel task (grain) at
 
 // ------------------------------------------------------------------------------------------- elementwise math
 // exp in the activation math: vec_math.h's exp_f for float, libm's exp for float64 input (to full precision).
-FASTGAN_GN_INLINE float exp_a(float x, const ExpRange& er) { return exp_f(x, er); }
-FASTGAN_GN_INLINE double exp_a(double x, const ExpRange&) { return std::exp(x); }
+// FMA (the range's type, see vec_math.h): the loop runs in an ISA clone with FMA, so exp_f rounds its
+// multiply-adds once.
+template <bool FMA>
+FASTGAN_GN_INLINE float exp_a(float x, const ExpRangeT<FMA>& er) { return exp_f(x, er); }
+template <bool FMA>
+FASTGAN_GN_INLINE double exp_a(double x, const ExpRangeT<FMA>&) { return std::exp(x); }
 
 // f(z). NaN propagates through relu/lrelu (`z < 0` is false for NaN), as in torch. SiLU as eager's CPU kernel
 // writes it: z / (1 + exp(-z)).
-template <int ACT, typename A>
-FASTGAN_GN_INLINE A act_f(A z, A alpha, const ExpRange& er) {
+template <int ACT, typename A, bool FMA>
+FASTGAN_GN_INLINE A act_f(A z, A alpha, const ExpRangeT<FMA>& er) {
   if constexpr (ACT == kRelu) return z < A(0) ? A(0) : z;
   else if constexpr (ACT == kLrelu) return z < A(0) ? z * alpha : z;
   else if constexpr (ACT == kSilu) return z / (A(1) + exp_a(-z, er));
@@ -50,8 +54,8 @@ FASTGAN_GN_INLINE A act_f(A z, A alpha, const ExpRange& er) {
 // sigmoid(z) and 1 - sigmoid(z) = sigmoid(-z), each to full relative precision (no cancellation where s is near 1;
 // eager's 1 - s loses bits there) and finite for every finite z: from e = exp(-|z|), which cannot overflow (a
 // double exp(-z) is inf below z = -709, and inf * 0 made f' NaN there). NaN stays NaN.
-template <typename A>
-FASTGAN_GN_INLINE void sigmoid_pair(A z, const ExpRange& er, A& s, A& sm) {
+template <typename A, bool FMA>
+FASTGAN_GN_INLINE void sigmoid_pair(A z, const ExpRangeT<FMA>& er, A& s, A& sm) {
   const bool neg = z < A(0);
   const A e = exp_a(neg ? z : -z, er);
   const A r = A(1) / (A(1) + e);
@@ -60,8 +64,8 @@ FASTGAN_GN_INLINE void sigmoid_pair(A z, const ExpRange& er, A& s, A& sm) {
 }
 
 // f'(z); at z = 0 relu's is 0 and lrelu's alpha, as torch's backward has them. SiLU: s (1 + z (1 - s)).
-template <int ACT, typename A>
-FASTGAN_GN_INLINE A act_d1(A z, A alpha, const ExpRange& er) {
+template <int ACT, typename A, bool FMA>
+FASTGAN_GN_INLINE A act_d1(A z, A alpha, const ExpRangeT<FMA>& er) {
   if constexpr (ACT == kRelu) return z > A(0) ? A(1) : A(0);
   else if constexpr (ACT == kLrelu) return z > A(0) ? A(1) : alpha;
   else if constexpr (ACT == kSilu) {

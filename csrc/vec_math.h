@@ -1,7 +1,8 @@
 // Elementwise math that GCC vectorises (no libm call per element), shared by the CPU kernels: exp in float, exp and
 // tanh in double to ~1e-13 relative (for results rounded to float or 16-bit). libm's exp/tanh are a call per element, so a loop over them stays scalar; with these
 // the ISA clones (cpu_isa.h) run them 8 or 16 lanes wide. Only +, -, *, / and selects, none contracted to FMA,
-// so every clone gives the same bits; exp_f<true> (FMA written out, for clones that have it) is the exception.
+// so every clone gives the same bits; exp_f with an ExpRangeT<true> (FMA written out, for the clones that have it)
+// is the exception.
 #pragma once
 
 #include <algorithm>
@@ -18,15 +19,19 @@ namespace {
 // literal bounds GCC threads the clamped case into a constant e^88 and computes z / (1 + e^88) for every element
 // before blending; that quotient is a denormal for |z| < ~40, and the microcode assists made a SiLU loop 20x
 // slower (1.9 ms instead of ~0.1 ms for 2x128x32x32 on one core), whichever of ?: or std::min/max was written.
-struct ExpRange {
+// FMA: whether the loop that reads them runs in an ISA clone with FMA; exp_f then rounds its multiply-adds once.
+template <bool FMA = false>
+struct ExpRangeT {
   float lo, hi;
 };
+using ExpRange = ExpRangeT<false>;
 struct ExpRangeD {
   double lo, hi;
 };
 inline volatile float g_exp_lo = -87.0f, g_exp_hi = 88.0f;
 inline volatile double g_exp_lo_d = -708.0, g_exp_hi_d = 709.0;
-FASTGAN_VEC_INLINE ExpRange exp_range() { return ExpRange{g_exp_lo, g_exp_hi}; }
+template <bool FMA = false>
+FASTGAN_VEC_INLINE ExpRangeT<FMA> exp_range() { return ExpRangeT<FMA>{g_exp_lo, g_exp_hi}; }
 FASTGAN_VEC_INLINE ExpRangeD exp_range_d() { return ExpRangeD{g_exp_lo_d, g_exp_hi_d}; }
 
 // a * b + c, rounded once (FMA) or twice. The build never contracts a * b + c by itself (cpu_isa.h), so FMA is
@@ -44,8 +49,8 @@ FASTGAN_VEC_INLINE float mul_add(float a, float b, float c) {
 // changes silu and its derivative by under 1e-36 absolute. NaN passes through (the clamps compare false, and the
 // polynomial of NaN is NaN). FMA (mul_add) changes the last bit of some results, not the error bound; it ran a SiLU
 // loop's math 1.6x faster with AVX-512.
-template <bool FMA = false>
-FASTGAN_VEC_INLINE float exp_f(float x, const ExpRange& er) {
+template <bool FMA>
+FASTGAN_VEC_INLINE float exp_f(float x, const ExpRangeT<FMA>& er) {
   x = std::min(std::max(x, er.lo), er.hi);
   constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold round(x / ln2)
   const float t = mul_add<FMA>(x, 1.44269504088896341f, kMagic);
