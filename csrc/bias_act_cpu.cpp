@@ -53,7 +53,8 @@ constexpr bool kFast = !std::is_same_v<T, double>;
 // element: the C++ kernel ran tanh/sigmoid/silu 5-7x slower than eager, whose math is vectorised). Float math
 // uses exp_f (~1 ulp, as eager's Sleef exp); tanh is computed in double and rounded once. float64 input keeps
 // libm (exact to its last bit, which gradcheck and the float64 tolerance rule see). gelu's erf stays libm's.
-// FMA: whether the ISA clone running the loop has FMA; then the float exp rounds its multiply-adds once (exp_f<true>).
+// FMA: whether the ISA clone running the loop has FMA; then the float exp rounds its multiply-adds once
+// (ExpRangeT<true>, vec_math.h).
 template <bool FMA>
 struct Vk {  // the vectorised exps' clamp bounds, read once per loop (vec_math.h)
   ExpRangeT<FMA> f;
