@@ -127,14 +127,16 @@ CPU_EAGER_ACTS = ("tanh", "sigmoid", "silu", "gelu")
 def _prefer_eager_math(name: str, x: torch.Tensor, bias) -> bool:
     """Whether automatic selection on CPU takes the plain-PyTorch formula over the C++ kernel for this call.
 
-    gelu: always (the kernel's erf is a libm call per element; eager's is vectorised, ~12x faster). tanh, sigmoid,
-    silu: when autograd records the call. The kernel's forward is vectorised and beat eager's bias add +
-    activation (2x512x32x32 fp32, 2 threads: silu 343 vs 382 us, tanh 986 vs 1529 us), but its gradients compute
-    in float64 (the formulas chain roundings that cost ulps in float32) and ran 1.3-2x eager's float32 backward
-    on in-cache tensors; so training keeps PyTorch's kernels and inference gets the fused one."""
+    gelu: always (the kernel's erf is a libm call per element; eager's is vectorised, ~12x faster). tanh: always (the
+    kernel's tanh runs in float64 for its last bit: 2.5-4.8x eager's bias add + tanh on 2 threads, 2x512x32x32 to
+    2x64x256x256 fp32). sigmoid, silu: when autograd records the call. Their forward is vectorised (an FMA exp) and
+    beats eager's bias add + activation (2x512x32x32 fp32, 2 threads, cold inputs: sigmoid 382 vs 375 us, 2x64x256x256
+    2,482 vs 3,557 us), but their gradients compute in float64 (the formulas chain roundings that cost ulps in
+    float32) and ran 1.3-2x eager's float32 backward on in-cache tensors; so training keeps PyTorch's kernels and
+    inference gets the fused one."""
     if name not in CPU_EAGER_ACTS:
         return False
-    if name == "gelu":
+    if name in ("gelu", "tanh"):
         return True
     return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
 
@@ -204,8 +206,9 @@ def bias_act(x, bias=None, act: str = "lrelu", alpha=None, gain=None, clamp=None
             gradient (as ``torch.clamp``: values exactly at the bound pass it). None: no clamp.
         dim: the dim of x that ``bias`` runs along (negative counts from the end).
         impl: ``"ref"``, ``"cpp"`` or ``"triton"`` to pin an implementation; None chooses by device (CPU: C++,
-            except gelu and, when autograd records the call, tanh/sigmoid/silu: those take the plain-PyTorch
-            formula, whose vectorised float32 math is faster there; CUDA: Triton; see :func:`fastgan.use_impl`).
+            except gelu and tanh always and, when autograd records the call, sigmoid/silu: those take the
+            plain-PyTorch formula, whose vectorised float32 math is faster there; CUDA: Triton; see
+            :func:`fastgan.use_impl`).
 
     Returns:
         Tensor of x's shape and dtype, in x's layout when that is dense (else contiguous). NaN in gives NaN out.
