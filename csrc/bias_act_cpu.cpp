@@ -51,7 +51,7 @@ constexpr bool kFast = !std::is_same_v<T, double>;
 // f(z), f'(z), f''(z) of each activation. NaN propagates (relu: z <= 0 is false for NaN).
 // FAST (every input dtype but float64): exp and tanh from vec_math.h, so the loops vectorise (libm is a call per
 // element: the C++ kernel ran tanh/sigmoid/silu 5-7x slower than eager, whose math is vectorised). Float math
-// uses exp_f (~1 ulp, as eager's Sleef exp); tanh is computed in double and rounded once. float64 input keeps
+// uses exp_f and tanh_f (~1 ulp, as eager's Sleef exp and tanh; the gradients' tanh is tanh_d). float64 input keeps
 // libm (exact to its last bit, which gradcheck and the float64 tolerance rule see). gelu's erf stays libm's.
 // FMA: whether the ISA clone running the loop has FMA; then the float exp rounds its multiply-adds once
 // (ExpRangeT<true>, vec_math.h).
@@ -73,7 +73,8 @@ FASTGAN_ALWAYS_INLINE A exp_of(A x, const Vk<FMA>& k) {
 template <bool FAST, typename A, bool FMA>
 FASTGAN_ALWAYS_INLINE A tanh_of(A x, const Vk<FMA>& k) {
   if constexpr (!FAST) return std::tanh(x);
-  else return A(tanh_d(double(x), k.d));
+  else if constexpr (std::is_same_v<A, float>) return tanh_f(x, k.f);
+  else return tanh_d(x, k.d);
 }
 
 template <int64_t ACT, bool FAST, typename A, bool FMA>

@@ -348,7 +348,7 @@ for dt in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
             y = fastgan.ops.bias_act(x, b0.to(dt), act=act, gain=1.3, clamp=clamp, impl="cpp")
             (gx,) = torch.autograd.grad(y, x, g0.to(dt), create_graph=True)
             (ggx,) = torch.autograd.grad(gx, x, g0.to(dt), allow_unused=True)
-            kind = "fma_exp" if act in ("sigmoid", "silu") and dt != torch.float64 else "exact"
+            kind = "fma_exp" if act in ("tanh", "sigmoid", "silu") and dt != torch.float64 else "exact"
             out[kind] += [y.detach(), gx.detach()] + ([] if ggx is None else [ggx])
 torch.save(out, sys.argv[2])
 """
@@ -358,9 +358,9 @@ torch.save(out, sys.argv[2])
 def test_isa_clones_bitwise_equal(tmp_path):
     """The C++ kernel runs baseline, AVX2 or AVX-512 code by CPU (capped by ATEN_CPU_CAPABILITY). None lets the
     compiler contract to FMA or reassociate, so every clone must give the same bits in every dtype, forward, backward
-    and double backward; the one exception is chosen in source: sigmoid's and SiLU's float exp has FMA in the AVX2
-    and AVX-512 clones (vec_math.h), which then agree bit for bit with each other and with the baseline to a few
-    ulps. Inputs come from one file (torch.randn itself differs between ATen's ISA paths). Capabilities the CPU lacks
+    and double backward; the one exception is chosen in source: the float exp and tanh of tanh, sigmoid and SiLU have
+    FMA in the AVX2 and AVX-512 clones (vec_math.h), which then agree bit for bit with each other and with the
+    baseline to a few ulps. Inputs come from one file (torch.randn itself differs between ATen's ISA paths). Capabilities the CPU lacks
     fall back to a lower clone, so the comparison is vacuous only on a CPU without AVX2."""
     from isa_clones import assert_same_bits, outputs_per_isa
 
