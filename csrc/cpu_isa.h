@@ -10,8 +10,9 @@
 // Same bits from every clone: the compiler never contracts a * b + c into an FMA (-std=c++20 implies
 // fp-contract=off for the whole build; both clones, whose targets include FMA, say so again), and the loops fix
 // their summation order in source (lane arrays, see cpu_reduce.h), so a wider vector never reassociates a sum.
-// The one exception is chosen in source: the float exp of sigmoid and SiLU (bias_act, the group-norm family) has FMA
-// in the AVX2 and AVX-512 clones (vec_math.h's ExpRangeT<true>), so there the baseline clone's last bit may differ.
+// The one exception is chosen in source: the float exp and tanh of bias_act's tanh, sigmoid and SiLU and of the
+// group-norm family's SiLU have FMA in the AVX2 and AVX-512 clones (vec_math.h's ExpRangeT<true>), so there the
+// baseline clone's last bit may differ.
 #pragma once
 
 #include <algorithm>
