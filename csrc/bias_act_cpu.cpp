@@ -175,9 +175,9 @@ FASTGAN_ALWAYS_INLINE void chunk_runs(const Params& p, const A* bias, int64_t be
 
 // ISA clones of a chunk (cpu_isa.h): the baseline, AVX2 and AVX-512; every element is computed on its own (no
 // reductions), so AVX2 and AVX-512 give the same bits, and so does the baseline except in the float tanh, sigmoid
-// and SiLU, whose exp and tanh have FMA only in the other two (tests/test_bias_act.py::test_isa_clones_bitwise_equal). Eager PyTorch picks
-// AVX2/AVX-512 kernels itself and was 2x faster than the baseline clone on in-cache tensors. Written out rather than
-// FASTGAN_ISA_CLONES: the chunk takes the run functor as a template parameter.
+// and SiLU, whose exp and tanh have FMA only in the other two (tests/test_bias_act.py::test_isa_clones_bitwise_equal).
+// Eager PyTorch picks AVX2/AVX-512 kernels itself and was 2x faster than the baseline clone on in-cache tensors.
+// Written out rather than FASTGAN_ISA_CLONES: the chunk takes the run functor as a template parameter.
 template <typename A, typename Run>
 void chunk_base(const Params& p, const A* bias, int64_t begin, int64_t end, const Run& run) {
   chunk_runs<false>(p, bias, begin, end, run);
