@@ -80,13 +80,14 @@ def _tile(ptr, base, c0, l0, Cg, L, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BL
 def _group(Cg, L, IDX64: tl.constexpr):
     """This program's group p = n*G + g, its M = Cg*L elements and their offset, and Cg and L to index with.
 
-    IDX64 (an input of 2**31 elements or more): all of them int64, Cg and L too, so that a group of 2**31 elements
-    or more (Cg and L each fit int32, their product does not) has right offsets ``rc * L + rl`` and a right M."""
+    IDX64 (an input of 2**31 elements or more, or N*C*3 sums of 2**31 or more): all of them int64, Cg and L too, so
+    that a group of 2**31 elements or more (Cg and L each fit int32, their product does not) has right offsets
+    ``rc * L + rl`` and a right M. tl.cast, not ``.to``: Triton passes an integer argument equal to 1 as a constant."""
     p = tl.program_id(0)
     if IDX64:
         p = p.to(tl.int64)
-        Cg = Cg.to(tl.int64)
-        L = L.to(tl.int64)
+        Cg = tl.cast(Cg, tl.int64)
+        L = tl.cast(L, tl.int64)
     M = Cg * L
     return p, M, p * M, Cg, L
 
@@ -413,7 +414,9 @@ def _meta(x: torch.Tensor, groups: int) -> tuple[int, int, dict]:
     length = math.prod(x.shape[2:])
     block_c, block_l = _blocks(cg, length)
     warps = min(8, max(1, block_c * block_l // 256))
-    return cg, length, dict(BLOCK_C=block_c, BLOCK_L=block_l, IDX64=x.numel() >= 2**31, num_warps=warps)
+    # int64 indexing also where the double backward's (N*C, 3) sums outgrow int32 (x of 2**30 elements can do that)
+    idx64 = x.numel() >= 2**31 or x.shape[0] * x.shape[1] * 3 >= 2**31
+    return cg, length, dict(BLOCK_C=block_c, BLOCK_L=block_l, IDX64=idx64, num_warps=warps)
 
 
 def _maps(gamma, beta, x):

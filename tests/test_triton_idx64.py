@@ -25,6 +25,37 @@ def _kernels(name):
     return import_kernels(name)
 
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+_group = _kernels("group_norm")._group
+
+
+@triton.jit
+def _group_probe(OUT, Cg, L, IDX64: tl.constexpr):
+    """Stores rc * L for the group's last two channels and M = Cg * L, as the group-norm kernels index with them."""
+    p, M, base, cg, length = _group(Cg, L, IDX64)
+    rc = tl.arange(0, 2) + (cg - 2)
+    tl.store(OUT + tl.arange(0, 2), (rc * length).to(tl.int64))
+    tl.store(OUT + 2, M.to(tl.int64))
+
+
+@pytest.mark.parametrize("idx64", [False, True])
+def test_group_offsets_past_int32(idx64):
+    """One group of 65536 x 65537 elements (no tensor that large is allocated: only the index arithmetic runs).
+    The 64-bit variant must get the offsets and M right; the 32-bit one wraps, which is why inputs of 2**31
+    elements or more take the 64-bit variant (this case also shows the check can fail)."""
+    cg, length = 65536, 65537
+    out = torch.zeros(3, dtype=torch.int64, device=DEVICE)
+    _group_probe[(1,)](out, cg, length, IDX64=idx64)
+    want = [(cg - 2) * length, (cg - 1) * length, cg * length]
+    assert max(want) >= 2**32
+    if idx64:
+        assert out.tolist() == want
+    else:
+        assert out.tolist() != want
+
+
 def _same_bits(a, b):
     for i, (u, v) in enumerate(zip(a, b)):
         if u is None or v is None:

@@ -225,12 +225,15 @@ def idx64_cases(rec: Recorder, quick: bool) -> None:
             rec.case(f"instance_norm idx64 {shape} cl={cl} fwd", lambda: k.forward(x, p, p, 1e-5))
             rec.case(f"instance_norm idx64 {shape} cl={cl} bwd", lambda: k.backward(x, x, p, p, p))
             rec.case(f"instance_norm idx64 {shape} cl={cl} dbwd", lambda: k.double_backward(x, p, p, x, x, p, p, p))
-        x, sc, st = _t((2, 8, 16, 16)), torch.empty(2, 8, dtype=torch.float64), torch.empty(2, 4)
-        for act in (0, 5):
-            rec.case(f"group_norm idx64 act={act} fwd", lambda: g.forward(x, sc, sc, None, None, 4, 1e-5, act, 0.2))
-            rec.case(f"group_norm idx64 act={act} bwd", lambda: g.backward(x, x, st, st, sc, sc, None, None, act, 0.2))
-            rec.case(f"group_norm idx64 act={act} dbwd",
-                     lambda: g.double_backward(x, sc, sc, x, x, st, st, sc, sc, 1e-5, act, 0.2))
+        # Cg = 1 (G = C) and L = 1 too: Triton passes an integer argument equal to 1 as a constant.
+        for shape, groups in (((2, 8, 16, 16), 4), ((2, 8, 16, 16), 8), ((2, 8, 1, 1), 4)):
+            x, sc = _t(shape), torch.empty(2, 8, dtype=torch.float64)
+            st = torch.empty(2, groups)
+            for act in (0, 5):
+                tag = f"group_norm idx64 {shape} G={groups} act={act}"
+                rec.case(tag + " fwd", lambda: g.forward(x, sc, sc, None, None, groups, 1e-5, act, 0.2))
+                rec.case(tag + " bwd", lambda: g.backward(x, x, st, st, sc, sc, None, None, act, 0.2))
+                rec.case(tag + " dbwd", lambda: g.double_backward(x, sc, sc, x, x, st, st, sc, sc, 1e-5, act, 0.2))
     finally:
         k._plan, g._meta = plan, meta
 
