@@ -360,8 +360,8 @@ def test_isa_clones_bitwise_equal(tmp_path):
     compiler contract to FMA or reassociate, so every clone must give the same bits in every dtype, forward, backward
     and double backward; the one exception is chosen in source: the float exp and tanh of tanh, sigmoid and SiLU have
     FMA in the AVX2 and AVX-512 clones (vec_math.h), which then agree bit for bit with each other and with the
-    baseline to a few ulps. Inputs come from one file (torch.randn itself differs between ATen's ISA paths). Capabilities the CPU lacks
-    fall back to a lower clone, so the comparison is vacuous only on a CPU without AVX2."""
+    baseline to a few ulps. Inputs come from one file (torch.randn itself differs between ATen's ISA paths).
+    Capabilities the CPU lacks fall back to a lower clone, so the comparison is vacuous only on a CPU without AVX2."""
     from isa_clones import assert_same_bits, outputs_per_isa
 
     gen = torch.Generator().manual_seed(7)
@@ -371,6 +371,8 @@ def test_isa_clones_bitwise_equal(tmp_path):
     assert_same_bits({cap: r["exact"] for cap, r in res.items()}, min_outputs=50)
     fma = {cap: r["fma_exp"] for cap, r in res.items()}
     assert len(fma["default"]) == len(fma["avx2"]) == len(fma["avx512"]) >= 30
+    if _backend.cpu_kernel_isa() in ("avx2", "avx512"):  # the FMA clones ran: some last bit must have moved
+        assert any(not torch.equal(b, v) for b, v in zip(fma["default"], fma["avx512"])), "no FMA in the clones?"
     for i, (base, a2, a5) in enumerate(zip(fma["default"], fma["avx2"], fma["avx512"])):
         assert torch.equal(a2.view(torch.uint8), a5.view(torch.uint8)), f"avx2 and avx512 differ in output {i}"
         # A few ulps of the output's magnitude: the exp's last bit moves, nothing else does.

@@ -64,8 +64,10 @@ def steady_cpu_allocator() -> str | None:
 
     Sets glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` to 1 GiB (32 MiB for the mmap threshold where glibc
     refuses more), which also stops their adaptation to the sizes seen so far. A long training loop reaches the
-    same steady state: its buffers are reused from the heap. Affects this process only; call it in benchmark
-    processes, not in library code. Idempotent.
+    same steady state: its buffers are reused from the heap. Affects this whole process from then on (a pytest run
+    that times a CPU benchmark keeps the setting for its later tests); call it in benchmark processes, not in library
+    code. Idempotent. Under a preloaded allocator (jemalloc, tcmalloc) glibc's mallopt still answers but changes
+    nothing, and the report's line then overstates what was set.
 
     Returns:
         What was set (for the report), or None where the C library is not glibc or refused.
@@ -84,7 +86,7 @@ def steady_cpu_allocator() -> str | None:
         if mmap is not None and libc.mallopt(m_trim_threshold, _GIB) == 1:
             desc = (f"glibc {version().decode()} malloc: mmap threshold {mmap // 2**20} MiB, trim threshold "
                     f"{_GIB // 2**20} MiB (freed buffers are reused, not returned to the OS)")
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: CDLL(None) on Windows
         pass
     _ALLOCATOR.append(desc)
     return desc

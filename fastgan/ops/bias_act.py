@@ -129,11 +129,11 @@ def _prefer_eager_math(name: str, x: torch.Tensor, bias) -> bool:
 
     gelu: always (the kernel's erf is a libm call per element; eager's is vectorised, ~12x faster). tanh: always (the
     kernel's float tanh, within 1.02 ulp, costs an exp and a polynomial per element: 0.96x eager's bias add + tanh on
-    2x512x32x32 fp32, 0.74x on 2x64x256x256, 2 threads, cold inputs). sigmoid, silu: when autograd records the call. Their forward is vectorised (an FMA exp) and
-    beats eager's bias add + activation (2x512x32x32 fp32, 2 threads, cold inputs: sigmoid 382 vs 375 us, 2x64x256x256
-    2,482 vs 3,557 us), but their gradients compute in float64 (the formulas chain roundings that cost ulps in
-    float32) and ran 1.3-2x eager's float32 backward on in-cache tensors; so training keeps PyTorch's kernels and
-    inference gets the fused one."""
+    2x512x32x32 fp32, 0.74x on 2x64x256x256, 2 threads, cold inputs). sigmoid, silu: when autograd records the call.
+    Their forward is vectorised (an FMA exp) and beats eager's bias add + activation (same setting, sigmoid: 277 vs
+    365 us on 2x512x32x32, 2,400 vs 3,283 us on 2x64x256x256), but their gradients compute in float64 (the formulas
+    chain roundings that cost ulps in float32) and ran 1.3-2x eager's float32 backward on in-cache tensors; so training
+    keeps PyTorch's kernels and inference gets the fused one."""
     if name not in CPU_EAGER_ACTS:
         return False
     if name in ("gelu", "tanh"):
