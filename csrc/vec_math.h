@@ -1,8 +1,8 @@
 // Elementwise math that GCC vectorises (no libm call per element), shared by the CPU kernels: exp and tanh in float,
 // exp and tanh in double to ~1e-13 relative (for results rounded to float or 16-bit). libm's exp/tanh are a call per
-// element, so a loop over them stays scalar; with these the ISA clones (cpu_isa.h) run them 8 or 16 lanes wide. Only +, -, *, / and selects, none contracted to FMA,
-// so every clone gives the same bits; exp_f and tanh_f with an ExpRangeT<true> (FMA written out, for the clones
-// that have it) are the exception.
+// element, so a loop over them stays scalar; with these the ISA clones (cpu_isa.h) run them 8 or 16 lanes wide.
+// Only +, -, *, / and selects, none contracted to FMA, so every clone gives the same bits; exp_f and tanh_f with an
+// ExpRangeT<true> (FMA written out, for the clones that have it) are the exception.
 #pragma once
 
 #include <algorithm>
