@@ -48,7 +48,7 @@ using acc_t = std::conditional_t<std::is_same<T, double>::value, double, float>;
 template <typename T>
 constexpr bool kFast = !std::is_same_v<T, double>;
 
-// f(z), f'(z), f''(z) of each activation. NaN propagates (relu: z <= 0 is false for NaN).
+// f(z), f'(z), f''(z) of each activation. NaN propagates (relu: z < 0 is false for NaN).
 // FAST (every input dtype but float64): exp and tanh from vec_math.h, so the loops vectorise (libm is a call per
 // element: the C++ kernel ran tanh/sigmoid/silu 5-7x slower than eager, whose math is vectorised). Float math
 // uses exp_f and tanh_f (~1 ulp, as eager's Sleef exp and tanh; the gradients' tanh is tanh_d). float64 input keeps
@@ -79,7 +79,7 @@ FASTGAN_ALWAYS_INLINE A tanh_of(A x, const Vk<FMA>& k) {
 
 template <int64_t ACT, bool FAST, typename A, bool FMA>
 FASTGAN_ALWAYS_INLINE A act_f(A z, A alpha, const Vk<FMA>& k) {
-  if constexpr (ACT == kRelu) return z <= A(0) ? A(0) : z;
+  if constexpr (ACT == kRelu) return z < A(0) ? A(0) : z;  // -0.0 stays -0.0, as torch.relu
   // max/min instead of a select: GCC vectorises these (the select compiled to a mispredicted branch); NaN stays NaN.
   if constexpr (ACT == kLrelu) return std::max(z, A(0)) + alpha * std::min(z, A(0));
   if constexpr (ACT == kTanh) return tanh_of<FAST>(z, k);
@@ -345,10 +345,11 @@ at::Tensor check_inputs(const char* op, const at::Tensor& x_in, const std::optio
   return x;
 }
 
-// The bias in the accumulation type (zeros without one): C values, tiny next to x.
+// The bias in the accumulation type: C values, tiny next to x. Without one, -0.0: x + -0.0 is x for every x, -0.0
+// included (x + 0.0 turned -0.0 into +0.0, where eager, which adds nothing, keeps the sign).
 template <typename A>
 std::vector<A> bias_values(const std::optional<at::Tensor>& bias, int64_t C) {
-  std::vector<A> out(static_cast<size_t>(C), A(0));
+  std::vector<A> out(static_cast<size_t>(C), A(-0.0));
   if (bias) {
     const at::Tensor b = bias->to(at::kDouble).contiguous();
     const double* bp = b.data_ptr<double>();

@@ -53,7 +53,7 @@ def _tanh_interpreted(z):
     safe = tl.where((e == 1.0) | (e == 0.0), 0.5, e)  # no 0/0 or log(0) in the branch tl.where drops
     em1 = tl.where(e == 1.0, a, tl.where(e == 0.0, -1.0, (safe - 1.0) * a / tl.log(safe)))
     t = -em1 / (2.0 + em1)
-    return tl.where(z < 0, -t, t).to(z.dtype)
+    return tl.where(z == 0, z, tl.where(z < 0, -t, t)).to(z.dtype)  # tanh(-0.0) = -0.0
 
 
 @triton.jit
@@ -88,7 +88,7 @@ def _sech2(z):
 @triton.jit
 def _act(z, alpha, K, ACT: tl.constexpr):
     if ACT == 1:
-        f = tl.where(z <= 0, 0.0, z)
+        f = tl.where(z < 0, 0.0, z)  # -0.0 stays -0.0 (torch.relu), NaN stays NaN
     elif ACT == 2:
         f = tl.where(z > 0, z, z * alpha)
     elif ACT == 3:

@@ -320,6 +320,16 @@ def test_auto_selection_of_smooth_acts_on_cpu(act):
             assert torch.equal(fastgan.ops.bias_act(x, b, act=always, dim=1), always_ref)
 
 
+@pytest.mark.parametrize("device,impl", impl_params(kernels_only=True))
+@pytest.mark.parametrize("act", ["linear", "relu", "lrelu", "tanh", "sigmoid", "silu", "gelu"])
+def test_signed_zero_as_the_reference(device, impl, act):
+    """Without a bias nothing is added, so -0.0 keeps its sign wherever eager's activation keeps it (relu too)."""
+    x = torch.tensor([[-0.0, 0.0, -1.0, 2.0, -1e-30]], device=device)
+    y = fastgan.ops.bias_act(x, act=act, gain=1.0, impl=impl)
+    ref = fastgan.ops.bias_act(x, act=act, gain=1.0, impl="ref")
+    assert torch.signbit(y).tolist() == torch.signbit(ref).tolist()
+
+
 # ---------------------------------------------------------------------------------------------- module
 def test_module_bias_act():
     m = fastgan.nn.BiasAct(5, act="lrelu", clamp=256.0)
