@@ -57,11 +57,11 @@ struct ModElem {
 
 // f'(u) into d1 and, for SiLU, f''(u) into d2 over n elements (SiLU's one exp serves both). Computed once per
 // element and kept between the passes where the group fits kDerivCap.
-template <bool FMA, typename T, int ACT>
+template <typename T, int ACT>
 FASTGAN_GN_INLINE void mod_derivs_impl(const T* x, const T* gm, const T* bm, int64_t n, const ModChan<acc_of<T>>& c,
                                        double* __restrict__ d1, double* __restrict__ d2) {
   using A = acc_of<T>;
-  const ExpRangeT<FMA> er = exp_range<FMA>();
+  const ExpRange er = exp_range();  // SiLU is in double here: libm exp, no FMA variant
   for (int64_t i = 0; i < n; ++i) {
     const A xa = load_as<A>(x[i]), gma = load_as<A>(gm[i]), bma = load_as<A>(bm[i]);
     if constexpr (ACT == kSilu) {
@@ -185,10 +185,10 @@ FASTGAN_GN_INLINE void mod_out_impl(const ModPtrs<T>& p, int64_t n, const ModCha
   }
 }
 
-FASTGAN_ISA_CLONES_FMA(mod_derivs, typename T FASTGAN_COMMA int ACT,
-                       (const T* x, const T* gm, const T* bm, int64_t n, const ModChan<acc_of<T>>& c,
-                        double* __restrict__ d1, double* __restrict__ d2),
-                       T FASTGAN_COMMA ACT, (x, gm, bm, n, c, d1, d2))
+FASTGAN_ISA_CLONES(mod_derivs, typename T FASTGAN_COMMA int ACT,
+                   (const T* x, const T* gm, const T* bm, int64_t n, const ModChan<acc_of<T>>& c,
+                    double* __restrict__ d1, double* __restrict__ d2),
+                   <T FASTGAN_COMMA ACT>(x, gm, bm, n, c, d1, d2))
 FASTGAN_ISA_CLONES(mod_stats, typename T, (const T* x, int64_t n, acc_of<T> mu, double* s), <T>(x, n, mu, s))
 FASTGAN_ISA_CLONES(mod_sums, typename T FASTGAN_COMMA int ACT,
                    (const ModPtrs<T>& p, int64_t n, const ModChan<acc_of<T>>& c, double* s),

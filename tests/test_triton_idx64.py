@@ -14,19 +14,15 @@ pytest.importorskip("triton")
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from fastgan._backend import import_kernels  # noqa: E402
+
 # conftest.py sets TRITON_INTERPRET=1 unless the run asks for the GPU (TRITON_INTERPRET=0).
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 if DEVICE == "cuda" and not torch.cuda.is_available():
     pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
 
 
-def _kernels(name):
-    from fastgan._backend import import_kernels
-
-    return import_kernels(name)
-
-
-_group = _kernels("group_norm")._group
+_group = import_kernels("group_norm")._group
 
 
 @triton.jit
@@ -70,7 +66,7 @@ def _rand(*shape, dtype=torch.float32, gen):
 @pytest.mark.parametrize("act", [0, 5])
 @pytest.mark.parametrize("groups", [1, 4])
 def test_group_norm_idx64_variant_matches(monkeypatch, act, groups):
-    g = _kernels("group_norm")
+    g = import_kernels("group_norm")
     gen = torch.Generator().manual_seed(11 + act + groups)
     n, c, h, w = 2, 8, 7, 13
     x, gy, v = (_rand(n, c, h, w, gen=gen) for _ in range(3))
@@ -96,7 +92,7 @@ def test_group_norm_idx64_variant_matches(monkeypatch, act, groups):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_instance_norm_idx64_variant_matches(monkeypatch, channels_last):
-    k = _kernels("instance_norm")
+    k = import_kernels("instance_norm")
     gen = torch.Generator().manual_seed(5 + channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x, gy, v = (_rand(2, 3, 7, 13, gen=gen).contiguous(memory_format=fmt) for _ in range(3))
