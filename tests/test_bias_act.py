@@ -165,6 +165,28 @@ def test_third_order_matches_reference(device, impl, act):
 
 
 @pytest.mark.parametrize("device,impl", impl_params())
+@pytest.mark.parametrize("act,clamp", [("relu", None), ("relu", 1.0), ("lrelu", None), ("lrelu", 0.5)])
+def test_piecewise_linear_second_order_is_zero_as_eager(device, impl, act, clamp):
+    # f'' = 0: the autograd formulas return zeros without a dbwd kernel. They must still be defined tensors of
+    # x's and bias's shape and dtype (torch.autograd.grad of a leaf gets a tensor, not an unused-input error), and
+    # NaN in the outer gradient gives zeros as eager's leaky_relu/clamp double backward does.
+    x = _to_layout(torch.randn(2, 3, 5, 4, device=device), "channels_last").requires_grad_()
+    b = torch.randn(3, device=device, requires_grad=True)
+    gy, ggx = torch.randn_like(x), torch.randn_like(x)
+    ggx[0, 1, 2, 3] = float("nan")
+
+    def second(fn):
+        (gx, gb) = torch.autograd.grad(fn(x, b), (x, b), gy, create_graph=True)
+        return torch.autograd.grad((gx, gb), (x, b), (ggx, torch.randn_like(gb)))
+
+    ours = second(lambda t, c: fastgan.ops.bias_act(t, c, act, gain=1.0, clamp=clamp, impl=impl))
+    eager = second(lambda t, c: eager_bias_act(t, c, act, 1, clamp=clamp, gain=1.0))
+    for o, e, like in zip(ours, eager, (x, b)):
+        assert o.shape == like.shape and o.dtype == like.dtype
+        assert torch.equal(o, torch.zeros_like(like)) and torch.equal(e, torch.zeros_like(like))
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
 def test_clamp_values_and_zero_gradient(device, impl):
     x = torch.linspace(-4, 4, 2 * 3 * 16, device=device).reshape(2, 3, 16).requires_grad_()
     b = torch.tensor([0.0, 0.5, -0.5], device=device, requires_grad=True)

@@ -27,6 +27,7 @@ from ._family import KernelFamily
 OP_NAMES = ("bias_act_fwd", "bias_act_bwd", "bias_act_dbwd")
 # Activation name -> the integer code the kernels take.
 ACT_CODES = {"linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4, "silu": 5, "gelu": 6}
+PIECEWISE_LINEAR = ACT_CODES["lrelu"]  # codes up to this one have f'' = 0
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -139,9 +140,15 @@ def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str], native: frozens
         gy, x, bias = ctx.saved_tensors
         ggy = bwd(ggx, x, bias, *ctx.args) if ctx.needs_input_grad[0] else None
         gx2 = gbias2 = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        want_bias = bias is not None and ctx.needs_input_grad[2]
+        if ctx.args[0] <= PIECEWISE_LINEAR:
+            # f'' = 0 and the clamp mask is constant almost everywhere: zeros, as eager's double backward of
+            # leaky_relu/relu/clamp gives (also for NaN in ggx or gy), without a dbwd kernel reading three tensors.
+            gx2 = torch.zeros_like(x) if ctx.needs_input_grad[1] else None
+            gbias2 = torch.zeros_like(bias) if want_bias else None
+        elif ctx.needs_input_grad[1] or want_bias:
             gx2 = dbwd(ggx, gy, x, bias, *ctx.args)
-            if bias is not None and ctx.needs_input_grad[2]:
+            if want_bias:
                 gbias2 = reduce_to_bias(gx2, ctx.args[-1], bias)
         if ggy is not None and ggy.dtype != gy.dtype:
             ggy = ggy.to(gy.dtype)
