@@ -14,6 +14,15 @@ import torch
 from .. import _backend
 
 
+def register_formulas(formulas, native: frozenset = frozenset()) -> None:
+    """``torch.library.register_autograd`` for each ``(op name, backward, setup_context)`` of ``formulas``, except
+    the ops in ``native``: the extension registered the same formula in C++ for those (the "Autograd" key, e.g.
+    csrc/bias_act_autograd.cpp), and a Python one would replace it."""
+    for name, backward, setup in formulas:
+        if name not in native:
+            torch.library.register_autograd(name, backward, setup_context=setup)
+
+
 class KernelFamily:
     """The ``fwd``/``bwd``/``dbwd`` callables of every implementation of one op family.
 

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from .. import _backend
-from ._family import KernelFamily
+from ._family import KernelFamily, register_formulas
 
 OP_NAMES = ("bias_act_fwd", "bias_act_bwd", "bias_act_dbwd")
 # Activation name -> the integer code the kernels take.
@@ -158,11 +158,8 @@ def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str], native: frozens
         ggx, gy, x, bias, *ctx.args = inputs
         ctx.save_for_backward(ggx, gy, x, bias)
 
-    # ``native``: ops whose same formula the extension registered in C++ (csrc/*_cpu.cpp, "Autograd" key).
-    for name, backward, setup in ((names[0], fwd_backward, fwd_setup), (names[1], bwd_backward, bwd_setup),
-                                  (names[2], _third_order, dbwd_setup)):
-        if name not in native:
-            torch.library.register_autograd(name, backward, setup_context=setup)
+    register_formulas(((names[0], fwd_backward, fwd_setup), (names[1], bwd_backward, bwd_setup),
+                       (names[2], _third_order, dbwd_setup)), native)
 
 
 FAMILY = KernelFamily(

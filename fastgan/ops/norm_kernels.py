@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
-from ._family import KernelFamily
+from ._family import KernelFamily, register_formulas
 from ._layout import empty_like_layout
 from .instance_norm_ref import acc_dtype, plane_dims, reference_dbwd
 
@@ -136,11 +136,8 @@ def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str], native: frozens
         ggx, ggscale, ggshift, gy, x, _mean, _rstd, scale, ctx.eps = inputs
         ctx.save_for_backward(ggx, ggscale, ggshift, gy, x, scale)
 
-    # ``native``: ops whose same formula the extension registered in C++ (csrc/*_cpu.cpp, "Autograd" key).
-    for name, backward, setup in ((names[0], fwd_backward, fwd_setup), (names[1], bwd_backward, bwd_setup),
-                                  (names[2], _third_order, dbwd_setup)):
-        if name not in native:
-            torch.library.register_autograd(name, backward, setup_context=setup)
+    register_formulas(((names[0], fwd_backward, fwd_setup), (names[1], bwd_backward, bwd_setup),
+                       (names[2], _third_order, dbwd_setup)), native)
 
 
 FAMILY = KernelFamily(
