@@ -121,6 +121,14 @@ def _probe(op_name: str, impl: str, device_type: str) -> bool:
 
 
 @torch.compiler.assume_constant_result
+def pinned_impl() -> str | None:
+    """The impl :func:`use_impl` pinned around this call, or None. A function (not the ContextVar itself) so
+    torch.compile(fullgraph=True) reads it at trace time as :func:`select` does: Dynamo cannot trace
+    ``ContextVar.get``."""
+    return _forced_impl.get()
+
+
+@torch.compiler.assume_constant_result
 def select(op_name: str, device: torch.device, impl: str | None = None) -> str:
     """The implementation to run for ``op_name`` on ``device``: ``impl``, else the pinned one, else automatic.
 

@@ -262,6 +262,28 @@ def test_compile_fullgraph_aot_eager(device, impl):
     torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("act", ["lrelu", "tanh", "silu"])
+@pytest.mark.parametrize("pin", [None, "ref", "first-live"])
+def test_compile_fullgraph_automatic_and_pinned_by_use_impl(device, act, pin):
+    # The automatic choice (impl=None) reads the use_impl pin; Dynamo cannot trace a ContextVar read, so this
+    # failed with fullgraph=True for every call without impl= (the public API's default), nn.BiasAct included.
+    pin = live(device)[0] if pin == "first-live" else pin
+    module = fastgan.nn.BiasAct(4, act=act)
+    x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
+    b = torch.randn(4, device=device)
+    with fastgan.use_impl(pin):
+        torch._dynamo.reset()
+        y = torch.compile(lambda t: fastgan.ops.bias_act(t, b, act), fullgraph=True, backend="aot_eager")(x)
+        (g,) = torch.autograd.grad(y.square().sum(), x)
+        torch._dynamo.reset()
+        ym = torch.compile(module.to(device), fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(y, eager_bias_act(x, b, act, 1), rtol=1e-5, atol=1e-5)
+    g_ref = torch.autograd.grad(eager_bias_act(x, b, act, 1).square().sum(), x)[0]
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ym, module(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif("cpp" not in live("cpu"), reason="compiled extension not loaded")
 def test_compile_fullgraph_inductor_cpp():
     torch._dynamo.reset()

@@ -216,7 +216,7 @@ def bias_act(x, bias=None, act: str = "lrelu", alpha=None, gain=None, clamp=None
     dim = _check(x, bias, clamp, dim)
     name, alpha, gain = resolve_act(act, alpha, gain)
     which = _backend.select("bias_act_fwd", x.device, impl)
-    if which == "cpp" and impl is None and _backend._forced_impl.get() is None and _prefer_eager_math(name, x, bias):
+    if which == "cpp" and impl is None and _backend.pinned_impl() is None and _prefer_eager_math(name, x, bias):
         which = "ref"
     if which == "ref":
         return bias_act_reference(x, bias, name, alpha, gain, clamp, dim)
