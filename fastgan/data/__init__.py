@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from ._base import DEFAULT_RANGE, DatasetMissingError, LabeledImages, split_indices
+from ._base import DEFAULT_RANGE, DatasetMissingError, LabeledImages, UnknownDatasetError, split_indices
 from .emoji import find_emoji_dir, load_emoji
 from .image_folder import ImageFolder, save_images
 from .packaged import (load_animal_mnist, load_digits, load_fashion_mnist, load_lfw_faces, load_mnist,
@@ -45,13 +45,13 @@ def parse_name(spec: str) -> tuple[str, str | None]:
     """Split ``"name[:split]"`` into the canonical dataset name and the split (None if not given).
 
     Raises:
-        KeyError: unknown dataset name; the message lists the known ones.
+        UnknownDatasetError: unknown dataset name (a ValueError); the message lists the known ones.
     """
     name, _, split = spec.partition(":")
     key = name.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
-        raise KeyError(f"fastgan: unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise UnknownDatasetError(f"fastgan: unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return key, (split or None)
 
 
@@ -61,7 +61,7 @@ def is_dataset_name(spec: str) -> bool:
         return False
     try:
         parse_name(spec)
-    except KeyError:
+    except UnknownDatasetError:
         return False
     return True
 
@@ -71,11 +71,14 @@ def load_dataset(name: str, split: str | None = None, value_range=DEFAULT_RANGE,
 
     Args:
         name: a key of :data:`DATASETS` or an alias, optionally ``"name:split"``.
-        split: "train", "test" or "all"; default: the split in ``name``, else the dataset's default.
+        split: "train", "test" or "all"; default: the split in ``name``, else the dataset's default in
+            :data:`DATASETS` ("all" for digits, lfw-faces and emoji, "train" for the MNIST-type sets).
         value_range: ``(lo, hi)`` that black and white map to.
         **kwargs: passed to the loader (e.g. ``include_skin_tones`` for emoji).
     Returns:
         LabeledImages: images ``(N, C, H, W)`` float32 in ``value_range``, ``.labels`` ``(N,)`` int64.
+    Raises:
+        UnknownDatasetError: unknown name. DatasetMissingError: its package or files are not installed.
     """
     key, spec_split = parse_name(name)
     loader, default_split = DATASETS[key]
@@ -94,7 +97,7 @@ def available_datasets() -> dict[str, str]:
     return status
 
 
-__all__ = ["DATASETS", "DEFAULT_RANGE", "DatasetMissingError", "ImageFolder", "LabeledImages", "available_datasets",
-           "find_emoji_dir", "is_dataset_name", "load_animal_mnist", "load_dataset", "load_digits", "load_emoji",
-           "load_fashion_mnist", "load_lfw_faces", "load_mnist", "parse_name", "read_idx", "save_images",
+__all__ = ["DATASETS", "DEFAULT_RANGE", "DatasetMissingError", "ImageFolder", "LabeledImages", "UnknownDatasetError",
+           "available_datasets", "find_emoji_dir", "is_dataset_name", "load_animal_mnist", "load_dataset", "load_digits",
+           "load_emoji", "load_fashion_mnist", "load_lfw_faces", "load_mnist", "parse_name", "read_idx", "save_images",
            "split_indices"]

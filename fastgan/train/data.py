@@ -172,7 +172,7 @@ def open_domains(spec: str, img_size: int | None = None) -> DomainImages:
                         f"name ({', '.join(fdata.DATASETS)})")
     try:
         base = fdata.load_dataset(spec, value_range=VALUE_RANGE)
-    except KeyError:
+    except fdata.UnknownDatasetError:
         if os.sep in spec or "/" in spec or spec.startswith("."):  # meant as a path
             raise DataError(f"fastgan: data directory {spec!r} does not exist (expected root/<domain>/*.png|jpg, "
                             f"or a dataset name: {', '.join(fdata.DATASETS)})") from None
