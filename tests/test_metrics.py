@@ -322,6 +322,29 @@ def test_reference_stats_cached_by_dataset_split_resolution(stub, tmp_path):
     assert len(os.listdir(tmp_path / "cache" / "fid_stats")) == 2 and stub.images > seen
 
 
+def test_reference_stats_cache_needs_an_extractor_name(stub, tmp_path):
+    def thumbnails(images, value_range=(0.0, 1.0)):  # a plain function: no `name`
+        return StubExtractor()(images, value_range)
+
+    def negated(images, value_range=(0.0, 1.0)):  # another one, with other features
+        return -2 * thumbnails(images, value_range)
+
+    cache = tmp_path / "cache" / "fid_stats"
+    a = reference_stats("digits", n=50, extractor=thumbnails)
+    b = reference_stats("digits", n=50, extractor=negated)
+    assert not cache.exists() or os.listdir(cache) == []  # nothing cached under "function"
+    assert not torch.allclose(a.mean, b.mean)  # the second call did not reuse the first one's statistics
+    # FIDLogger's real side goes through the same function.
+    logger = FIDLogger("digits", n=50, extractor=negated, log=None, real_kw={"n": 50})
+    assert torch.allclose(logger.real_stats.mean, b.mean)
+    assert not cache.exists() or os.listdir(cache) == []
+    # A named extractor is cached (the stub fixture's "stub"), an explicit cache_path is the caller's key.
+    reference_stats("digits", n=50, extractor=StubExtractor())
+    assert os.listdir(cache) == ["digits-all-native-n50-stub.npz"]
+    reference_stats("digits", n=50, extractor=negated, cache_path=str(tmp_path / "mine.npz"))
+    assert (tmp_path / "mine.npz").is_file()
+
+
 def test_cli_eval_folders_and_names(stub, tmp_path, capsys):
     pytest.importorskip("PIL", reason="Pillow is needed for image folders: pip install pillow")
     from fastgan.cli import main

@@ -13,8 +13,8 @@ Quick use::
 
 Importing this package is cheap: the network loads on first use.
 """
-from .scoring import (DEFAULT_MAX_FEATURES, cache_dir, compute_stats, evaluate, fid, kid, kid_from_stats,
-                       reference_stats, sample_stats)
+from .scoring import (DEFAULT_MAX_FEATURES, cache_dir, compute_stats, evaluate, extractor_name, fid, kid,
+                       kid_from_stats, reference_stats, sample_stats)
 from .features import CheckpointNotSupported, ProgressBar, extract_features, iter_batches, open_source
 from .inception import (INSTALL_COMMAND, InceptionFeatures, InceptionWeightsMissing, inception_available,
                         load_inception, weights_path)
@@ -24,6 +24,6 @@ from .stats import FeatureStats, fid_from_stats, frechet_distance, psd_sqrt
 
 __all__ = ["DEFAULT_MAX_FEATURES", "INSTALL_COMMAND", "CheckpointNotSupported", "FIDLogger", "FeatureStats",
            "InceptionFeatures", "InceptionWeightsMissing", "ProgressBar", "cache_dir", "compute_stats", "evaluate",
-           "extract_features", "fid", "fid_from_stats", "frechet_distance", "inception_available", "iter_batches",
+           "extract_features", "extractor_name", "fid", "fid_from_stats", "frechet_distance", "inception_available", "iter_batches",
            "kid", "kid_from_features", "kid_from_stats", "load_inception", "make_fid_callback", "mmd2_unbiased",
            "open_source", "polynomial_kernel", "psd_sqrt", "reference_stats", "sample_stats", "weights_path"]

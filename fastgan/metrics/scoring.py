@@ -75,6 +75,17 @@ def compute_stats(source, *, extractor=None, device=None, dtype=None, n: int | N
     return stats
 
 
+def extractor_name(extractor) -> str | None:
+    """The cache identity of a feature extractor: its ``name`` attribute (a non-empty string), else None.
+
+    The built-in Inception network has one that encodes its weights' hash, preprocessing and dtype. A custom
+    extractor that should share cached reference statistics across calls must carry a ``name`` unique to its
+    weights and preprocessing; without one, :func:`reference_stats` neither reads nor writes the cache.
+    """
+    name = getattr(extractor, "name", None)
+    return name if isinstance(name, str) and name else None
+
+
 def reference_stats(dataset: str, split: str | None = None, resolution: int | None = None, n: int | None = None,
                     *, use_cache: bool = True, cache_path: str | None = None, extractor=None, device=None,
                     dtype=None, batch_size: int = 50, max_features: int = DEFAULT_MAX_FEATURES, progress=None,
@@ -89,7 +100,8 @@ def reference_stats(dataset: str, split: str | None = None, resolution: int | No
         resolution: score the dataset resized to this square size (match the model's training resolution);
             None: native size.
         n: use a seeded random subset of ``n`` images (None: all).
-        use_cache: read/write the cache.
+        use_cache: read/write the cache. Only extractors with a ``name`` (see :func:`extractor_name`) are cached;
+            others are computed on every call, unless ``cache_path`` names the file (the caller then keys it).
         cache_path: explicit cache file; default ``cache_dir()/<name>-<split>-<res>-n<n>-<network>.npz``.
         extractor, device, dtype, batch_size, max_features, progress: as :func:`compute_stats`.
     Returns:
@@ -98,7 +110,11 @@ def reference_stats(dataset: str, split: str | None = None, resolution: int | No
     name, spec_split = fdata.parse_name(dataset)
     split = split or spec_split or fdata.DATASETS[name][1]
     ext = extractor if extractor is not None else load_inception(device, dtype)
-    net = getattr(ext, "name", type(ext).__name__)
+    net = extractor_name(ext)
+    if net is None and cache_path is None:
+        # No stable identity to key the file by: a type name ("function", "MyNet") would let two different
+        # extractors share one file and the second silently score against the first one's statistics.
+        use_cache = False
     res = f"{resolution}px" if resolution else "native"
     path = cache_path or os.path.join(cache_dir(), f"{name}-{split}-{res}-n{n or 'all'}-{net}.npz")
     if use_cache and os.path.isfile(path):
@@ -111,7 +127,8 @@ def reference_stats(dataset: str, split: str | None = None, resolution: int | No
         ds = ds.sample(n, seed=0)  # stored order can be sorted by class (animal-mnist): draw a seeded subset
     stats = compute_stats(ds, extractor=ext, n=n, batch_size=batch_size, resolution=resolution,
                           max_features=max_features, progress=progress, label=f"{name}:{split}")
-    stats.meta = {"dataset": name, "split": split, "resolution": resolution, "n": stats.n, "network": net}
+    stats.meta = {"dataset": name, "split": split, "resolution": resolution, "n": stats.n,
+                  "network": net or type(ext).__name__}
     if use_cache:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         # Write then rename, so a crash or a concurrent reader never sees half a file.
