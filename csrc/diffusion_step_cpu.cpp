@@ -388,6 +388,18 @@ at::Tensor run_step(const at::Tensor& x_in, const at::Tensor& m_in, const std::o
               "fastgan::diffusion_step: coef must be (N, 8) = (", N, ", 8) or (1, 8), got ", coef_in.sizes());
   TORCH_CHECK(coef_in.device() == x_in.device(), "fastgan::diffusion_step: coef is on ", coef_in.device(),
               " but x is on ", x_in.device());
+  const auto is16 = [](at::ScalarType st) { return st == at::kHalf || st == at::kBFloat16; };
+  const auto other = [&](const std::optional<at::Tensor>& t) { return t && t->scalar_type() != x_in.scalar_type(); };
+  if (is16(x_in.scalar_type()) && (other(m_in) || other(u_in) || other(z_in))) {
+    // A stream of another dtype than 16-bit x (an fp32 model output, fp32 noise) is read in float32, as the
+    // reference and the Triton kernel read it: converting it to x's dtype first would round it to 8 or 11 bits,
+    // and the step's large coefficients (x0 = (x - sqrt(1 - abar) eps) / sqrt(abar)) multiply that error.
+    const auto up = [](const std::optional<at::Tensor>& t) {
+      return t ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
+    };
+    return run_step(x_in.to(at::kFloat), m_in.to(at::kFloat), up(u_in), up(z_in), seed_in, coef_in, guidance, clip)
+        .to(x_in.scalar_type());
+  }
   const at::Tensor x = canonical(x_in);
   const bool cl = is_channels_last(x);
   const at::Tensor m = like(m_in, x, cl);

@@ -154,6 +154,58 @@ def test_layouts_and_half_types(device, impl):
         assert_rule(got, eager, want, f"{impl} {dtype}")
 
 
+@pytest.mark.parametrize("device,impl", impls())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_finer_model_output_is_read_in_float32(device, impl, dtype):
+    # 16-bit x_t with an fp32 model output, unconditional output and noise (a UNet run in fp32 over an fp16 chain):
+    # each stream is read in float32. The C++ kernel once rounded them to x's dtype first; with a cosine schedule's
+    # large x0 coefficient at the last steps that was 5x off on this input.
+    sched = NoiseSchedule.cosine(2)
+    x = torch.ones(3, 4, device=device, dtype=dtype)
+    m = torch.full((3, 4), 1.0002, device=device)
+    got = ddim_step(x, m, 1, -1, sched, impl=impl)
+    want = ddim_step(x.double(), m.double(), 1, -1, sched, impl="ref")
+    torch.testing.assert_close(got.double(), want, rtol=2 ** -7, atol=0.0)
+    x, m, u, z = (torch.randn(2, 3, 4, 5, device=device) for _ in range(4))
+    xd = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    kw = dict(model_out_uncond=u, guidance=3.0, clip_x0=1.0)
+    for noise in ({"noise": z}, {"generator": torch.Generator(device=device)}):
+        runs = []
+        for i in (impl, "ref"):
+            if "generator" in noise:
+                noise["generator"].manual_seed(7)
+            runs.append(ddpm_step(xd, m, 600, SCHED, impl=i, **kw, **noise))
+        assert runs[0].dtype == dtype and runs[0].is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(runs[0], runs[1], rtol=2 ** -7, atol=1e-3)
+
+
+@pytest.mark.parametrize("device,impl", impls())
+def test_differentiable_in_every_impl(device, impl):
+    # Backpropagating through steps (reward fine-tuning through a DDIM chain, optimising the initial noise): the
+    # kernels' backward is the reference's vector-Jacobian product. The C++ op had no autograd formula and
+    # returned a result whose backward silently gave x no gradient.
+    opts = dict(device=device, dtype=torch.float64, requires_grad=True)
+    x, m, u, z = (torch.randn(2, 3, 2, 2, **opts) for _ in range(4))
+    fast = impl == "triton"
+
+    def guided(x, m, u, z):
+        return ddpm_step(x, m, 3, NoiseSchedule.linear(10), noise=z, model_out_uncond=u, guidance=3.0, clip_x0=1.0,
+                         impl=impl)
+
+    assert torch.autograd.gradcheck(guided, (x, m, u, z), fast_mode=fast)
+    assert torch.autograd.gradgradcheck(guided, (x, m, u, z), fast_mode=fast)
+
+    def philox(x, m):  # in-kernel noise: a constant of the inputs
+        return ddim_step(x, m, 3, 1, NoiseSchedule.linear(10), eta=0.5, impl=impl,
+                         generator=torch.Generator(device=device).manual_seed(0))
+
+    assert torch.autograd.gradcheck(philox, (x, m), fast_mode=fast)
+    xf, mf = (t.detach().float().requires_grad_() for t in (x, m))
+    grads = [torch.autograd.grad(ddim_step(xf, mf, 3, 1, SCHED, impl=i).square().sum(), (xf, mf)) for i in
+             (impl, "ref")]
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 def test_schedules():
     lin = NoiseSchedule.linear(1000)
     assert lin.betas[0].item() == pytest.approx(1e-4) and lin.betas[-1].item() == pytest.approx(0.02)

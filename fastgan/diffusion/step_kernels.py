@@ -3,8 +3,11 @@
 their in-kernel-noise twins ``fastgan::diffusion_step_philox`` / ``fastgan::diffusion_step_philox_triton``, which
 take a one-element int64 ``seed`` tensor instead of ``noise`` (the noise: :mod:`fastgan.diffusion.philox`).
 
-Sampling runs without gradients, so the op has no autograd formula: calling it on tensors that require grad
-raises (use the reference, ``impl="ref"``, to differentiate through a step).
+Sampling usually runs without gradients, but backpropagating through steps is a real use (reward fine-tuning
+through a DDIM chain, optimising the initial noise), so every op is differentiable in x, the model outputs and the
+given noise: its backward is the vector-Jacobian product of the plain-PyTorch step
+(:func:`fastgan.diffusion.steps.fused_step_reference`), itself differentiable. The coefficients and the seed get
+no gradient (the schedule is not learned here).
 """
 from __future__ import annotations
 
@@ -58,6 +61,44 @@ def triton_step_philox(x, m, u, seed, coef, guidance: float, clip: float) -> tor
     return _step_philox_triton(x, m, u, seed, coef, guidance, clip)
 
 
+# -------------------------------------------------------------------------------------------------- autograd
+def _setup(ctx, inputs, output):
+    x, m, u, noise_or_seed, coef, ctx.guidance, ctx.clip = inputs
+    # The Philox twins take a seed: their noise is a constant of the inputs, so the backward leaves it out.
+    z = noise_or_seed if noise_or_seed is not None and noise_or_seed.is_floating_point() else None
+    ctx.has_u, ctx.has_z = u is not None, z is not None
+    ctx.save_for_backward(x, m, u, z, coef)
+
+
+def _backward(ctx, grad):
+    from .steps import fused_step_reference  # steps imports this module
+
+    x, m, u, z, coef = ctx.saved_tensors
+    present = [t for t in (x, m, u, z) if t is not None]
+
+    def step(*ts):
+        it = iter(ts)
+        xs, ms = next(it), next(it)
+        us = next(it) if ctx.has_u else None
+        zs = next(it) if ctx.has_z else None
+        return fused_step_reference(xs, ms, us, zs, coef, ctx.guidance, ctx.clip)
+
+    _, vjp = torch.func.vjp(step, *present)
+    grads = iter(vjp(grad))
+    gx, gm = next(grads), next(grads)
+    gu = next(grads) if ctx.has_u else None
+    gz = next(grads) if ctx.has_z else None
+    return gx, gm, gu, gz, None, None, None
+
+
+def _attach_autograd(name: str) -> None:
+    torch.library.register_autograd(name, _backward, setup_context=_setup)
+
+
+_attach_autograd("fastgan::diffusion_step_triton")
+_attach_autograd("fastgan::diffusion_step_philox_triton")
+
+
 # Looked up once at import (a plain dict, so torch.compile reads it without tracing the dispatcher query).
 _HAS_PHILOX: dict[str, bool] = {}
 
@@ -67,6 +108,7 @@ def register_compiled() -> None:
     for name in ("diffusion_step", "diffusion_step_philox"):
         if _backend.has_kernel(name, "CPU") or _backend.has_kernel(name, "CUDA"):
             torch.library.register_fake(f"fastgan::{name}")(_fake_step)
+            _attach_autograd(f"fastgan::{name}")
     _HAS_PHILOX.update({key: _backend.has_kernel("diffusion_step_philox", key) for key in ("CPU", "CUDA")})
 
 

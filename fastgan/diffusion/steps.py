@@ -289,10 +289,12 @@ def ddpm_step(x_t, model_out, t, schedule: NoiseSchedule, *, t_prev=None, predic
         generator: ``torch.Generator`` (on x_t's device; default: the device's default generator) that the in-kernel
             noise's seed is drawn from, one draw per step; ``noise``: the noise itself (x_t's shape), used as given.
         model_out_uncond, guidance: classifier-free guidance ``u + guidance * (model_out - u)``.
-        impl: pin ``"ref"`` or ``"triton"``.
+        impl: pin ``"ref"``, ``"cpp"`` or ``"triton"`` (None: C++ on CPU, Triton on CUDA).
 
     Returns:
-        ``x_{t_prev}`` in x_t's dtype and shape. At ``t = 0`` no noise is added.
+        ``x_{t_prev}`` in x_t's dtype and shape. At ``t = 0`` no noise is added. Differentiable in x_t, the model
+        outputs and ``noise`` with every impl (the kernels' backward is the reference's). Model outputs and noise
+        of another dtype than a 16-bit x_t are read in float32, not rounded to x_t's dtype first.
     """
     _check(x_t, model_out, model_out_uncond, noise, guidance)
     coef, noisy = ddpm_plan(x_t, t, t_prev, schedule, prediction=prediction, variance=variance)
