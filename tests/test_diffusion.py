@@ -204,6 +204,10 @@ def test_differentiable_in_every_impl(device, impl):
     grads = [torch.autograd.grad(ddim_step(xf, mf, 3, 1, SCHED, impl=i).square().sum(), (xf, mf)) for i in
              (impl, "ref")]
     torch.testing.assert_close(grads[0], grads[1])
+    # Calls autograd does not record skip the Python formula (fused_step goes below the Autograd key).
+    assert not ddim_step(x.detach(), m.detach(), 3, 1, SCHED, impl=impl).requires_grad
+    with torch.inference_mode():
+        torch.testing.assert_close(ddim_step(x, m, 3, 1, SCHED, impl=impl), ddim_step(x, m, 3, 1, SCHED, impl="ref"))
 
 
 def test_schedules():

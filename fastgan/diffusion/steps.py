@@ -136,6 +136,20 @@ def fused_step(x, m, u, z, coef, guidance: float = 1.0, clip: float = 0.0, *, se
     """Run the fused step with the selected implementation (C++ on CPU, Triton on GPU, else the reference).
     ``seed`` (a one-element int64 tensor on x's device) with ``z=None`` draws the noise in the kernel."""
     which = _backend.select("diffusion_step", x.device, impl)
+    if which != "ref" and not torch.compiler.is_compiling() and not _records_grad(x, m, u, z):
+        # The ops' autograd formula is Python (step_kernels): entering it costs ~11 us a call even when nothing
+        # requires grad, as much as the whole step on a small sample (a 1000-step loop pays it 1000 times), so
+        # calls autograd will not record go below it. Under torch.compile the graph has no such cost.
+        with torch._C._AutoDispatchBelowAutograd():
+            return _run_kernel(which, x, m, u, z, coef, guidance, clip, seed)
+    return _run_kernel(which, x, m, u, z, coef, guidance, clip, seed)
+
+
+def _records_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _run_kernel(which: str, x, m, u, z, coef, guidance: float, clip: float, seed) -> torch.Tensor:
     philox_noise = z is None and seed is not None
     if which == "triton":
         if philox_noise:
