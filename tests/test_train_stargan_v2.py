@@ -129,6 +129,35 @@ def test_bad_inputs_give_clear_messages(tmp_path, capsys, case, message):
             tdata.open_domains(spec, 32)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--batch", "0"], "--batch must be >= 1, got 0"),  # used to train with the default batch of 8
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--log-every", "0"], "--log-every must be >= 1"),
+    (["--keep", "-1"], "--keep must be >= 0"),
+    (["--fid-n", "1"], "--fid-n must be >= 2"),
+    (["--lr", "-1"], "--lr must be >= 0.0"),
+    (["--beta2", "1"], "--beta2 must be in [0.0, 1.0)"),
+    (["--lambda-ds", "nan"], "--lambda-ds must be >= 0.0, got nan"),
+    (["--latent-dim", "0"], "--latent-dim must be >= 1"),
+    (["--device", "gpu"], "--device 'gpu' is not a device"),
+])
+def test_stargan_v2_rejects_bad_numbers(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    tiny = [a for a in TINY if a not in ("--device", "cpu")] if "--device" in argv else TINY
+    assert main(["train", "stargan-v2", "--data", "digits", "--out", str(out), "--steps", "1"] + argv + tiny) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastgan train stargan-v2: ") and message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_stargan_v2_cuda_without_cuda_is_a_message(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    argv = ["train", "stargan-v2", "--data", "digits", "--out", str(tmp_path / "run"), "--device", "cuda"]
+    assert main(argv) == 2  # was a ValueError traceback from the distributed set-up
+    assert capsys.readouterr().err == "fastgan train stargan-v2: --device cuda: no CUDA device is available here\n"
+
+
 def test_family_dispatch_messages(capsys, monkeypatch):
     from fastgan.train import cli as tcli
     assert main(["train"]) == 2

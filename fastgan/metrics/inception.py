@@ -92,6 +92,28 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(spec=None, option: str = "--device") -> torch.device:
+    """``spec`` (a string or torch.device; None: :func:`default_device`) as a device this torch can use.
+
+    Raises:
+        ValueError: a one-line message naming ``option``: not a device string, or CUDA asked for where torch sees
+            none (torch itself fails later, mid-run, with an AssertionError or a device-index error).
+    """
+    if spec is None or spec == "":
+        return default_device()
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"fastgan: {option} {spec!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"fastgan: {option} {spec}: no CUDA device is available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"fastgan: {option} {spec}: this machine has {torch.cuda.device_count()} CUDA "
+                             "device(s)")
+    return dev
+
+
 def to_uint8_scale(images: torch.Tensor, value_range=(0.0, 1.0), quantize: bool = True) -> torch.Tensor:
     """Map images to float32 0..255 (8-bit levels when ``quantize``), grayscale repeated to 3 channels.
 

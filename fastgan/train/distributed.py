@@ -48,10 +48,8 @@ def setup(device: str | None = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    want = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(want)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("fastgan: --device cuda asked for, but this torch has no usable CUDA device")
+    from ..metrics.inception import resolve_device
+    dev = resolve_device(device)  # ValueError naming --device: not a device, or no CUDA here
     if world <= 1:
         return DistInfo(device=dev)
     if dev.type == "cuda":

@@ -43,8 +43,47 @@ MODEL_OPTIONS = {
 }
 
 
+# Option -> smallest value, checked before anything loads (a 0 used to fall back to the default: --batch 0 trained
+# with 8). Model options: the int ones must be >= 1, the floats are in FLOAT_RANGES.
+MINIMA = {"steps": 1, "batch": 1, "img_size": 1, "workers": 0, "save_every": 0, "keep": 0, "sample_every": 0,
+          "fid_every": 0, "fid_n": 2, "fid_real_n": 2, "fid_batch": 1, "log_every": 1}
+# Float model options: (lowest, highest or None, whether the highest itself is allowed). Adam needs lr >= 0 and
+# betas in [0, 1); an EMA beta of 1 freezes the EMA copy, which the config allows.
+FLOAT_RANGES = {name: (0.0, None, False) for name in ("w_hpf", "lambda_reg", "lambda_cyc", "lambda_sty",
+                                                      "lambda_ds", "lr", "f_lr", "weight_decay")}
+FLOAT_RANGES.update(beta1=(0.0, 1.0, False), beta2=(0.0, 1.0, False), ema_beta=(0.0, 1.0, True))
+
+
 def _msg(e: BaseException) -> str:
     return str(e).removeprefix("fastgan: ")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Reject out-of-range numeric options and an unusable --device (DataError naming the option)."""
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    for name, low in MINIMA.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise DataError(f"fastgan: {flag(name)} must be >= {low}, got {value}")
+    for name, (typ, _) in MODEL_OPTIONS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if typ is int and value < 1:
+            raise DataError(f"fastgan: {flag(name)} must be >= 1, got {value}")
+        if typ is float:
+            low, high, closed = FLOAT_RANGES[name]
+            # `low <= value` is False for nan too.
+            if not (low <= value and (high is None or value < high or (closed and value == high))):
+                span = f">= {low}" if high is None else f"in [{low}, {high}{']' if closed else ')'}"
+                raise DataError(f"fastgan: {flag(name)} must be {span}, got {value}")
+    from ..metrics.inception import resolve_device
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -87,6 +126,7 @@ def train(args: argparse.Namespace) -> int:
     """
     from .stargan_v2_loop import run
     try:
+        check_options(args)
         return run(args)
     except (DataError, CheckpointError, ImportError) as e:
         print(f"fastgan train stargan-v2: {_msg(e)}", file=sys.stderr)

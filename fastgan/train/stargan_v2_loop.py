@@ -136,7 +136,7 @@ def _run(args, info: fdist.DistInfo) -> int:
     if not data_spec:
         raise DataError("fastgan: --data is required (a folder root/<domain>/ or a dataset name)")
     args.data = data_spec
-    batch = args.batch or meta_old.get("batch") or DEFAULTS["batch"]
+    batch = args.batch if args.batch is not None else meta_old.get("batch", DEFAULTS["batch"])
     seed = args.seed if args.seed is not None else meta_old.get("seed", DEFAULTS["seed"])
     img_size = meta_old.get("img_size") or args.img_size  # a resumed model is fixed to its training size
     if ckpt is not None and args.img_size and args.img_size != img_size:
