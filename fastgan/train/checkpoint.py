@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 FORMAT = "fastgan-checkpoint"
+DDPM_FORMAT = "fastgan-ddpm-v1"  # fastgan.diffusion.train_cli.FORMAT: one file, RUN_DIR/checkpoint.pt
+DDPM_FILENAME = "checkpoint.pt"
 VERSION = 1
 CKPT_DIRNAME = "checkpoints"
 _NAME_RE = re.compile(r"^ckpt_(\d+)\.pt$")
@@ -86,6 +88,27 @@ def atomic_save(obj, path: str) -> str:
     return path
 
 
+def read_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read any fastgan checkpoint file as a dict (``weights_only``), without checking which kind it is.
+
+    :func:`load_checkpoint` adds the check; readers that accept several kinds (``fastgan eval --fake``, which also
+    takes ``fastgan train ddpm``'s files) dispatch on the dict's ``format``.
+
+    Raises:
+        CheckpointError: missing or unreadable file, or not a dict.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"fastgan: checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated file, another program's pickle, ...: one clear message
+        first = (str(e).strip().splitlines() or [""])[0]  # weights_only errors run to a dozen lines
+        raise CheckpointError(f"fastgan: cannot read checkpoint {path!r}: {type(e).__name__}: {first}") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"fastgan: {path!r} is not a fastgan training checkpoint (not a dict)")
+    return ckpt
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only`` loading: no code is unpickled).
 
@@ -97,13 +120,16 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     Raises:
         CheckpointError: missing file, unreadable file, or not a fastgan checkpoint.
     """
-    if not os.path.isfile(path):
-        raise CheckpointError(f"fastgan: checkpoint {path!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated file, another program's pickle, ...: one clear message
-        raise CheckpointError(f"fastgan: cannot read checkpoint {path!r}: {type(e).__name__}: {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    return check_checkpoint(read_checkpoint(path, map_location), path)
+
+
+def check_checkpoint(ckpt: dict, path: str) -> dict:
+    """``ckpt`` (from :func:`read_checkpoint`) if it is of this module's format and a version this fastgan reads,
+    else a :class:`CheckpointError` naming ``path``."""
+    if ckpt.get("format") == DDPM_FORMAT:
+        raise CheckpointError(f"fastgan: {path!r} is a `fastgan train ddpm` checkpoint, not a {FORMAT!r} one "
+                              "(stargan-v2); use it with `fastgan sample ddpm` or `fastgan eval --fake`")
+    if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"fastgan: {path!r} is not a fastgan training checkpoint "
                               f"(no format={FORMAT!r} entry)")
     if int(ckpt.get("version", 0)) > VERSION:

@@ -18,7 +18,8 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import CheckpointError, find_latest, load_checkpoint
+from .checkpoint import (DDPM_FILENAME, DDPM_FORMAT, CheckpointError, check_checkpoint, find_latest, load_checkpoint,
+                         read_checkpoint)
 from .images import list_images, load_image, save_grid
 
 FAMILY = "stargan-v2"
@@ -26,13 +27,25 @@ GRID_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def resolve_checkpoint(path: str) -> str:
-    """A checkpoint file as given, or the latest checkpoint of a run directory."""
+    """A checkpoint file as given, or the one of a run directory: the latest ``checkpoints/ckpt_*.pt``
+    (stargan-v2), else ``checkpoint.pt`` (``fastgan train ddpm``)."""
     if os.path.isdir(path):
         latest = find_latest(path)
         if latest is None:
-            raise CheckpointError(f"fastgan: run directory {path!r} holds no checkpoints (checkpoints/ckpt_*.pt)")
+            single = os.path.join(path, DDPM_FILENAME)
+            if os.path.isfile(single):
+                return single
+            raise CheckpointError(f"fastgan: run directory {path!r} holds no checkpoints (checkpoints/ckpt_*.pt "
+                                  f"of stargan-v2, or {DDPM_FILENAME} of ddpm)")
         return latest
     return path
+
+
+def is_run_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a run directory of ``fastgan train`` (either family); checkpoint files are told by
+    their suffix where it matters (``fastgan eval``)."""
+    return os.path.isdir(path) and (find_latest(path) is not None or
+                                    os.path.isfile(os.path.join(path, DDPM_FILENAME)))
 
 
 def load_stargan_v2(path: str, device="cpu"):
@@ -47,7 +60,10 @@ def load_stargan_v2(path: str, device="cpu"):
     Raises:
         CheckpointError: unreadable file, or a checkpoint of another family.
     """
-    ckpt = load_checkpoint(resolve_checkpoint(path))
+    return _stargan_v2_from(load_checkpoint(resolve_checkpoint(path)), path, device)
+
+
+def _stargan_v2_from(ckpt: dict, path: str, device):
     family = ckpt.get("family")
     if family != FAMILY:
         raise CheckpointError(f"fastgan: {path!r} is a {family!r} checkpoint, not {FAMILY!r}")
@@ -151,9 +167,81 @@ def _open_sources(meta: dict, fallback: str | None):
                           "\npass --real as an image folder root/<domain>/ or a dataset name")
 
 
+DDPM_EVAL_STEPS = 50  # DDIM steps per image when scoring a DDPM checkpoint (`fastgan sample ddpm --ddim`'s default)
+
+
+def _ddpm_sampler(ckpt: dict, device: torch.device, seed: int, steps: int | None) -> tuple[Callable, dict]:
+    """``sample_fn(b)`` of a ``fastgan train ddpm`` checkpoint: DDIM (eta 0) from the EMA weights, through the code
+    ``fastgan sample ddpm --ddim`` runs; a class-conditional model cycles through its classes (no guidance)."""
+    from ..diffusion.train_cli import generate, make_schedule
+    from ..models.unet import UNet
+    cfg = ckpt["model_config"]
+    model = UNet(**cfg)
+    model.load_state_dict(ckpt["ema"]["module"] if ckpt.get("ema") is not None else ckpt["model"])
+    model.to(device)
+    schedule = make_schedule(ckpt["schedule"], ckpt["timesteps"])
+    total = schedule.num_steps
+    if steps is None:
+        steps = min(DDPM_EVAL_STEPS, total)
+    elif not 1 <= steps <= total:
+        raise CheckpointError(f"fastgan: --sample-steps must be in [1, {total}] (the model's T), got {steps}")
+    classes = len(ckpt["classes"]) if cfg.get("num_classes") is not None else 0
+    g = torch.Generator().manual_seed(int(seed))
+    drawn = [0]
+
+    def sample_fn(b: int) -> torch.Tensor:
+        labels = None
+        if classes:  # every class equally often over the whole stream, not per batch
+            labels = ((drawn[0] + torch.arange(b)) % classes).to(device)
+        drawn[0] += b
+        # generate() seeds its own generators from one int; a fresh draw per batch keeps batches independent.
+        batch_seed = int(torch.randint(0, 2**62, (1,), generator=g))
+        return generate(model, schedule, b, prediction=ckpt["prediction"], steps=steps, ddim=True, eta=0.0,
+                        labels=labels, seed=batch_seed, device=device)
+
+    return sample_fn, {"family": "ddpm", "step": int(ckpt["step"]), "sample_steps": steps}
+
+
+def open_generator(path: str, *, real_spec: str | None = None, seed: int = 0, device=None,
+                   sample_steps: int | None = None) -> tuple[Callable[[int], torch.Tensor], dict]:
+    """Load a checkpoint of either family for scoring: ``(sample_fn, meta)``, ``sample_fn(b)`` giving ``b`` images
+    in [-1, 1]. Everything that can fail on bad input (file, family, source images, steps) fails here, before any
+    feature is extracted.
+
+    Args:
+        path: checkpoint file or run directory (see :func:`resolve_checkpoint`).
+        real_spec: stargan-v2: source images when the run's training data is not reachable (``--real``).
+        seed: sampling seed; device: where to generate (default CUDA if available).
+        sample_steps: ddpm: DDIM steps per image (default :data:`DDPM_EVAL_STEPS`, capped at the model's T);
+            refused for stargan-v2, which has no steps.
+    Returns:
+        ``(sample_fn, meta)``; ``meta`` has ``family``, ``step`` and ``source``.
+    Raises:
+        CheckpointError: unreadable file, unknown kind, no source images, bad ``sample_steps``.
+    """
+    from ..metrics.inception import resolve_device
+    device = resolve_device(device)
+    file = resolve_checkpoint(path)
+    ckpt = read_checkpoint(file)
+    if ckpt.get("format") == DDPM_FORMAT:
+        fn, meta = _ddpm_sampler(ckpt, device, seed, sample_steps)
+    else:
+        if sample_steps is not None:
+            raise CheckpointError(f"fastgan: --sample-steps is for ddpm checkpoints; {path!r} is not one")
+        cfg, nets_ema, info = _stargan_v2_from(check_checkpoint(ckpt, file), path, device)
+        del ckpt
+        dataset = _open_sources(info, real_spec)
+        fn = translation_sampler(nets_ema, dataset, cfg.latent_dim, cfg.num_domains, device, seed)
+        meta = {"family": FAMILY, "step": info["step"]}
+    return fn, dict(meta, source=path)
+
+
 def checkpoint_stats(path: str, *, n: int | None, real_spec: str | None = None, seed: int = 0, device=None,
-                     batch_size: int = 50, **stats_kw):
+                     batch_size: int = 50, sample_steps: int | None = None, generator=None, **stats_kw):
     """Feature statistics of ``n`` images generated from a checkpoint (``fastgan eval --fake CKPT``).
+
+    StarGAN v2: latent-guided translations of the run's training images (else ``real_spec``'s) into random other
+    domains. DDPM: DDIM samples (``sample_steps``, default 50) from the EMA weights, classes cycled.
 
     Args:
         path: checkpoint file or run directory.
@@ -161,20 +249,21 @@ def checkpoint_stats(path: str, *, n: int | None, real_spec: str | None = None, 
         real_spec: source images used when the run's training data is not reachable (``--real``).
         seed: sampling seed; device: generation and Inception device (default CUDA if available).
         batch_size: images per generator call and Inception pass.
+        sample_steps: DDPM only, see :func:`open_generator`.
+        generator: ``open_generator(path, ...)``'s result, when the caller opened it already (to fail early).
         **stats_kw: other :func:`fastgan.metrics.compute_stats` options (``dtype``, ``max_features``,
             ``progress``, ``resolution``, ``extractor``).
     Returns:
         :class:`fastgan.metrics.FeatureStats` with ``meta`` naming the checkpoint.
     """
-    from ..metrics.inception import default_device
+    from ..metrics.inception import resolve_device
     from ..metrics.scoring import sample_stats
-    device = device or default_device()
-    cfg, nets_ema, meta = load_stargan_v2(path, device)
-    dataset = _open_sources(meta, real_spec)
-    n = int(n or 10_000)
-    fn = translation_sampler(nets_ema, dataset, cfg.latent_dim, cfg.num_domains, device, seed)
-    stats = sample_stats(fn, n, batch_size=batch_size, value_range=(-1.0, 1.0), device=device, **stats_kw)
-    stats.meta = dict(stats.meta or {}, source=path, family=FAMILY, step=meta["step"])
+    device = resolve_device(device)
+    fn, meta = generator or open_generator(path, real_spec=real_spec, seed=seed, device=device,
+                                           sample_steps=sample_steps)
+    stats = sample_stats(fn, int(n or 10_000), batch_size=batch_size, value_range=(-1.0, 1.0), device=device,
+                         **stats_kw)
+    stats.meta = dict(stats.meta or {}, **meta)
     return stats
 
 
@@ -201,8 +290,8 @@ def _ref_domain(paths: list[str], domain: str | None, classes: list[str]) -> int
 @torch.no_grad()
 def run_sample(args) -> int:
     """Write translations as ``args`` (see ``add_sample_arguments``) say. Returns 0."""
-    from ..metrics.inception import default_device
-    device = torch.device(args.device or default_device())
+    from ..metrics.inception import resolve_device
+    device = resolve_device(args.device)
     if args.n < 1:
         raise ValueError(f"fastgan: --n must be >= 1, got {args.n}")
     cfg, nets, meta = load_stargan_v2(args.ckpt, device)
