@@ -26,8 +26,9 @@
 
 #include <algorithm>
 #include <bit>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -82,7 +83,11 @@ FASTGAN_ALWAYS_INLINE A act_f(A z, A alpha, const Vk<FMA>& k) {
   if constexpr (ACT == kLrelu) return std::max(z, A(0)) + alpha * std::min(z, A(0));
   if constexpr (ACT == kTanh) return tanh_of<FAST>(z, k);
   if constexpr (ACT == kSigmoid) return A(1) / (A(1) + exp_of<FAST>(-z, k));
-  if constexpr (ACT == kSilu) return z / (A(1) + exp_of<FAST>(-z, k));
+  if constexpr (ACT == kSilu) {
+    const A v = z / (A(1) + exp_of<FAST>(-z, k));
+    // exp_f/exp_d clamp their argument, so -inf / (1 + e^88) gave -inf; eager's -inf / (1 + inf) is NaN.
+    return z == -std::numeric_limits<A>::infinity() ? std::numeric_limits<A>::quiet_NaN() : v;
+  }
   if constexpr (ACT == kGelu) return z * A(0.5) * (A(1) + std::erf(z * A(M_SQRT1_2)));
   return z;
 }
@@ -118,7 +123,10 @@ FASTGAN_ALWAYS_INLINE A act_d1(A z, A alpha, const Vk<FMA>& k) {
   if constexpr (ACT == kSigmoid || ACT == kSilu) {
     A s, sc;
     sigmoid_pair<FAST>(z, s, sc, k);
-    return ACT == kSigmoid ? s * sc : s * (A(1) + z * sc);
+    if constexpr (ACT == kSigmoid) return s * sc;
+    // z * sc is inf * e^-87 at z = +inf (exp's clamp) where eager's silu backward has inf * 0: NaN, as at -inf.
+    return std::abs(z) == std::numeric_limits<A>::infinity() ? std::numeric_limits<A>::quiet_NaN()
+                                                               : s * (A(1) + z * sc);
   }
   if constexpr (ACT == kGelu) {
     const A cdf = A(0.5) * (A(1) + std::erf(z * A(M_SQRT1_2)));
@@ -134,7 +142,9 @@ FASTGAN_ALWAYS_INLINE A act_d2(A z, A alpha, const Vk<FMA>& k) {
   if constexpr (ACT == kSigmoid || ACT == kSilu) {
     A s, sc;
     sigmoid_pair<FAST>(z, s, sc, k);
-    return ACT == kSigmoid ? s * sc * (sc - s) : s * sc * (A(2) + z * (sc - s));
+    if constexpr (ACT == kSigmoid) return s * sc * (sc - s);
+    return std::abs(z) == std::numeric_limits<A>::infinity() ? std::numeric_limits<A>::quiet_NaN()
+                                                               : s * sc * (A(2) + z * (sc - s));
   }
   if constexpr (ACT == kGelu) {
     const A pdf = std::exp(A(-0.5) * z * z) * A(0.5 * M_2_SQRTPI * M_SQRT1_2);

@@ -211,6 +211,32 @@ def test_nan_in_gives_nan_out(device, impl, act):
     assert torch.isnan(y[1, 2, 3]) and torch.isnan(y).sum() == 1
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's inf / inf in the Triton interpreter
+@pytest.mark.parametrize("device,impl", impl_params(kernels_only=True))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_infinities_as_the_reference(device, impl, dtype):
+    # Outputs and first/second derivatives at +-inf equal the reference's (eager's), NaN where it gives NaN. The
+    # C++ silu gave -inf at -inf and an infinite derivative (its exp clamps the argument to [-87, 88]).
+    x = torch.tensor([-math.inf, math.inf, -3.0, 2.0], device=device, dtype=dtype)
+
+    def orders(fn):
+        t = x.clone().requires_grad_()
+        y = fn(t)
+        (g,) = torch.autograd.grad(y.sum(), t, create_graph=True)
+        # The reference's piecewise-linear gradients are constants (no graph); the kernels' are zeros.
+        g2 = torch.autograd.grad(g.sum(), t)[0] if g.requires_grad else torch.zeros_like(g)
+        return [v.detach()[:2].double() for v in (y, g, g2)]
+
+    for act in ACTS:
+        if act in ("tanh", "gelu"):
+            continue  # eager's float tanh'' and gelu at inf are NaN by its formulas' inf * 0; ours are not checked
+        ours = orders(lambda t: fastgan.ops.bias_act(t, None, act, dim=0, impl=impl))
+        ref = orders(lambda t: bias_act_reference(t, None, act, dim=0))
+        for k, (o, r) in enumerate(zip(ours, ref)):
+            torch.testing.assert_close(o, r, equal_nan=True, atol=1e-30, rtol=2 * torch.finfo(dtype).eps,
+                                       msg=f"{act} order {k}")
+
+
 @pytest.mark.parametrize("device,impl", impl_params())
 def test_mixed_bias_dtype_and_defaults(device, impl):
     x = torch.randn(2, 4, 3, device=device, dtype=torch.float16)
@@ -317,6 +343,9 @@ def test_bad_input_gives_clear_errors(impl):
         fastgan.ops.bias_act(x, dim=3, impl=impl)
     with pytest.raises(ValueError, match="clamp must be >= 0"):
         fastgan.ops.bias_act(x, clamp=-1.0, impl=impl)
+    for bad in ({"alpha": math.nan}, {"gain": math.inf}, {"alpha": -math.inf}):  # every impl, not only the C++ op
+        with pytest.raises(ValueError, match="alpha and gain must be finite"):
+            fastgan.ops.bias_act(x, **bad, impl=impl)
 
 
 @pytest.mark.skipif("cpp" not in live("cpu"), reason="compiled extension not loaded")

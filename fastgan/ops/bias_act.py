@@ -36,6 +36,8 @@ def resolve_act(act: str, alpha=None, gain=None) -> tuple[str, float, float]:
     name = ACT_ALIASES.get(act, act)
     alpha = (0.2 if name == "lrelu" else 0.0) if alpha is None else float(alpha)
     gain = (math.sqrt(2.0) if name in ("relu", "lrelu") else 1.0) if gain is None else float(gain)
+    if not (math.isfinite(alpha) and math.isfinite(gain)):  # every impl, as the C++ op checks it
+        raise ValueError(f"fastgan: alpha and gain must be finite, got alpha={alpha}, gain={gain}")
     return name, alpha, gain
 
 

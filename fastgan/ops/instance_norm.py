@@ -21,7 +21,9 @@ def check_norm_input(x: torch.Tensor, name: str = "x") -> None:
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"fastgan: {name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.numel() == 0:
-        raise ValueError(f"fastgan: {name} is empty (shape {tuple(x.shape)}); instance norm needs N, C and L >= 1")
+        raise ValueError(
+            f"fastgan: {name} is empty (shape {tuple(x.shape)}); normalization needs N, C and every spatial size >= 1"
+        )
 
 
 def _check_param(p, name: str, x: torch.Tensor) -> None:
