@@ -106,3 +106,10 @@ def test_bad_checkpoints_fail_before_feature_extraction(ext, ddpm_run, tmp_path,
     assert _eval("--real", "digits", "--fake", str(tmp_path / "no-such-folder")) == 2
     assert "neither a folder nor a dataset name" in capsys.readouterr().err
     assert ext.images == 0
+
+
+def test_ddpm_file_constants_match_the_trainer():
+    # fastgan.train.checkpoint names the DDPM format without importing the diffusion package; keep them equal.
+    from fastgan.diffusion import train_cli
+    from fastgan.train import checkpoint as ck
+    assert (ck.DDPM_FORMAT, ck.DDPM_FILENAME) == (train_cli.FORMAT, train_cli.CHECKPOINT)
