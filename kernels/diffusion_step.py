@@ -6,6 +6,7 @@ Per element, with the per-sample coefficients ``k[n] = (a_x, a_m, e_x, e_m, c_0,
     x0  = a_x * x + a_m * m,  clamped to [-clip, clip] when CLIP (NaN stays NaN)
     eps = e_x * x + e_m * m
     out = c_0 * x0 + c_x * x + c_e * eps + c_z * z      (the z term when NOISE > 0)
+        = c_0 * x0 + (c_x + c_e * e_x) * x + (c_e * e_m) * m + c_z * z      (as computed)
 
 ``z`` is read from Z (NOISE = 1) or drawn in the kernel (NOISE = 2) as :mod:`fastgan.diffusion.philox` defines:
 the element of logical flat index ``i`` takes word ``i % 4`` of the Box–Muller pairs of
@@ -81,9 +82,12 @@ def _step_kernel(X, M, U, Z, SEED, K, OUT, numel, per_sample, sample_size, chans
     x0 = tl.load(K + k, mask=mask, other=0.0) * x + tl.load(K + k + 1, mask=mask, other=0.0) * m
     if CLIP:
         x0 = tl.where(x0 < -clip, -clip, tl.where(x0 > clip, clip, x0))
-    eps = tl.load(K + k + 2, mask=mask, other=0.0) * x + tl.load(K + k + 3, mask=mask, other=0.0) * m
-    out = (tl.load(K + k + 4, mask=mask, other=0.0) * x0 + tl.load(K + k + 5, mask=mask, other=0.0) * x
-           + tl.load(K + k + 6, mask=mask, other=0.0) * eps)
+    # c_x x + c_e eps folded to b_x x + b_m m, as the reference and the C++ kernel fold it: the same roundings,
+    # and a DDPM step's c_e = 0 multiplies no infinite eps (0 * inf gave NaN where they give x's inf).
+    c_e = tl.load(K + k + 6, mask=mask, other=0.0)
+    b_x = tl.load(K + k + 5, mask=mask, other=0.0) + c_e * tl.load(K + k + 2, mask=mask, other=0.0)
+    b_m = c_e * tl.load(K + k + 3, mask=mask, other=0.0)
+    out = tl.load(K + k + 4, mask=mask, other=0.0) * x0 + b_x * x + b_m * m
     if NOISE == 1:
         z = tl.load(Z + offs, mask=mask, other=0.0).to(ACC)
         out += tl.load(K + k + 7, mask=mask, other=0.0) * z

@@ -280,3 +280,16 @@ def test_opcheck_and_errors_of_the_compiled_op(device):
         op(x, m[:1], None, None, torch.randn(2, 8, device=device), 1.0, 0.0)
     with pytest.raises(RuntimeError, match="x must be a non-empty"):
         op(x[:0], m[:0], None, None, torch.randn(0, 8, device=device), 1.0, 0.0)
+
+
+@pytest.mark.parametrize("device,impl", impls())
+def test_infinite_input_as_the_reference(device, impl):
+    # A DDPM step has c_e = 0: the Triton kernel multiplied it by an infinite eps (NaN) where the reference and the
+    # C++ kernel, which fold c_x x + c_e eps into b_x x + b_m m, keep x's inf.
+    x = torch.tensor([[math.inf, 1.0, -math.inf, 2.0]], device=device)
+    m = torch.tensor([[0.0, math.inf, 1.0, math.nan]], device=device)
+    z = torch.zeros_like(x)
+    got = ddpm_step(x, m, 5, NoiseSchedule.linear(10), noise=z, impl=impl)
+    want = ddpm_step(x, m, 5, NoiseSchedule.linear(10), noise=z, impl="ref")
+    assert got[0, 0] == math.inf and got[0, 2] == -math.inf and got[0, 3].isnan()
+    torch.testing.assert_close(got, want, equal_nan=True)
