@@ -12,7 +12,11 @@ The dispatcher (``fastgan.train.cli``) calls :func:`add_train_arguments` / :func
 A run directory holds ``checkpoint.pt`` (model, EMA, optimiser, RNG states and the configuration; written
 atomically: a temporary file in the same directory, then ``os.replace``) and ``samples.png`` (a grid from the EMA
 model at the end). ``--resume`` continues from the checkpoint with its architecture and optimiser state; the batch
-order is re-drawn from the saved generator, so a resumed run is not bit-identical to an uninterrupted one.
+order is re-drawn from the saved generator, so a resumed run is not bit-identical to an uninterrupted one. On
+``--resume`` the image size, the architecture, the schedule and prediction target, and the training subset
+(``--limit``, drawn with the first run's ``--seed``) come from the checkpoint; ``--data``, ``--mode``, ``--batch``,
+``--lr``, ``--ema``, ``--p-uncond``, ``--steps`` and the sampling options from the command line. Without
+``--resume`` an existing ``RUN_DIR/checkpoint.pt`` is never overwritten (as ``fastgan train stargan-v2``).
 """
 from __future__ import annotations
 
@@ -63,8 +67,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p("--prediction", choices=["eps", "x0", "v"], default="eps")
     p("--save-every", type=int, default=0, help="also checkpoint every N steps (0: at the end only)")
     p("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-      help="continue from CKPT (default: RUN_DIR/checkpoint.pt)")
-    p("--limit", type=int, default=None, help="use at most N images (a seeded subset)")
+      help="continue from CKPT (default: RUN_DIR/checkpoint.pt); the architecture, image size, schedule and "
+      "--limit subset come from the checkpoint. Without --resume an existing RUN_DIR/checkpoint.pt is an error")
+    p("--limit", type=int, default=None, help="use at most N images (a subset drawn with --seed); --resume keeps "
+      "the run's subset (a different --limit is an error)")
     p("--mode", choices=["RGB", "L"], default="RGB", help="colour mode for image folders")
     p("--sample-n", type=int, default=16, help="images in the final samples.png (0: none)")
     p("--sample-steps", type=int, default=50, help="DDIM steps for the final samples.png")
@@ -193,8 +199,12 @@ def _train(args) -> int:
     for name in ("steps", "batch", "base_channels", "num_res_blocks", "timesteps", "log_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.img_size is not None and args.img_size < 1:
-        raise ValueError(f"--img-size must be >= 1, got {args.img_size}")
+    for name in ("img_size", "limit", "sample_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("save_every", "sample_n"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not 0 <= args.ema < 1:
         raise ValueError(f"--ema must be in [0, 1), got {args.ema}")
     device = _device(args.device)
@@ -202,13 +212,22 @@ def _train(args) -> int:
         raise ValueError("--device cuda: no CUDA device is available here")
     ckpt_path = os.path.join(args.out, CHECKPOINT)
     resume = None
+    subset_seed = args.seed
+    if args.resume is None and os.path.isfile(ckpt_path):
+        raise ValueError(f"run directory {args.out!r} already has a checkpoint ({ckpt_path}); pass --resume to "
+                         "continue it, or choose another --out")
     if args.resume is not None:
         path = ckpt_path if args.resume == "auto" else args.resume
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
         resume = load_checkpoint(path)
         args.img_size = resume["img_size"]  # the architecture and data size come from the checkpoint
-    x, y, classes = load_training_images(args.data, args.img_size, args.mode, args.limit, args.seed)
+        if "limit" in resume:  # checkpoints before it was stored: the command line's --limit, as given
+            if args.limit is not None and args.limit != resume["limit"]:
+                raise ValueError(f"--limit {args.limit}: the run trained on --limit {resume['limit']}; --resume "
+                                 "keeps its subset (omit --limit, or start a new run)")
+            args.limit, subset_seed = resume["limit"], resume["seed"]
+    x, y, classes = load_training_images(args.data, args.img_size, args.mode, args.limit, subset_seed)
     size = int(x.shape[-1])
     if x.shape[-2] != size:
         raise ValueError(f"images are {tuple(x.shape[-2:])}; pass --img-size for square training images")
@@ -258,7 +277,8 @@ def _train(args) -> int:
         return {"format": FORMAT, "step": k, "model_config": cfg, "model": model.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
                 "schedule": schedule_kind, "timesteps": timesteps, "prediction": prediction, "classes": classes,
-                "data": args.data, "img_size": size, "p_uncond": args.p_uncond, "last_loss": last_loss,
+                "data": args.data, "limit": args.limit, "seed": subset_seed, "img_size": size,
+                "p_uncond": args.p_uncond, "last_loss": last_loss,
                 "rng": {"data": g_data.get_state(), "noise": g_noise.get_state(), "device": str(device)}}
 
     t0, window, first_step = time.time(), [], step

@@ -1,0 +1,59 @@
+"""``fastgan train ddpm``'s run-directory and option rules: an existing checkpoint is not overwritten without
+--resume (as stargan-v2), --resume keeps the run's --limit subset, and out-of-range numbers exit 2 with a line."""
+import os
+
+import pytest
+import torch
+
+from fastgan.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["--data", "digits", "--batch", "8", "--base-channels", "8", "--num-res-blocks", "1", "--timesteps", "10",
+        "--sample-n", "0", "--device", "cpu", "--quiet"]
+
+
+def _ckpt(run):
+    return torch.load(os.path.join(run, "checkpoint.pt"), map_location="cpu", weights_only=True)
+
+
+def test_existing_checkpoint_needs_resume(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["train", "ddpm", "--out", run, "--steps", "1"] + TINY) == 0
+    before = _ckpt(run)["model"]
+    assert main(["train", "ddpm", "--out", run, "--steps", "1", "--seed", "3"] + TINY) == 2
+    err = capsys.readouterr().err
+    assert "already has a checkpoint" in err and "pass --resume" in err and err.count("\n") == 1
+    after = _ckpt(run)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)  # untouched
+
+
+def test_resume_keeps_the_limit_subset(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["train", "ddpm", "--out", run, "--steps", "1", "--limit", "100", "--seed", "4"] + TINY) == 0
+    assert _ckpt(run)["limit"] == 100
+    capsys.readouterr()
+    # No --limit and another --seed on resume: the run's 100-image subset (drawn with seed 4) is kept.
+    assert main(["train", "ddpm", "--out", run, "--steps", "2", "--resume", "--seed", "9"]
+                + [a for a in TINY if a != "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "ddpm: 100 images" in out, out
+    ck = _ckpt(run)
+    assert ck["step"] == 2 and ck["limit"] == 100 and ck["seed"] == 4
+    assert main(["train", "ddpm", "--out", run, "--steps", "3", "--resume", "--limit", "50"] + TINY) == 2
+    assert "--limit 50: the run trained on --limit 100" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--limit", "-5"], "--limit must be >= 1"),
+    (["--save-every", "-1"], "--save-every must be >= 0"),
+    (["--sample-n", "-1"], "--sample-n must be >= 0"),
+    (["--sample-steps", "0"], "--sample-steps must be >= 1"),
+    (["--batch", "0"], "--batch must be >= 1"),
+])
+def test_bad_numbers_exit_2(tmp_path, capsys, argv, message):
+    run = tmp_path / "run"
+    assert main(["train", "ddpm", "--out", str(run), "--steps", "1"] + TINY + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastgan train ddpm: ") and message in err and err.count("\n") == 1, err
+    assert not (run / "checkpoint.pt").exists()
