@@ -153,8 +153,9 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
     ``act="silu"`` the same as ``F.silu(F.group_norm(...))``; ``scale``/``shift`` are a diffusion UNet's AdaGN
     (``h = norm(h) * (1 + scale) + shift``); ``num_groups = C`` is instance norm. Statistics accumulate in float64
     (C++) or float32 (Triton) for float32/float16/bfloat16 input, float64 for float64; the output is rounded once.
-    Differentiable to any order: the first order runs on fused kernels, the second and higher order through
-    autograd of the backward's formula in plain torch ops.
+    Differentiable to any order: the first and second order (a gradient penalty's double backward) run on fused
+    kernels (on Triton, the second order with gamma/beta maps is composite), the third and higher order through
+    autograd of the double backward's formula in plain torch ops.
 
     Args:
         x: ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``; float16, bfloat16, float32 or float64.
