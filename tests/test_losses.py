@@ -59,7 +59,8 @@ def textbook(kind, critic, real, fake, seed=SEED, weight=None, target=1.0, c=0.5
         alpha = torch.rand(real.size(0), 1, 1, 1, generator=g, dtype=real.dtype)
         x = (alpha * real + (1 - alpha) * fake).detach().requires_grad_(True)
     elif kind == "dragan":
-        x = (real + c * real.std() * torch.rand(real.size(), generator=g, dtype=real.dtype)).requires_grad_(True)
+        std = float(real.detach().numpy().std())  # numpy's ndarray.std(), as the DRAGAN reference code (ddof=0)
+        x = (real + c * std * torch.rand(real.size(), generator=g, dtype=real.dtype)).requires_grad_(True)
     elif kind == "r1":
         x = real.clone().requires_grad_(True)
     else:

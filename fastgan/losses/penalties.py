@@ -120,8 +120,8 @@ def _penalty_points(kind: str, real, fake, dragan_c: float, generator) -> torch.
         return real
     if kind == "dragan":
         # Kodali et al.'s reference code: X + 0.5 * X.std() * U[0, 1) elementwise, with one scalar std over the
-        # whole real batch (unbiased), treated as a constant.
-        std = real.std() if real.numel() > 1 else torch.zeros((), dtype=real.dtype, device=real.device)
+        # whole real batch, treated as a constant. numpy's ndarray.std() there is the population std (ddof=0).
+        std = real.std(correction=0)
         return real + dragan_c * std * _rand(real.shape, real, generator)
     # wgan-gp
     if fake is None:
@@ -160,9 +160,10 @@ def gradient_penalty(
         kind: ``"wgan-gp"`` | ``"dragan"`` | ``"r1"`` | ``"r2"`` (``_`` for ``-`` and any case accepted).
             * wgan-gp: ``x_hat = alpha * real + (1 - alpha) * fake`` with one ``alpha ~ U[0, 1)`` per sample, drawn
               as ``torch.rand((N, 1, ..., 1), generator=generator)`` in real's dtype; ``p = (||g||_2 - target)^2``.
-            * dragan: ``x_hat = real + dragan_c * real.std() * torch.rand(real.shape, generator=generator)``, where
-              ``real.std()`` is one scalar over the whole real batch (all elements, unbiased, a constant), as in
-              Kodali et al.'s reference code; ``p = (||g||_2 - target)^2``.
+            * dragan: ``x_hat = real + dragan_c * real.std(correction=0) * torch.rand(real.shape,
+              generator=generator)``: one scalar std over the whole real batch (all elements, the population std
+              as numpy's in Kodali et al.'s reference code, a constant), uniform noise as there (the paper writes
+              a Gaussian); ``p = (||g||_2 - target)^2``.
             * r1: ``x_hat = real``; ``p = 0.5 * ||g||_2^2``. r2: the same at ``fake``.
         weight: multiplies the batch mean of ``p``. Default (None) per kind: 10 (WGAN-GP lambda), 10 (DRAGAN
             lambda), 10 (R1/R2 gamma, so the penalty is ``gamma/2 * E||g||^2`` as in StyleGAN).

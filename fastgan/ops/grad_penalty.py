@@ -15,7 +15,9 @@ Derivatives the kernels implement (``gp`` the upstream gradient of ``p``, ``v`` 
 At ``r = 0`` the two-sided penalty has a cone point: the kernels use the subgradient 0 there, as torch's
 ``vector_norm`` backward does (``c_n = 0``, so ``gx = 0`` for that sample), and extend it to the second order
 (both double-backward terms are 0). Plain autograd of the reference formula gives NaN for that sample's second
-order (torch's norm double backward divides 0 by 0), which would poison every critic weight in a training step.
+derivative with respect to grad (torch's norm double backward divides 0 by 0). A training step needs only the
+first (the critic weights' gradient flows through gx), so it stays finite either way; what differentiates the
+penalty twice with respect to grad (gradgradcheck, a penalty on the penalty's gradient) sees NaN with the reference.
 
 The forward reads grad once (per-sample sums of squares, accumulated in float64 by the C++ kernel and float32 by
 the Triton one), the backward reads it once more and writes ``gx``; the per-sample norms are saved between them.
