@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
-from ._family import KernelFamily
+from ._family import KernelFamily, register_formulas
 from .bias_act_kernels import acc_dtype, is_dense
 
 OP_NAMES = ("grad_penalty_fwd", "grad_penalty_bwd", "grad_penalty_dbwd")
@@ -111,8 +111,9 @@ def _third_order(ctx, g_ggrad, g_ggp):
     return d_ggx, d_gp, d_grad, None, None, None
 
 
-def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str]) -> None:
-    """Make ``fwd`` differentiable through ``bwd``, ``bwd`` through ``dbwd``, ``dbwd`` through the reference."""
+def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str], native: frozenset = frozenset()) -> None:
+    """Make ``fwd`` differentiable through ``bwd``, ``bwd`` through ``dbwd``, ``dbwd`` through the reference.
+    ``native``: the ops whose same formula the extension registered in C++ (csrc/grad_penalty_autograd.cpp)."""
 
     def fwd_setup(ctx, inputs, output):
         grad, *ctx.args = inputs
@@ -140,9 +141,8 @@ def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str]) -> None:
         ggx, gp, grad, _norm, *ctx.args = inputs
         ctx.save_for_backward(ggx, gp, grad)
 
-    torch.library.register_autograd(names[0], fwd_backward, setup_context=fwd_setup)
-    torch.library.register_autograd(names[1], bwd_backward, setup_context=bwd_setup)
-    torch.library.register_autograd(names[2], _third_order, setup_context=dbwd_setup)
+    register_formulas(((names[0], fwd_backward, fwd_setup), (names[1], bwd_backward, bwd_setup),
+                       (names[2], _third_order, dbwd_setup)), native)
 
 
 FAMILY = KernelFamily(
