@@ -233,3 +233,30 @@ def test_importing_the_schedulers_does_not_import_diffusers():
     code = ("import sys, fastgan.diffusion.schedulers, fastgan.diffusion; "
             "assert 'diffusers' not in sys.modules, 'diffusers imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_pred_original_sample_never_stale():
+    # It is computed when first read; a loop that writes prev_sample back into its sample buffer before reading it
+    # got an x0 from the new values (41 off on this input). Now that raises; read before, it is exact; under
+    # inference_mode (no version counters) it is computed in step().
+    from fastgan.diffusion import FusedDDIMScheduler
+
+    s = FusedDDIMScheduler(clip_sample=False)
+    s.set_timesteps(10)
+    x, eps = torch.ones(1, 4), torch.full((1, 4), 0.5)
+    abar = s.alphas_cumprod[900]
+    want = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+    out = s.step(eps, 900, x)
+    x.copy_(out.prev_sample)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        out.pred_original_sample
+    x = torch.ones(1, 4)
+    out = s.step(eps, 900, x)
+    torch.testing.assert_close(out.pred_original_sample, want)
+    x.copy_(out.prev_sample)  # after the first read the value is kept
+    torch.testing.assert_close(out.pred_original_sample, want)
+    with torch.inference_mode():
+        x = torch.ones(1, 4)
+        out = s.step(eps, 900, x)
+        x.copy_(out.prev_sample)
+        torch.testing.assert_close(out.pred_original_sample, want)

@@ -48,19 +48,32 @@ class SchedulerStepOutput:
     """What ``step`` returns: ``prev_sample`` and ``pred_original_sample``.
 
     ``pred_original_sample`` (the clamped predicted x0) is computed on first access: the fused step never
-    materialises it, and pipelines rarely read it, so it costs one extra element pass only when used. Indexing
-    works as for diffusers' outputs: ``out[0]`` is ``prev_sample``, ``out["prev_sample"]`` too.
+    materialises it, and pipelines rarely read it, so it costs one extra element pass only when used. It is
+    computed from step()'s ``sample`` and ``model_output``; reading it after either was modified in place (a loop
+    that reuses its buffers) raises instead of returning a wrong x0. Inference-mode tensors keep no version
+    counter to check, so with them it is computed in step(). Indexing works as for diffusers' outputs:
+    ``out[0]`` is ``prev_sample``, ``out["prev_sample"]`` too.
     """
 
-    def __init__(self, prev_sample: torch.Tensor, x0_fn):
+    def __init__(self, prev_sample: torch.Tensor, x0_fn, inputs: tuple = ()):
         self.prev_sample = prev_sample
         self._x0_fn = x0_fn
         self._x0 = None
+        self._inputs = inputs
+        if any(t.is_inference() for t in inputs):
+            self._x0, self._inputs = x0_fn(), ()
+        self._versions = tuple(t._version for t in self._inputs)
 
     @property
     def pred_original_sample(self) -> torch.Tensor:
         if self._x0 is None:
+            if tuple(t._version for t in self._inputs) != self._versions:
+                raise RuntimeError(
+                    "fastgan: pred_original_sample is computed when first read, from step()'s sample and "
+                    "model_output, and one of them was modified in place since; read it before modifying them"
+                )
             self._x0 = self._x0_fn()
+            self._inputs = ()
         return self._x0
 
     def to_tuple(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,7 +340,7 @@ class FusedDDPMScheduler(_FusedScheduler):
         prev = ddpm_step(sample, model_output, t, self.schedule, t_prev=t_prev, prediction=self.prediction,
                          clip_x0=self.clip_x0, variance=self._variance, noise=noise)
         out = SchedulerStepOutput(prev, self._x0_fn("ddpm", t, t_prev, sample, model_output,
-                                                    variance=self._variance))
+                                                    variance=self._variance), (sample, model_output))
         return out if return_dict else out.to_tuple()
 
 
@@ -390,5 +403,6 @@ class FusedDDIMScheduler(_FusedScheduler):
                 model_output.shape, generator, model_output.device, model_output.dtype)
         prev = ddim_step(sample, model_output, t, t_prev, self.schedule, eta=float(eta), prediction=self.prediction,
                          clip_x0=self.clip_x0, noise=noise)
-        out = SchedulerStepOutput(prev, self._x0_fn("ddim", t, t_prev, sample, model_output, eta=float(eta)))
+        out = SchedulerStepOutput(prev, self._x0_fn("ddim", t, t_prev, sample, model_output, eta=float(eta)),
+                                  (sample, model_output))
         return out if return_dict else out.to_tuple()
