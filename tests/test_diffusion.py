@@ -230,6 +230,8 @@ def test_bad_input_gets_a_clear_error():
         ddpm_step(x, x, 1000, SCHED)
     with pytest.raises(ValueError, match="t_prev must be in"):
         ddim_step(x, x, 10, -2, SCHED)
+    with pytest.raises(ValueError, match="a DDPM step needs t_prev < t, got t=3, t_prev=5"):
+        ddpm_step(x, x, 3, SCHED, t_prev=5)
     with pytest.raises(ValueError, match="model_out must have x_t's shape"):
         ddpm_step(x, x[:1], 10, SCHED)
     with pytest.raises(ValueError, match=r"t must be a scalar or have shape \(2,\)"):

@@ -178,3 +178,17 @@ def test_cli_trains_on_an_image_folder(tmp_path):
     assert ckpt["img_size"] == 8 and ckpt["model_config"]["num_classes"] == 2
     x, y, classes = train_cli.load_training_images(folder, 8)
     assert x.shape == (6, 3, 8, 8) and x.min() >= -1 and x.max() <= 1 and y.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_diffusion_loss_checks_given_timesteps():
+    # t = -1 used to read the table's leading 1 (x_t = x0: loss 0 for an x0-predicting identity model, no error);
+    # t >= T an IndexError.
+    from fastgan.diffusion import NoiseSchedule, diffusion_loss
+
+    sched = NoiseSchedule.linear(10)
+    x0 = torch.randn(2, 3, 4, 4)
+    model = lambda x, t: x  # noqa: E731
+    for bad in (torch.tensor([-1, 3]), torch.tensor([3, 10])):
+        with pytest.raises(RuntimeError, match=r"t out of range \[0, 10\)"):
+            diffusion_loss(model, x0, sched, prediction="x0", t=bad)
+    assert diffusion_loss(model, x0, sched, prediction="x0", t=torch.tensor([0, 9])) > 0

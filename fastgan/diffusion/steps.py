@@ -249,6 +249,10 @@ def ddpm_plan(x_t, t, t_prev, schedule: NoiseSchedule, *, prediction: str = "eps
     buffer)."""
     if t_prev is None and isinstance(t, int):
         t_prev = t - 1
+    if isinstance(t, int) and isinstance(t_prev, int) and t_prev >= t:
+        # The posterior q(x_{t_prev} | x_t, x0) needs t_prev < t: fixed_large gave NaN, fixed_small a meaningless
+        # finite value. (DDIM allows it: a step with t_prev > t is its inversion.)
+        raise ValueError(f"fastgan: a DDPM step needs t_prev < t, got t={t}, t_prev={t_prev}")
     coef = _coefficients("ddpm", schedule, t, t_prev, x_t, prediction=prediction, variance=variance)
     return coef, not (isinstance(t, int) and t == 0)
 

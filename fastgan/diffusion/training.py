@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .schedule import NoiseSchedule
+from .steps import _as_index
 
 __all__ = ["EMA", "diffusion_loss", "infinite_batches", "q_sample", "train_steps"]
 
@@ -77,6 +78,8 @@ def diffusion_loss(model: Callable[..., torch.Tensor], x0: torch.Tensor, schedul
     n, device = x0.shape[0], x0.device
     if t is None:
         t = _draw(torch.randint, (n,), generator, device, args=(0, schedule.num_steps), dtype=torch.int64)
+    else:  # t = -1 read the table's leading 1 (x_t = x0, a silently wrong loss); t >= T an IndexError
+        t = _as_index(t, n, device, "t", schedule.num_steps, allow_minus_one=False)
     noise = _draw(torch.randn, x0.shape, generator, device, dtype=x0.dtype)
     x_t, sa, s1a = q_sample(schedule, x0, t, noise)
     if prediction == "eps":
