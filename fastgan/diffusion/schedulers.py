@@ -15,6 +15,13 @@ evaluates them in float64, diffusers in float32).
 diffusers itself is not imported: it is optional. Options the fused step cannot express raise
 ``NotImplementedError`` naming the option (dynamic thresholding, zero-terminal-SNR rescaling, learned variances,
 ``use_clipped_model_output`` with clipping).
+
+Saving: these classes are not diffusers' ``SchedulerMixin`` (that would make diffusers a dependency), so
+``pipe.save_pretrained`` skips them and a saved pipeline would not reload. Swap diffusers' scheduler back first;
+the configs convert both ways::
+
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(path)
 """
 from __future__ import annotations
 
