@@ -98,6 +98,6 @@ def available_datasets() -> dict[str, str]:
 
 
 __all__ = ["DATASETS", "DEFAULT_RANGE", "DatasetMissingError", "ImageFolder", "LabeledImages", "UnknownDatasetError",
-           "available_datasets", "find_emoji_dir", "is_dataset_name", "load_animal_mnist", "load_dataset", "load_digits",
-           "load_emoji", "load_fashion_mnist", "load_lfw_faces", "load_mnist", "parse_name", "read_idx", "save_images",
-           "split_indices"]
+           "available_datasets", "find_emoji_dir", "is_dataset_name", "load_animal_mnist", "load_dataset",
+           "load_digits", "load_emoji", "load_fashion_mnist", "load_lfw_faces", "load_mnist", "parse_name", "read_idx",
+           "save_images", "split_indices"]

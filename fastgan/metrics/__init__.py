@@ -24,6 +24,7 @@ from .stats import FeatureStats, fid_from_stats, frechet_distance, psd_sqrt
 
 __all__ = ["DEFAULT_MAX_FEATURES", "INSTALL_COMMAND", "CheckpointNotSupported", "FIDLogger", "FeatureStats",
            "InceptionFeatures", "InceptionWeightsMissing", "ProgressBar", "cache_dir", "compute_stats", "evaluate",
-           "extract_features", "extractor_name", "fid", "fid_from_stats", "frechet_distance", "inception_available", "iter_batches",
-           "kid", "kid_from_features", "kid_from_stats", "load_inception", "make_fid_callback", "mmd2_unbiased",
-           "open_source", "polynomial_kernel", "psd_sqrt", "reference_stats", "sample_stats", "weights_path"]
+           "extract_features", "extractor_name", "fid", "fid_from_stats", "frechet_distance", "inception_available",
+           "iter_batches", "kid", "kid_from_features", "kid_from_stats", "load_inception", "make_fid_callback",
+           "mmd2_unbiased", "open_source", "polynomial_kernel", "psd_sqrt", "reference_stats", "sample_stats",
+           "weights_path"]
