@@ -260,3 +260,11 @@ def test_pred_original_sample_never_stale():
         out = s.step(eps, 900, x)
         x.copy_(out.prev_sample)
         torch.testing.assert_close(out.pred_original_sample, want)
+
+
+def test_betas_below_float32_resolution_are_named():
+    from fastgan.diffusion import FusedDDPMScheduler
+
+    with pytest.raises(ValueError, match=r"betas at steps \[0\] are below float32's resolution"):
+        FusedDDPMScheduler(trained_betas=[1e-8, 0.1, 0.2], num_train_timesteps=3)
+    FusedDDPMScheduler(trained_betas=[1e-6, 0.1, 0.2], num_train_timesteps=3)

@@ -121,7 +121,14 @@ def schedule_from_alphas_cumprod(abar32: torch.Tensor) -> NoiseSchedule:
     cumulative product rather than a more exact float64 one the model was never trained with."""
     abar = abar32.to(torch.float64)
     prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-    return NoiseSchedule(1.0 - abar / prev)
+    betas = 1.0 - abar / prev
+    if not bool((betas > 0).all()):
+        # NoiseSchedule would reject them as out of (0, 1) and print the rebuilt betas, not the user's.
+        steps = (betas <= 0).nonzero().flatten().tolist()
+        raise ValueError(f"fastgan: the betas at steps {steps[:8]}{' ...' if len(steps) > 8 else ''} are below "
+                         "float32's resolution of alphas_cumprod (about 3e-8 next to 1, diffusers' float32 table), "
+                         "so the step is a no-op the fused step cannot express; use betas of at least 1e-7")
+    return NoiseSchedule(betas)
 
 
 def randn_like_diffusers(shape, generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
