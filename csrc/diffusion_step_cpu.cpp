@@ -397,7 +397,10 @@ at::Tensor run_step(const at::Tensor& x_in, const at::Tensor& m_in, const std::o
     const auto up = [](const std::optional<at::Tensor>& t) {
       return t ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
     };
-    return run_step(x_in.to(at::kFloat), m_in.to(at::kFloat), up(u_in), up(z_in), seed_in, coef_in, guidance, clip)
+    // canonical() first: the output must have the strides the fake kernel declares (x.to() of a non-dense x
+    // would pick a layout of its own, e.g. channels_last).
+    return run_step(canonical(x_in).to(at::kFloat), m_in.to(at::kFloat), up(u_in), up(z_in), seed_in, coef_in,
+                    guidance, clip)
         .to(x_in.scalar_type());
   }
   const at::Tensor x = canonical(x_in);

@@ -177,6 +177,12 @@ def test_finer_model_output_is_read_in_float32(device, impl, dtype):
             runs.append(ddpm_step(xd, m, 600, SCHED, impl=i, **kw, **noise))
         assert runs[0].dtype == dtype and runs[0].is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(runs[0], runs[1], rtol=2 ** -7, atol=1e-3)
+    # A non-dense 16-bit x: the output has the strides of x's own-dtype path (what the fake kernel declares;
+    # converting x first picked channels_last for this one and broke torch.compile's stride check).
+    xs = torch.randn(2, 3, 8, 5, device=device).contiguous(memory_format=torch.channels_last).to(dtype)[:, :, ::2]
+    same = ddim_step(xs, m.to(dtype), 3, 1, SCHED, impl=impl)
+    mixed = ddim_step(xs, m, 3, 1, SCHED, impl=impl)
+    assert mixed.stride() == same.stride() and mixed.dtype == dtype
 
 
 @pytest.mark.parametrize("device,impl", impls())
