@@ -160,3 +160,16 @@ def test_modules_are_drop_in(cls_name, shape, affine, track):
     x = torch.randn(shape)
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours(x[0]), theirs(x[0]), rtol=1e-5, atol=1e-5)  # unbatched input
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("training", [True, False])
+def test_tracked_stats_with_other_channel_count_is_an_error(channels, training):
+    # affine=False lets torch's module accept any C (it only warns); its F.instance_norm then refuses running stats
+    # of another size. Ours broadcast C=1 silently: eval gave a (2, 4, 5, 5) output, training averaged the one
+    # channel's mean into all four running means; C=3 was an opaque broadcasting error.
+    m = fastgan.nn.InstanceNorm2d(4, track_running_stats=True).train(training)
+    before = m.running_mean.clone()
+    with pytest.warns(UserWarning, match="num_features"), pytest.raises(ValueError, match="running_mean"):
+        m(torch.randn(2, channels, 5, 5) + 1)
+    torch.testing.assert_close(m.running_mean, before)

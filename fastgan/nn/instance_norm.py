@@ -18,6 +18,14 @@ class _FastInstanceNorm:
 
     def _apply_instance_norm(self, input: torch.Tensor) -> torch.Tensor:
         use_batch_stats = self.training or not self.track_running_stats
+        if self.track_running_stats and self.running_mean is not None and input.shape[1] != self.running_mean.numel():
+            # torch's module only warns on a channel mismatch without affine; F.instance_norm then refuses the
+            # running stats. Elementwise arithmetic on them would broadcast a single channel silently.
+            raise ValueError(
+                f"fastgan.nn.{type(self).__name__}: input has {input.shape[1]} channels but running_mean and "
+                f"running_var hold num_features={self.running_mean.numel()} (track_running_stats=True needs "
+                "C == num_features)"
+            )
         if not use_batch_stats:
             return self._normalize_with_running_stats(input)
         if not (self.track_running_stats and self.training and self.running_mean is not None):
