@@ -35,6 +35,24 @@ def devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def op_impl_params(op: str, kernels_only: bool = False) -> list:
+    """(device, impl) parameters for every live implementation of ``op`` (e.g. "bias_act_fwd") on every device;
+    kernels_only drops the float64 reference."""
+    return [pytest.param(d, i, id=f"{d}-{i}") for d in devices() for i in _backend.live_impls(op, d)
+            if not (kernels_only and i == "ref")]
+
+
+def to_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """x with the same values in another memory layout: "contiguous", "channels_last" (channels innermost; 1-D and
+    2-D tensors stay contiguous) or "strided" (a slice of a wider tensor: neither layout, not dense)."""
+    if layout == "channels_last" and x.dim() >= 3:
+        perm = (0,) + tuple(range(2, x.dim())) + (1,)
+        return x.permute(perm).contiguous().permute([perm.index(d) for d in range(x.dim())])
+    if layout == "strided":
+        return torch.cat([x, torch.randn_like(x)], dim=-1)[..., : x.shape[-1]]
+    return x.contiguous()
+
+
 @pytest.fixture(autouse=True)
 def _seed_from_test_name(request):
     """Fresh random inputs per test, reproducible: the seed is a hash of the test's id. FASTGAN_TEST_SEED=k draws

@@ -7,7 +7,8 @@ from torch import nn
 import fastgan
 from fastgan.ops.adain import adain_reference
 
-from test_instance_norm import _to_layout, eager_instance_norm, impl_params
+from conftest import to_layout
+from test_instance_norm import backward_three_ways, eager_instance_norm, impl_params, penalty_grads
 from tolerance import assert_rule, grad_floor_ulps, max_err
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -24,7 +25,7 @@ def sample_inputs(device, dtype):
     """Fresh random (x, scale, shift) per shape and layout; never zeros."""
     for shape in SHAPES:
         for layout in ("contiguous", "channels_last", "strided"):
-            x = _to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
+            x = to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
             scale = (1 + 0.5 * torch.randn(shape[:2], device=device)).to(dtype)
             shift = torch.randn(shape[:2], device=device, dtype=dtype)
             yield f"{shape}-{layout}", x, scale, shift
@@ -59,25 +60,11 @@ def test_broadcast_forms_of_scale_and_shift(device, impl):
 def test_backward_matches_reference(device, impl, dtype):
     for name, x, scale, shift in sample_inputs(device, dtype):
         gy = torch.randn_like(x)
-        grads = {}
-        for key, fn, cast in (
-            ("ours", lambda *a: fastgan.ops.adain(*a, impl=impl), lambda t: t),
-            ("eager", eager_adain, lambda t: t),
-            ("ref", adain_reference, lambda t: t.double()),
-        ):
-            ins = [cast(t).detach().requires_grad_() for t in (x, scale, shift)]
-            grads[key] = torch.autograd.grad(fn(*ins), ins, cast(gy))
+        ours, eager, ref = backward_three_ways(lambda *a: fastgan.ops.adain(*a, impl=impl), eager_adain,
+                                               adain_reference, (x, scale, shift), gy)
         for i, what in enumerate(("grad x", "grad scale", "grad shift")):
             floor = grad_floor_ulps(device, impl)  # see tolerance.py
-            assert_rule(grads["ours"][i], grads["eager"][i], grads["ref"][i], f"{impl} {dtype} {name} {what}", floor)
-
-
-def _penalty_grads(fn, x, scale, shift, gy):
-    """Gradients of ||d<adain(x), gy>/dx||^2 w.r.t. x and scale: the double backward a WGAN-GP critic needs."""
-    x = x.detach().requires_grad_()
-    scale = scale.detach().requires_grad_()
-    (gx,) = torch.autograd.grad((fn(x, scale, shift) * gy).sum(), x, create_graph=True)
-    return torch.autograd.grad(gx.square().sum(), (x, scale), allow_unused=True, materialize_grads=True)
+            assert_rule(ours[i], eager[i], ref[i], f"{impl} {dtype} {name} {what}", floor)
 
 
 @pytest.mark.parametrize("device,impl", impl_params())
@@ -85,9 +72,9 @@ def _penalty_grads(fn, x, scale, shift, gy):
 def test_double_backward_matches_reference(device, impl, dtype):
     for name, x, scale, shift in sample_inputs(device, dtype):
         gy = torch.randn_like(x)
-        ours = _penalty_grads(lambda *a: fastgan.ops.adain(*a, impl=impl), x, scale, shift, gy)
-        eager = _penalty_grads(eager_adain, x, scale, shift, gy)
-        ref = _penalty_grads(adain_reference, x.double(), scale.double(), shift.double(), gy.double())
+        ours = penalty_grads(lambda *a: fastgan.ops.adain(*a, impl=impl), gy, x, scale, shift)
+        eager = penalty_grads(eager_adain, gy, x, scale, shift)
+        ref = penalty_grads(adain_reference, gy.double(), x.double(), scale.double(), shift.double())
         for i, what in enumerate(("x", "scale")):
             floor = grad_floor_ulps(device, impl)
             assert_rule(ours[i], eager[i], ref[i], f"{impl} {dtype} {name} penalty grad {what}", floor)
@@ -96,7 +83,7 @@ def test_double_backward_matches_reference(device, impl, dtype):
 @pytest.mark.parametrize("device,impl", impl_params())
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_gradcheck_and_gradgradcheck_float64(device, impl, layout):
-    x = _to_layout(torch.randn(2, 3, 3, 4, device=device, dtype=torch.float64), layout).requires_grad_()
+    x = to_layout(torch.randn(2, 3, 3, 4, device=device, dtype=torch.float64), layout).requires_grad_()
     s = (1 + torch.randn(2, 3, device=device, dtype=torch.float64)).requires_grad_()
     b = torch.randn(2, 3, device=device, dtype=torch.float64, requires_grad=True)
 
@@ -223,7 +210,7 @@ def test_swapping_into_a_stargan_v2_block_keeps_outputs_and_gradients(layout):
     ours.load_state_dict(ref.state_dict())
     _swap_adain(ours)
     assert isinstance(ours.norm1, fastgan.nn.AdaIN) and set(ours.state_dict()) == set(ref.state_dict())
-    x = _to_layout(torch.randn(3, 4, 9, 10, dtype=torch.float64), layout)
+    x = to_layout(torch.randn(3, 4, 9, 10, dtype=torch.float64), layout)
     s = torch.randn(3, 8, dtype=torch.float64)
     outs = []
     for m in (ref, ours):

@@ -1,5 +1,6 @@
 """fastgan.ops.bias_act against its float64 reference for every live implementation; op registration, compile,
 errors and the nn module."""
+import functools
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from fastgan import _backend
 from fastgan.ops.bias_act import bias_act_reference
 from fastgan.ops.bias_act_kernels import ACT_CODES, is_dense, kernel_ops
 
-from conftest import devices
+from conftest import devices, op_impl_params, to_layout
 from tolerance import assert_rule, grad_floor_ulps
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -26,17 +27,7 @@ def live(device):
     return _backend.live_impls("bias_act_fwd", device)
 
 
-def impl_params(kernels_only=False):
-    return [pytest.param(d, i, id=f"{d}-{i}") for d in devices() for i in live(d) if not (kernels_only and i == "ref")]
-
-
-def _to_layout(x, layout):
-    if layout == "channels_last" and x.dim() >= 3:
-        perm = (0,) + tuple(range(2, x.dim())) + (1,)
-        return x.permute(perm).contiguous().permute([perm.index(d) for d in range(x.dim())])
-    if layout == "strided":  # a slice of a wider tensor: not dense
-        return torch.cat([x, torch.randn_like(x)], dim=-1)[..., : x.shape[-1]]
-    return x.contiguous()
+impl_params = functools.partial(op_impl_params, "bias_act_fwd")
 
 
 def sample_inputs(device, dtype, small_only=False, bias=(True, False)):
@@ -46,7 +37,7 @@ def sample_inputs(device, dtype, small_only=False, bias=(True, False)):
             if layout == "channels_last" and len(shape) < 3:
                 continue
             for with_bias in bias:
-                x = _to_layout(torch.randn(shape, device=device, dtype=dtype) * 2, layout)
+                x = to_layout(torch.randn(shape, device=device, dtype=dtype) * 2, layout)
                 b = torch.randn(shape[dim], device=device, dtype=dtype) if with_bias else None
                 yield f"{shape}-dim{dim}-{layout}-{'bias' if with_bias else 'nobias'}", x, b, dim
 
@@ -134,7 +125,7 @@ def test_double_backward_matches_reference(device, impl, act, dtype):
 @pytest.mark.parametrize("device,impl", impl_params())
 @pytest.mark.parametrize("act", ACTS)
 def test_gradcheck_and_gradgradcheck_float64(device, impl, act):
-    x = _to_layout(torch.randn(2, 3, 4, 2, device=device, dtype=torch.float64), "channels_last").requires_grad_()
+    x = to_layout(torch.randn(2, 3, 4, 2, device=device, dtype=torch.float64), "channels_last").requires_grad_()
     b = torch.randn(3, device=device, dtype=torch.float64, requires_grad=True)
     clamp = None if act in ("relu", "linear") else 0.7 if act in ("tanh", "sigmoid") else 1.5
     with torch.no_grad():  # keep finite differences away from the clamp's edges and the kinks at z = 0
@@ -170,7 +161,7 @@ def test_piecewise_linear_second_order_is_zero_as_eager(device, impl, act, clamp
     # f'' = 0: the autograd formulas return zeros without a dbwd kernel. They must still be defined tensors of
     # x's and bias's shape and dtype (torch.autograd.grad of a leaf gets a tensor, not an unused-input error), and
     # NaN in the outer gradient gives zeros as eager's leaky_relu/clamp double backward does.
-    x = _to_layout(torch.randn(2, 3, 5, 4, device=device), "channels_last").requires_grad_()
+    x = to_layout(torch.randn(2, 3, 5, 4, device=device), "channels_last").requires_grad_()
     b = torch.randn(3, device=device, requires_grad=True)
     gy, ggx = torch.randn_like(x), torch.randn_like(x)
     ggx[0, 1, 2, 3] = float("nan")

@@ -1,5 +1,6 @@
 """fastgan.ops.grad_penalty against its float64 reference for every live implementation (forward, backward, double
 backward, gradcheck), op registration, compile, errors, edge cases, and the gradient penalty of a DCGAN critic."""
+import functools
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from fastgan import _backend
 from fastgan.ops.grad_penalty import grad_penalty_reference
 from fastgan.ops.grad_penalty_kernels import kernel_ops, sample_major
 
-from conftest import devices
+from conftest import op_impl_params, to_layout
 from tolerance import assert_rule, grad_floor_ulps
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -26,19 +27,14 @@ def live(device):
     return _backend.live_impls("grad_penalty_fwd", device)
 
 
-def impl_params(kernels_only=False):
-    return [pytest.param(d, i, id=f"{d}-{i}") for d in devices() for i in live(d) if not (kernels_only and i == "ref")]
+impl_params = functools.partial(op_impl_params, "grad_penalty_fwd")
 
 
 def _to_layout(x, layout):
-    if layout == "channels_last" and x.dim() >= 3:
-        perm = (0,) + tuple(range(2, x.dim())) + (1,)
-        return x.permute(perm).contiguous().permute([perm.index(d) for d in range(x.dim())])
-    if layout == "strided":  # a slice of a wider tensor: not dense
-        return torch.cat([x, torch.randn_like(x)], dim=-1)[..., : x.shape[-1]]
-    if layout == "batch_inner" and x.dim() >= 2:  # dense, but dim 0 is not outermost: samples are interleaved
+    """conftest's layouts, plus "batch_inner": dense, but dim 0 is not outermost, so samples are interleaved."""
+    if layout == "batch_inner" and x.dim() >= 2:
         return x.t().contiguous().t() if x.dim() == 2 else x.movedim(0, -1).contiguous().movedim(-1, 0)
-    return x.contiguous()
+    return to_layout(x, layout)
 
 
 def make_grad(shape, device, dtype):

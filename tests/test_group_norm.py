@@ -11,7 +11,7 @@ from fastgan.ops._layout import is_channels_last, layout_strides
 from fastgan.ops.group_norm import fold_affine, group_norm_reference
 from fastgan.ops.group_norm_kernels import kernel_ops
 
-from conftest import devices
+from conftest import op_impl_params, to_layout
 from tolerance import assert_rule, grad_floor_ulps
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -19,17 +19,7 @@ EPS = 1e-5
 
 
 def impl_params():
-    return [pytest.param(d, i, id=f"{d}-{i}") for d in devices() for i in _backend.live_impls("group_norm_fwd", d)]
-
-
-def _to_layout(x, layout):
-    if layout == "channels_last":
-        perm = (0,) + tuple(range(2, x.dim())) + (1,)
-        inv = [perm.index(i) for i in range(x.dim())]
-        return x.permute(perm).contiguous().permute(inv)
-    if layout == "strided":  # neither layout: a slice of a wider tensor
-        return torch.cat([x, torch.randn_like(x)], dim=-1)[..., : x.shape[-1]]
-    return x.contiguous()
+    return op_impl_params("group_norm_fwd")
 
 
 # (shape, groups): N=1, C=1, G=1, G=C (instance norm), 1x1, 7x13, 3-D and 5-D.
@@ -48,7 +38,7 @@ def cases(device, dtype, impl, layouts=("contiguous", "channels_last", "strided"
             for act in acts:
                 k += 1
                 n, c = shape[:2]
-                x = _to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
+                x = to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
                 w = torch.randn(c, device=device, dtype=dtype)
                 b = torch.randn(c, device=device, dtype=dtype)
                 s = 0.5 * torch.randn(n, c, device=device, dtype=dtype) if k % 2 else None
@@ -129,7 +119,7 @@ GRADCHECK = [((2, 4, 3, 2), 2, "contiguous", "silu"), ((2, 4, 3, 2), 2, "channel
 @pytest.mark.parametrize("shape,g,layout,act", GRADCHECK)
 def test_gradcheck_and_gradgradcheck_float64(device, impl, shape, g, layout, act):
     # x + 0.3: keeps lrelu's kink away from the finite-difference steps
-    x = _to_layout(torch.randn(shape, device=device, dtype=torch.float64) + 0.3, layout).requires_grad_()
+    x = to_layout(torch.randn(shape, device=device, dtype=torch.float64) + 0.3, layout).requires_grad_()
     n, c = shape[:2]
     p = [torch.randn(*sh, device=device, dtype=torch.float64, requires_grad=True) for sh in ((c,), (c,), (n, c), (n, c))]
     fn = lambda x, w, b, s, sh: fastgan.ops.group_norm(x, g, w, b, scale=s, shift=sh, act=act, impl=impl)  # noqa
@@ -157,7 +147,7 @@ def test_third_order_matches_reference(device, impl):
 def test_opcheck_kernel_ops(device, impl):
     ops = kernel_ops(impl)
     for layout in ("contiguous", "channels_last"):
-        x = _to_layout(torch.randn(2, 4, 3, 3, device=device), layout)
+        x = to_layout(torch.randn(2, 4, 3, 3, device=device), layout)
         a, b = fold_affine(x, torch.randn(4, device=device), torch.randn(4, device=device), None, None)
         for act in (5, 0):
             for maps in ((None, None), (torch.randn_like(x), torch.randn_like(x))):
@@ -288,7 +278,7 @@ def test_compiled_op_autograd_is_native(device, impl):
 def test_channels_last_row_chunks(device, impl, act):
     """Channels-last input long enough to be split into several row chunks per sample (merged per channel, then
     per group) against the float64 reference, forward and backward."""
-    x = _to_layout(torch.randn(2, 64, 30, 31, device=device, dtype=torch.float64) * 3 + 2, "channels_last")
+    x = to_layout(torch.randn(2, 64, 30, 31, device=device, dtype=torch.float64) * 3 + 2, "channels_last")
     w, b = torch.randn(64, device=device, dtype=torch.float64), torch.randn(64, device=device, dtype=torch.float64)
     s = torch.randn(2, 64, device=device, dtype=torch.float64)
     gy = torch.randn_like(x)

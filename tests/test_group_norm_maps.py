@@ -10,7 +10,8 @@ from fastgan import _backend
 from fastgan.ops._layout import is_channels_last, layout_strides
 from fastgan.ops.group_norm import group_norm_reference
 
-from test_group_norm import EPS, _to_layout, impl_params
+from conftest import to_layout
+from test_group_norm import EPS, impl_params
 from tolerance import assert_rule, grad_floor_ulps
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -24,10 +25,10 @@ def inputs(device, dtype, layout):
     """Fresh random (name, x, G, weight, bias, gamma, beta, act) for every case."""
     for shape, g, mshape, act in CASES:
         c = shape[1]
-        x = _to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
+        x = to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
         w = torch.randn(c, device=device, dtype=dtype)
         b = torch.randn(c, device=device, dtype=dtype)
-        gm = _to_layout(0.3 * torch.randn(mshape or shape, device=device), layout).to(dtype)
+        gm = to_layout(0.3 * torch.randn(mshape or shape, device=device), layout).to(dtype)
         bm = torch.randn(mshape or shape, device=device, dtype=dtype)
         yield f"{shape}/G{g}-{layout}-{act}-maps{mshape or 'full'}", x, g, w, b, gm, bm, act
 
@@ -85,7 +86,7 @@ def test_backward_matches_reference(device, impl, dtype, layout):
                                       ("silu", ((2, 4, 1, 1), (4, 1, 1)))])  # the last pair folds per channel
 def test_gradcheck_and_gradgradcheck_float64(device, impl, act, maps):
     f64 = dict(device=device, dtype=torch.float64)
-    x = _to_layout(torch.randn(2, 4, 3, 2, **f64) + 0.3, "channels_last").requires_grad_()
+    x = to_layout(torch.randn(2, 4, 3, 2, **f64) + 0.3, "channels_last").requires_grad_()
     ps = [torch.randn(*s, **f64, requires_grad=True) for s in ((4,), (4,)) + maps]
 
     def fn(x, w, b, gm, bm):

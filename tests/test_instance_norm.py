@@ -4,36 +4,18 @@ import torch
 import torch.nn.functional as F
 
 import fastgan
-from fastgan import _backend
 from fastgan.ops._layout import is_channels_last, layout_strides
 from fastgan.ops.instance_norm_ref import instance_norm_reference
 
-from conftest import devices
+from conftest import op_impl_params, to_layout
 from tolerance import assert_rule, grad_floor_ulps
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def live(device: str) -> list[str]:
-    return _backend.live_impls("instance_norm_fwd", device)
-
-
 def impl_params():
     """(device, impl) pairs for every live implementation; the Triton interpreter only gets small shapes."""
-    return [pytest.param(d, i, id=f"{d}-{i}") for d in devices() for i in live(d)]
-
-
-def _to_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
-    if layout == "channels_last":
-        perm = (0,) + tuple(range(2, x.dim())) + (1,)
-        inv = [0] * x.dim()
-        for i, p in enumerate(perm):
-            inv[p] = i
-        return x.permute(perm).contiguous().permute(inv)
-    if layout == "strided":  # neither layout: a slice of a wider tensor
-        wide = torch.cat([x, torch.randn_like(x)], dim=-1)
-        return wide[..., : x.shape[-1]]
-    return x.contiguous()
+    return op_impl_params("instance_norm_fwd")
 
 
 SHAPES = [(1, 1, 1, 1), (2, 3, 7, 13), (1, 4, 5), (2, 3, 3, 5, 7), (3, 1, 8, 8), (1, 6, 1, 1), (2, 5, 1)]
@@ -46,7 +28,7 @@ def sample_inputs(device, dtype, small_only=False, affine=(True, False)):
     for shape in shapes:
         for layout in ("contiguous", "channels_last", "strided"):
             for aff in affine:
-                x = _to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
+                x = to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
                 w = torch.randn(shape[1], device=device, dtype=dtype) if aff else None
                 b = torch.randn(shape[1], device=device, dtype=dtype) if aff else None
                 yield f"{shape}-{layout}-{'affine' if aff else 'plain'}", x, w, b
@@ -71,6 +53,26 @@ def _per_sample_magnitudes(param_grads, x, gy):
     return [torch.stack([p[i] for p in per]).abs().sum(0).max().item() for i in range(len(per[0]))]
 
 
+def backward_three_ways(ours, eager, ref, inputs, gy):
+    """Input gradients (ours, eager, ref) of each function at ``inputs`` for the output gradient gy; the float64
+    reference gets float64 copies. Shared with the AdaIN and SPADE tests (instance norm plus modulation)."""
+    grads = []
+    for fn, cast in ((ours, lambda t: t), (eager, lambda t: t), (ref, lambda t: t.double())):
+        ins = [cast(t).detach().requires_grad_() for t in inputs]
+        grads.append(torch.autograd.grad(fn(*ins), ins, cast(gy)))
+    return grads
+
+
+def penalty_grads(fn, gy, x, w, *rest):
+    """Gradients of a WGAN-GP-like penalty ||d<fn(x, w, *rest), gy>/dx||^2 w.r.t. x and w (the weight, AdaIN's
+    scale or SPADE's gamma): the double backward a critic needs."""
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    (gx,) = torch.autograd.grad((fn(x, w, *rest) * gy).sum(), x, create_graph=True)
+    # A 1-element plane normalises to a constant, so its gradient graph may not reach x: zeros then.
+    return torch.autograd.grad(gx.square().sum(), (x, w), allow_unused=True, materialize_grads=True)
+
+
 def _ref64(x, w, b):
     return instance_norm_reference(x.double(), None if w is None else w.double(), None if b is None else b.double())
 
@@ -90,31 +92,17 @@ def test_forward_matches_reference(device, impl, dtype):
 def test_backward_matches_reference(device, impl, dtype):
     for name, x, w, b in sample_inputs(device, dtype, small_only=True, affine=(True,)):
         gy = torch.randn_like(x)
-        grads = {}
-        for key, fn, cast in (
-            ("ours", lambda *a: fastgan.ops.instance_norm(*a, impl=impl), lambda t: t),
-            ("eager", eager_instance_norm, lambda t: t),
-            ("ref", lambda *a: instance_norm_reference(*a), lambda t: t.double()),
-        ):
-            ins = [cast(t).detach().requires_grad_() for t in (x, w, b)]
-            grads[key] = torch.autograd.grad(fn(*ins), ins, cast(gy))
+        ours, eager, ref = backward_three_ways(lambda *a: fastgan.ops.instance_norm(*a, impl=impl),
+                                               eager_instance_norm, instance_norm_reference, (x, w, b), gy)
+
         def ref_param_grads(xn, gyn):
             ins = [t.detach().requires_grad_() for t in (xn, w.double(), b.double())]
             return torch.autograd.grad(instance_norm_reference(*ins), ins[1:], gyn)
 
         mags = [None] + _per_sample_magnitudes(ref_param_grads, x, gy)
         for i, what in enumerate(("grad x", "grad weight", "grad bias")):
-            assert_rule(grads["ours"][i], grads["eager"][i], grads["ref"][i], f"{impl} {dtype} {name} {what}",
-                        grad_floor_ulps(device, impl), mags[i])
-
-
-def _penalty_grads(fn, x, w, gy):
-    """Gradients of a WGAN-GP-like penalty ||d<y, gy>/dx||^2 w.r.t. x and weight: a double backward."""
-    x = x.detach().requires_grad_()
-    w = w.detach().requires_grad_()
-    (gx,) = torch.autograd.grad((fn(x, w) * gy).sum(), x, create_graph=True)
-    # A 1-element plane normalises to a constant, so its gradient graph may not reach x: zeros then.
-    return torch.autograd.grad(gx.square().sum(), (x, w), allow_unused=True, materialize_grads=True)
+            assert_rule(ours[i], eager[i], ref[i], f"{impl} {dtype} {name} {what}", grad_floor_ulps(device, impl),
+                        mags[i])
 
 
 @pytest.mark.parametrize("device,impl", impl_params())
@@ -122,11 +110,11 @@ def _penalty_grads(fn, x, w, gy):
 def test_double_backward_matches_reference(device, impl, dtype):
     for name, x, w, _ in sample_inputs(device, dtype, small_only=True, affine=(True,)):
         gy = torch.randn_like(x)
-        ours = _penalty_grads(lambda a, b: fastgan.ops.instance_norm(a, b, impl=impl), x, w, gy)
-        eager = _penalty_grads(lambda a, b: eager_instance_norm(a, b), x, w, gy)
-        ref = _penalty_grads(lambda a, b: instance_norm_reference(a, b), x.double(), w.double(), gy.double())
+        ours = penalty_grads(lambda a, b: fastgan.ops.instance_norm(a, b, impl=impl), gy, x, w)
+        eager = penalty_grads(lambda a, b: eager_instance_norm(a, b), gy, x, w)
+        ref = penalty_grads(lambda a, b: instance_norm_reference(a, b), gy.double(), x.double(), w.double())
         mags = [None] + _per_sample_magnitudes(
-            lambda xn, gyn: _penalty_grads(lambda a, b: instance_norm_reference(a, b), xn, w.double(), gyn)[1:], x, gy)
+            lambda xn, gyn: penalty_grads(lambda a, b: instance_norm_reference(a, b), gyn, xn, w.double())[1:], x, gy)
         for o, e, r, what, mag in zip(ours, eager, ref, ("x", "weight"), mags):
             assert_rule(o, e, r, f"{impl} {dtype} {name} penalty grad {what}", grad_floor_ulps(device, impl),
                         mag)
@@ -149,29 +137,25 @@ GPU_SHAPES = [((2, 3, 32, 32), "contiguous"), ((2, 3, 1, 1025), "contiguous"), (
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gpu_plane_strategies_follow_the_rule(device, impl, dtype):
     for shape, layout in GPU_SHAPES:
-        x = _to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
+        x = to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
         w, b = (torch.randn(shape[1], device=device, dtype=dtype) for _ in range(2))
         gy = torch.randn_like(x)
         name = f"{impl} {dtype} {shape} {layout}"
         assert_rule(fastgan.ops.instance_norm(x, w, b, impl=impl), eager_instance_norm(x, w, b), _ref64(x, w, b),
                     f"{name} forward")
-        grads = {}
-        for key, fn, cast in (("ours", lambda *a: fastgan.ops.instance_norm(*a, impl=impl), lambda t: t),
-                              ("eager", eager_instance_norm, lambda t: t),
-                              ("ref", instance_norm_reference, lambda t: t.double())):
-            ins = [cast(t).detach().requires_grad_() for t in (x, w, b)]
-            grads[key] = torch.autograd.grad(fn(*ins), ins, cast(gy))
-        assert_rule(grads["ours"][0], grads["eager"][0], grads["ref"][0], f"{name} grad x")
-        ours = _penalty_grads(lambda a, c: fastgan.ops.instance_norm(a, c, impl=impl), x, w, gy)
-        eager = _penalty_grads(lambda a, c: eager_instance_norm(a, c), x, w, gy)
-        ref = _penalty_grads(lambda a, c: instance_norm_reference(a, c), x.double(), w.double(), gy.double())
+        ours, eager, ref = backward_three_ways(lambda *a: fastgan.ops.instance_norm(*a, impl=impl),
+                                               eager_instance_norm, instance_norm_reference, (x, w, b), gy)
+        assert_rule(ours[0], eager[0], ref[0], f"{name} grad x")
+        ours = penalty_grads(lambda a, c: fastgan.ops.instance_norm(a, c, impl=impl), gy, x, w)
+        eager = penalty_grads(lambda a, c: eager_instance_norm(a, c), gy, x, w)
+        ref = penalty_grads(lambda a, c: instance_norm_reference(a, c), gy.double(), x.double(), w.double())
         assert_rule(ours[0], eager[0], ref[0], f"{name} penalty grad x")
 
 
 @pytest.mark.parametrize("device,impl", impl_params())
 @pytest.mark.parametrize("shape,layout", GRADCHECK_SHAPES)
 def test_gradcheck_and_gradgradcheck_float64(device, impl, shape, layout):
-    x = _to_layout(torch.randn(shape, device=device, dtype=torch.float64), layout).requires_grad_()
+    x = to_layout(torch.randn(shape, device=device, dtype=torch.float64), layout).requires_grad_()
     w = torch.randn(shape[1], device=device, dtype=torch.float64, requires_grad=True)
     b = torch.randn(shape[1], device=device, dtype=torch.float64, requires_grad=True)
     fn = lambda *a: fastgan.ops.instance_norm(*a, impl=impl)  # noqa: E731
@@ -201,7 +185,7 @@ def test_large_mean_offset(device, impl, dtype):
     x = torch.randn(2, 3, 16, 16, device=device, dtype=torch.float64) * 3 + 1e4
     x = x.to(dtype)
     for layout in ("contiguous", "channels_last"):
-        xl = _to_layout(x, layout)
+        xl = to_layout(x, layout)
         ref = instance_norm_reference(xl.double())
         assert_rule(fastgan.ops.instance_norm(xl, impl=impl), F.instance_norm(xl), ref, f"{impl} {layout} +1e4")
 

@@ -7,7 +7,8 @@ from torch import nn
 import fastgan
 from fastgan.ops.spade import spatial_adaptive_norm_reference as spade_ref
 
-from test_instance_norm import _to_layout, eager_instance_norm, impl_params
+from conftest import to_layout
+from test_instance_norm import backward_three_ways, eager_instance_norm, impl_params, penalty_grads
 from tolerance import assert_rule, grad_floor_ulps, max_err
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -22,7 +23,7 @@ def eager_spade(x, gamma, beta):
 def sample_inputs(device, dtype):
     for shape in SHAPES:
         for layout in ("contiguous", "channels_last", "strided"):
-            x = _to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
+            x = to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
             gamma = (0.3 * torch.randn(shape, device=device)).to(dtype)
             beta = torch.randn(shape, device=device, dtype=dtype)
             yield f"{shape}-{layout}", x, gamma, beta
@@ -43,39 +44,26 @@ def test_forward_matches_reference(device, impl, dtype):
 def test_backward_matches_reference(device, impl, dtype):
     for name, x, gamma, beta in sample_inputs(device, dtype):
         gy = torch.randn_like(x)
-        grads = {}
-        for key, fn, cast in (
-            ("ours", lambda *a: fastgan.ops.spatial_adaptive_norm(*a, impl=impl), lambda t: t),
-            ("eager", eager_spade, lambda t: t),
-            ("ref", spade_ref, lambda t: t.double()),
-        ):
-            ins = [cast(t).detach().requires_grad_() for t in (x, gamma, beta)]
-            grads[key] = torch.autograd.grad(fn(*ins), ins, cast(gy))
+        ours, eager, ref = backward_three_ways(lambda *a: fastgan.ops.spatial_adaptive_norm(*a, impl=impl),
+                                               eager_spade, spade_ref, (x, gamma, beta), gy)
         for i, what in enumerate(("grad x", "grad gamma", "grad beta")):
-            assert_rule(grads["ours"][i], grads["eager"][i], grads["ref"][i], f"{impl} {dtype} {name} {what}",
-                        grad_floor_ulps(device, impl))
+            assert_rule(ours[i], eager[i], ref[i], f"{impl} {dtype} {name} {what}", grad_floor_ulps(device, impl))
 
 
 @pytest.mark.parametrize("device,impl", impl_params())
 def test_double_backward_matches_reference(device, impl):
     for name, x, gamma, beta in sample_inputs(device, torch.float32):
         gy = torch.randn_like(x)
-
-        def penalty_grads(fn, x, gamma, beta, gy):
-            x, gamma = x.detach().requires_grad_(), gamma.detach().requires_grad_()
-            (gx,) = torch.autograd.grad((fn(x, gamma, beta) * gy).sum(), x, create_graph=True)
-            return torch.autograd.grad(gx.square().sum(), (x, gamma), allow_unused=True, materialize_grads=True)
-
-        ours = penalty_grads(lambda *a: fastgan.ops.spatial_adaptive_norm(*a, impl=impl), x, gamma, beta, gy)
-        eager = penalty_grads(eager_spade, x, gamma, beta, gy)
-        ref = penalty_grads(spade_ref, x.double(), gamma.double(), beta.double(), gy.double())
+        ours = penalty_grads(lambda *a: fastgan.ops.spatial_adaptive_norm(*a, impl=impl), gy, x, gamma, beta)
+        eager = penalty_grads(eager_spade, gy, x, gamma, beta)
+        ref = penalty_grads(spade_ref, gy.double(), x.double(), gamma.double(), beta.double())
         for i, what in enumerate(("x", "gamma")):
             assert_rule(ours[i], eager[i], ref[i], f"{impl} {name} penalty grad {what}", grad_floor_ulps(device, impl))
 
 
 @pytest.mark.parametrize("device,impl", impl_params())
 def test_gradcheck_and_gradgradcheck_float64(device, impl):
-    x = _to_layout(torch.randn(2, 3, 3, 4, device=device, dtype=torch.float64), "channels_last").requires_grad_()
+    x = to_layout(torch.randn(2, 3, 3, 4, device=device, dtype=torch.float64), "channels_last").requires_grad_()
     g = (0.3 * torch.randn(2, 3, 3, 4, device=device, dtype=torch.float64)).requires_grad_()
     b = torch.randn(1, 3, 1, 4, device=device, dtype=torch.float64, requires_grad=True)  # broadcast beta
 
