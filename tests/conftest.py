@@ -62,6 +62,29 @@ def _seed_from_test_name(request):
     request.node.user_properties.append(("torch_seed", seed))
 
 
+def stand_in_inception(monkeypatch, tmp_path, extractor):
+    """``extractor`` in place of Inception (the metrics' plumbing is under test, not the network) and a private
+    feature cache under tmp_path; skips the test when the zero-set-up digits dataset, which every caller scores, is
+    missing. Returns the extractor."""
+    from fastgan import data as fdata
+    from fastgan.metrics import scoring
+
+    try:
+        fdata.load_digits()
+    except fdata.DatasetMissingError as e:
+        pytest.skip(str(e))
+    monkeypatch.setattr(scoring, "load_inception", lambda *a, **k: extractor)
+    monkeypatch.setenv("FASTGAN_CACHE_DIR", str(tmp_path / "cache"))
+    return extractor
+
+
+def assert_one_line_error(capsys, command, message):
+    """The command line's rule for a bad option (the caller asserts exit status 2): one line on stderr,
+    "fastgan <command>: ...", that contains message."""
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastgan {command}: ") and message in err and err.count("\n") == 1, err
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a test module. Model tests run many tiny convolutions; with the default thread count

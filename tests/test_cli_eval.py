@@ -10,9 +10,9 @@ import os
 import pytest
 import torch
 
-from fastgan import data as fdata
 from fastgan.cli import main
-from fastgan.metrics import scoring
+
+from conftest import assert_one_line_error, stand_in_inception
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,14 +39,7 @@ class CountingExtractor:
 
 @pytest.fixture
 def ext(monkeypatch, tmp_path):
-    try:
-        fdata.load_digits()
-    except fdata.DatasetMissingError as e:
-        pytest.skip(str(e))
-    e = CountingExtractor()
-    monkeypatch.setattr(scoring, "load_inception", lambda *a, **k: e)
-    monkeypatch.setenv("FASTGAN_CACHE_DIR", str(tmp_path / "cache"))
-    return e
+    return stand_in_inception(monkeypatch, tmp_path, CountingExtractor())
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +64,7 @@ def _eval(*argv):
 ])
 def test_bad_options_exit_2_with_one_line(ext, capsys, argv, message):
     assert _eval("--real", "digits", "--fake", "digits:test", *argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("fastgan eval: ") and message in err and err.count("\n") == 1, err
+    assert_one_line_error(capsys, "eval", message)
     assert ext.images == 0
 
 

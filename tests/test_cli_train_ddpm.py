@@ -7,6 +7,8 @@ import torch
 
 from fastgan.cli import main
 
+from conftest import assert_one_line_error
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--data", "digits", "--batch", "8", "--base-channels", "8", "--num-res-blocks", "1", "--timesteps", "10",
@@ -54,6 +56,5 @@ def test_resume_keeps_the_limit_subset(tmp_path, capsys):
 def test_bad_numbers_exit_2(tmp_path, capsys, argv, message):
     run = tmp_path / "run"
     assert main(["train", "ddpm", "--out", str(run), "--steps", "1"] + TINY + argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("fastgan train ddpm: ") and message in err and err.count("\n") == 1, err
+    assert_one_line_error(capsys, "train ddpm", message)
     assert not (run / "checkpoint.pt").exists()

@@ -18,8 +18,9 @@ from fastgan import data as fdata
 from fastgan.metrics import (FeatureStats, FIDLogger, InceptionWeightsMissing, compute_stats, evaluate,
                              fid_from_stats, frechet_distance, inception_available, kid_from_features,
                              kid_from_stats, make_fid_callback, mmd2_unbiased, psd_sqrt, reference_stats)
-from fastgan.metrics import scoring as scoring_mod
 from fastgan.metrics import inception as inception_mod
+
+from conftest import stand_in_inception
 
 N_PER_SET = 48
 
@@ -299,14 +300,7 @@ def test_missing_weights_gives_install_command(monkeypatch):
 @pytest.fixture
 def stub(monkeypatch, tmp_path):
     """The stand-in extractor in place of Inception, a private cache dir, and the zero-set-up digits dataset."""
-    try:
-        fdata.load_digits()
-    except fdata.DatasetMissingError as e:
-        pytest.skip(str(e))
-    ex = StubExtractor()
-    monkeypatch.setattr(scoring_mod, "load_inception", lambda *a, **k: ex)
-    monkeypatch.setenv("FASTGAN_CACHE_DIR", str(tmp_path / "cache"))
-    return ex
+    return stand_in_inception(monkeypatch, tmp_path, StubExtractor())
 
 
 def test_reference_stats_cached_by_dataset_split_resolution(stub, tmp_path):

@@ -18,6 +18,8 @@ from fastgan.cli import main
 from fastgan.train import checkpoint as ck
 from fastgan.train import data as tdata
 
+from conftest import assert_one_line_error
+
 PIL = pytest.importorskip("PIL.Image", reason="pip install pillow")
 
 TINY = ["--img-size", "32", "--dim-in", "8", "--max-conv-dim", "32", "--hidden-dim", "32", "--style-dim", "16",
@@ -145,8 +147,7 @@ def test_stargan_v2_rejects_bad_numbers(tmp_path, capsys, argv, message):
     out = tmp_path / "run"
     tiny = [a for a in TINY if a not in ("--device", "cpu")] if "--device" in argv else TINY
     assert main(["train", "stargan-v2", "--data", "digits", "--out", str(out), "--steps", "1"] + argv + tiny) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("fastgan train stargan-v2: ") and message in err and err.count("\n") == 1, err
+    assert_one_line_error(capsys, "train stargan-v2", message)
     assert not out.exists()
 
 
