@@ -453,3 +453,23 @@ def test_benchmark_suite_runs_one_iteration_per_build():
     eager, ours = case.fns["eager"](*inputs), case.fns["fastgan-auto"](*inputs)
     assert eager.shape == (4,) and torch.isfinite(eager).all()
     assert torch.allclose(ours, eager, rtol=1e-4, atol=1e-5)  # same weights, same inputs: same four losses
+
+
+def test_mapping_network_and_style_encoder_compile_with_fullgraph():
+    # check_labels read the label range back to the host (int(aminmax)), which torch.compile(fullgraph=True) cannot
+    # trace: compiling either network failed with a data-dependent guard error. Traced, the range is an async assert
+    # (a negative label would otherwise select the last domain silently). backend="eager": Dynamo's tracing is what
+    # failed, and it keeps the test fast.
+    torch._dynamo.reset()
+    M = MappingNetwork(latent_dim=4, style_dim=3, num_domains=2, hidden_dim=8)
+    E = StyleEncoder(img_size=8, style_dim=3, num_domains=2, max_conv_dim=8, dim_in=4)
+    z, x, y = torch.randn(2, 4), torch.randn(2, 3, 8, 8), torch.tensor([1, 0])
+    for net, inp in ((M, z), (E, x)):
+        compiled = torch.compile(net, fullgraph=True, backend="eager")
+        inp = inp.requires_grad_()
+        out = compiled(inp, y)
+        torch.testing.assert_close(out, net(inp, y))
+        (g,) = torch.autograd.grad(out.square().sum(), inp)
+        torch.testing.assert_close(g, torch.autograd.grad(net(inp, y).square().sum(), inp)[0])
+        with pytest.raises(RuntimeError, match=r"y must be in \[0, 2\)"):
+            compiled(inp, torch.tensor([1, -1]))

@@ -76,14 +76,19 @@ def check_labels(y, n: int, num_domains: int, who: str, name: str = "y") -> None
     """Raise ValueError unless ``y`` is an integer tensor of shape ``(n,)`` with values in ``[0, num_domains)``.
 
     The range check reads two numbers back from the device (one sync); an out-of-range label would otherwise be an
-    opaque indexing error (a device-side assert on CUDA).
+    opaque indexing error (a device-side assert on CUDA), or, negative, silently select a domain from the end. Under
+    ``torch.compile`` (which cannot trace the read-back without a graph break, an error with ``fullgraph=True``) the
+    range check is an asynchronous assert raising RuntimeError with the same message.
     """
     if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise ValueError(f"{who}: {name} must be an integer tensor of domain labels, got "
                          f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
     if tuple(y.shape) != (n,):
         raise ValueError(f"{who}: {name} must have shape ({n},) (one label per sample), got {tuple(y.shape)}")
-    if n:
+    if n and torch.compiler.is_compiling():
+        torch._assert_async(((y >= 0) & (y < num_domains)).all(),
+                            f"{who}: {name} must be in [0, {num_domains}) (num_domains={num_domains})")
+    elif n:
         lo, hi = torch.aminmax(y)
         lo, hi = int(lo), int(hi)
         if lo < 0 or hi >= num_domains:
