@@ -1,6 +1,6 @@
 // CPU kernel of the fused DDPM/DDIM step (schema in fastgan.cpp; math and coefficients in
-// fastgan/diffusion/steps.py). Per element, with the sample's coefficients k = (a_x, a_m, e_x, e_m, c_0, c_x, c_e,
-// c_z):  m = u + w (c - u);  x0 = clamp(a_x x + a_m m);  out = c_0 x0 + c_x x + c_e (e_x x + e_m m) + c_z z.
+// fastgan/diffusion/steps.py). Per element, with the sample's coefficients k = (a_x, g, r, c_0, b_x, b_m, c_z):
+// m = u + w (c - u);  x0 = clamp(a_x (x - g m) + r m);  out = c_0 x0 + b_x x + b_m m + c_z z.
 // Tensors are read as flat memory in x's layout (contiguous or channels-last: the batch dimension is outermost),
 // so a run of elements of one sample shares its coefficients and the inner loop is a plain vectorisable sweep.
 // diffusion_step_philox draws z in the kernel: the element of logical flat index i gets word i % 4 of the
@@ -28,6 +28,9 @@
 
 namespace fastgan {
 namespace {
+
+// Coefficients per sample, (a_x, g, r, c_0, b_x, b_m, c_z): NUM_COEF in fastgan/diffusion/steps.py.
+constexpr int64_t kNumCoef = 7;
 
 // `t` in x's memory layout and dtype (a no-op in the usual case).
 at::Tensor like(const at::Tensor& t, const at::Tensor& x, bool channels_last) {
@@ -273,11 +276,10 @@ struct NoiseSource {
   }
 };
 
-// One run of elements of one sample: its coefficients, folded (c_x x + c_e eps = b_x x + b_m m) and in the
-// compute type A.
+// One run of elements of one sample: its coefficients in the compute type A.
 template <typename A>
 struct RunCoef {
-  A a_x, a_m, c_0, c_z, b_x, b_m, w, lo, hi;
+  A a_x, g, r, c_0, b_x, b_m, c_z, w, lo, hi;
 };
 
 // HAS_U / NOISE / CLIP are template parameters and the coefficients locals of the run, over restrict pointers:
@@ -289,7 +291,7 @@ template <typename T, bool HAS_U, int NOISE, bool CLIP, typename A>
 FASTGAN_ALWAYS_INLINE void step_run_impl(const T* __restrict xp, const T* __restrict mp,
                                          const T* __restrict up, const T* __restrict zp, const A* __restrict bp,
                                          T* __restrict op, int64_t len, const RunCoef<A>& k) {
-  const A a_x = k.a_x, a_m = k.a_m, c_0 = k.c_0, c_z = k.c_z, b_x = k.b_x, b_m = k.b_m, wa = k.w, lo = k.lo,
+  const A a_x = k.a_x, g = k.g, r = k.r, c_0 = k.c_0, c_z = k.c_z, b_x = k.b_x, b_m = k.b_m, wa = k.w, lo = k.lo,
           hi = k.hi;
   for (int64_t i = 0; i < len; ++i) {
     const A xv = load_as<A>(xp[i]);
@@ -298,7 +300,7 @@ FASTGAN_ALWAYS_INLINE void step_run_impl(const T* __restrict xp, const T* __rest
       const A uv = load_as<A>(up[i]);
       mv = uv + wa * (mv - uv);
     }
-    A x0 = a_x * xv + a_m * mv;
+    A x0 = a_x * (xv - g * mv) + r * mv;  // x - g m cancels before a_x (~2e4 near t = T) scales it
     if constexpr (CLIP) x0 = x0 < lo ? lo : (x0 > hi ? hi : x0);  // NaN compares false: stays NaN
     A o = c_0 * x0 + b_x * xv + b_m * mv;
     if constexpr (NOISE == 1) o += c_z * load_as<A>(zp[i]);
@@ -329,9 +331,8 @@ void step_kernel(const T* x, const T* m, const T* u, const T* z, const NoiseSour
     while (p < end) {
       const int64_t n = p / per_sample;
       const int64_t stop = std::min({end, (n + 1) * per_sample, NOISE == 2 ? p + kChunk : end});
-      const double* k = coef + (per_sample_coef ? n * 8 : 0);
-      const RunCoef<A> rc{A(k[0]), A(k[1]), A(k[4]), A(k[7]), A(k[5] + k[6] * k[2]), A(k[6] * k[3]),
-                          A(w),    A(-clip), A(clip)};
+      const double* k = coef + (per_sample_coef ? n * kNumCoef : 0);
+      const RunCoef<A> rc{A(k[0]), A(k[1]), A(k[2]), A(k[3]), A(k[4]), A(k[5]), A(k[6]), A(w), A(-clip), A(clip)};
       const int64_t len = stop - p;
       if constexpr (NOISE == 2) noise.fill<A>(p, len, buf);
       run(x + p, m + p, HAS_U ? u + p : x + p, NOISE == 1 ? z + p : x + p, buf, out + p, len, rc);
@@ -384,8 +385,8 @@ at::Tensor run_step(const at::Tensor& x_in, const at::Tensor& m_in, const std::o
   if (u_in) check_stream(*u_in, x_in, "model_out_uncond");
   if (z_in) check_stream(*z_in, x_in, "noise");
   const int64_t N = x_in.size(0);
-  TORCH_CHECK(coef_in.dim() == 2 && coef_in.size(1) == 8 && (coef_in.size(0) == N || coef_in.size(0) == 1),
-              "fastgan::diffusion_step: coef must be (N, 8) = (", N, ", 8) or (1, 8), got ", coef_in.sizes());
+  TORCH_CHECK(coef_in.dim() == 2 && coef_in.size(1) == kNumCoef && (coef_in.size(0) == N || coef_in.size(0) == 1),
+              "fastgan::diffusion_step: coef must be (N, 7) = (", N, ", 7) or (1, 7), got ", coef_in.sizes());
   TORCH_CHECK(coef_in.device() == x_in.device(), "fastgan::diffusion_step: coef is on ", coef_in.device(),
               " but x is on ", x_in.device());
   const auto is16 = [](at::ScalarType st) { return st == at::kHalf || st == at::kBFloat16; };

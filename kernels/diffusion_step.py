@@ -1,12 +1,13 @@
 """Triton kernel of one fused DDPM/DDIM step (the math: :mod:`fastgan.diffusion.steps`).
 
-Per element, with the per-sample coefficients ``k[n] = (a_x, a_m, e_x, e_m, c_0, c_x, c_e, c_z)``::
+Per element, with the per-sample coefficients ``k[n] = (a_x, g, r, c_0, b_x, b_m, c_z)``::
 
     m   = u + w * (c - u)                  (HAS_U; else m = c)
-    x0  = a_x * x + a_m * m,  clamped to [-clip, clip] when CLIP (NaN stays NaN)
-    eps = e_x * x + e_m * m
-    out = c_0 * x0 + c_x * x + c_e * eps + c_z * z      (the z term when NOISE > 0)
-        = c_0 * x0 + (c_x + c_e * e_x) * x + (c_e * e_m) * m + c_z * z      (as computed)
+    x0  = a_x * (x - g * m) + r * m,  clamped to [-clip, clip] when CLIP (NaN stays NaN)
+    out = c_0 * x0 + b_x * x + b_m * m + c_z * z      (the z term when NOISE > 0)
+
+(``x - g m`` cancels before the large ``a_x`` of a step near ``t = T`` scales it; ``b_x``, ``b_m`` fold the
+predicted noise's terms: see :mod:`fastgan.diffusion.steps`.)
 
 ``z`` is read from Z (NOISE = 1) or drawn in the kernel (NOISE = 2) as :mod:`fastgan.diffusion.philox` defines:
 the element of logical flat index ``i`` takes word ``i % 4`` of the Box–Muller pairs of
@@ -73,27 +74,26 @@ def _step_kernel(X, M, U, Z, SEED, K, OUT, numel, per_sample, sample_size, chans
     col = tl.arange(0, 4)[None, :]
     offs = row * 4 + col
     mask = offs < numel
-    k = (offs // per_sample) * 8
+    k = (offs // per_sample) * 7
     x = tl.load(X + offs, mask=mask, other=0.0).to(ACC)
     m = tl.load(M + offs, mask=mask, other=0.0).to(ACC)
     if HAS_U:
         u = tl.load(U + offs, mask=mask, other=0.0).to(ACC)
         m = u + guidance * (m - u)
-    x0 = tl.load(K + k, mask=mask, other=0.0) * x + tl.load(K + k + 1, mask=mask, other=0.0) * m
+    g = tl.load(K + k + 1, mask=mask, other=0.0)
+    x0 = tl.load(K + k, mask=mask, other=0.0) * (x - g * m) + tl.load(K + k + 2, mask=mask, other=0.0) * m
     if CLIP:
         x0 = tl.where(x0 < -clip, -clip, tl.where(x0 > clip, clip, x0))
-    # c_x x + c_e eps folded to b_x x + b_m m, as the reference and the C++ kernel fold it: the same roundings,
-    # and a DDPM step's c_e = 0 multiplies no infinite eps (0 * inf gave NaN where they give x's inf).
-    c_e = tl.load(K + k + 6, mask=mask, other=0.0)
-    b_x = tl.load(K + k + 5, mask=mask, other=0.0) + c_e * tl.load(K + k + 2, mask=mask, other=0.0)
-    b_m = c_e * tl.load(K + k + 3, mask=mask, other=0.0)
-    out = tl.load(K + k + 4, mask=mask, other=0.0) * x0 + b_x * x + b_m * m
+    # c_x x + c_e eps comes folded as b_x x + b_m m (a DDPM step's c_e = 0 multiplies no infinite eps).
+    b_x = tl.load(K + k + 4, mask=mask, other=0.0)
+    b_m = tl.load(K + k + 5, mask=mask, other=0.0)
+    out = tl.load(K + k + 3, mask=mask, other=0.0) * x0 + b_x * x + b_m * m
     if NOISE == 1:
         z = tl.load(Z + offs, mask=mask, other=0.0).to(ACC)
-        out += tl.load(K + k + 7, mask=mask, other=0.0) * z
+        out += tl.load(K + k + 6, mask=mask, other=0.0) * z
     elif NOISE == 2:
         z = _noise(SEED, offs, row, col, sample_size, chans, spatial, CL, ACC)
-        out += tl.load(K + k + 7, mask=mask, other=0.0) * z
+        out += tl.load(K + k + 6, mask=mask, other=0.0) * z
     tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
@@ -101,7 +101,7 @@ def _step_kernel(X, M, U, Z, SEED, K, OUT, numel, per_sample, sample_size, chans
 def step(x: torch.Tensor, m: torch.Tensor, u, z, coef: torch.Tensor, guidance: float, clip: float,
          seed: torch.Tensor | None = None, channels_last: bool = False) -> torch.Tensor:
     """Launch the fused step. ``x, m, u, z`` share x's shape and (dense, batch-outermost) layout; ``coef`` is
-    ``(N, 8)`` or ``(1, 8)`` (shared by all samples), contiguous, in the accumulation dtype. With ``seed`` (a
+    ``(N, 7)`` or ``(1, 7)`` (shared by all samples), contiguous, in the accumulation dtype. With ``seed`` (a
     one-element int64 tensor on x's device) and no ``z``, the noise is drawn in the kernel; ``channels_last`` says
     x's memory is channels-last (for the logical element numbering). Returns a new tensor like x."""
     out = torch.empty_like(x)

@@ -268,26 +268,55 @@ def test_compiles_with_fullgraph(device, impl):
 @pytest.mark.parametrize("device", [d for d in devices() if "triton" in _backend.live_impls("diffusion_step", d)])
 def test_opcheck_triton_op(device):
     x, m, u, z = (torch.randn(2, 3, 4, 5, device=device) for _ in range(4))
-    coef = torch.randn(2, 8, device=device)
+    coef = torch.randn(2, 7, device=device)
     op = torch.ops.fastgan.diffusion_step_triton.default
     for args in ((x, m, u, z, coef, 2.0, 1.0), (x, m, None, None, coef, 1.0, 0.0)):
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    # The old 8-wide table (before the x0 = a_x (x - g m) + r m form) is refused, not read in the new layout.
+    with pytest.raises(RuntimeError, match=r"coef must be \(N, 7\) = \(2, 7\) or \(1, 7\), got \[2, 8\]"):
+        op(x, m, None, None, torch.randn(2, 8, device=device), 1.0, 0.0)
 
 
 @pytest.mark.parametrize("device", [d for d in devices() if _backend.has_kernel("diffusion_step", d.upper())])
 def test_opcheck_and_errors_of_the_compiled_op(device):
     x, m, u, z = (torch.randn(2, 3, 4, 5, device=device) for _ in range(4))
     op = torch.ops.fastgan.diffusion_step.default
-    for coef in (torch.randn(2, 8, device=device), torch.randn(1, 8, device=device)):
+    for coef in (torch.randn(2, 7, device=device), torch.randn(1, 7, device=device)):
         for args in ((x, m, u, z, coef, 2.0, 1.0), (x.contiguous(memory_format=torch.channels_last), m, None, None,
                                                     coef, 1.0, 0.0)):
             torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
-    with pytest.raises(RuntimeError, match=r"coef must be \(N, 8\) = \(2, 8\) or \(1, 8\)"):
-        op(x, m, None, None, torch.randn(3, 8, device=device), 1.0, 0.0)
+    with pytest.raises(RuntimeError, match=r"coef must be \(N, 7\) = \(2, 7\) or \(1, 7\)"):
+        op(x, m, None, None, torch.randn(3, 7, device=device), 1.0, 0.0)
     with pytest.raises(RuntimeError, match="model_out must have x's shape"):
-        op(x, m[:1], None, None, torch.randn(2, 8, device=device), 1.0, 0.0)
+        op(x, m[:1], None, None, torch.randn(2, 7, device=device), 1.0, 0.0)
     with pytest.raises(RuntimeError, match="x must be a non-empty"):
-        op(x[:0], m[:0], None, None, torch.randn(0, 8, device=device), 1.0, 0.0)
+        op(x[:0], m[:0], None, None, torch.randn(0, 7, device=device), 1.0, 0.0)
+
+
+@pytest.mark.parametrize("device,impl", impls())
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_predicted_x0_within_the_rule_at_every_noise_level(device, impl, prediction):
+    """A DDIM step to t_prev = -1 returns x0 itself (c_0 = 1, no noise term). Near t = T an eps step divides
+    x - sqrt(1 - abar) m by sqrt(abar) ~ 4.5e-5 (cosine, t = 999); eager (diffusers' formula) subtracts first. The
+    former a_x x + a_m m form rounded a_x and a_m apart and was 1e2-1e4 x eager's error there."""
+    sched = NoiseSchedule.cosine(1000)
+    gen = torch.Generator().manual_seed(7)
+    for t in (999, 995, 950, 500, 20, 0):
+        abar = sched.tables(torch.device("cpu"))[0][t + 1]
+        x0 = torch.randn(2, 3, 5, 7, generator=gen, dtype=torch.float64).clamp(-1, 1)
+        eps = torch.randn(2, 3, 5, 7, generator=gen, dtype=torch.float64)
+        x = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+        m = {"eps": eps, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0, "x0": x0}[prediction]
+        x32, m32 = x.float(), m.float()
+        ours = ddim_step(x32.to(device), m32.to(device), t, -1, sched, prediction=prediction, impl=impl).cpu()
+
+        def x0_of(xs, ms, a):  # diffusers' DDIM pred_original_sample
+            if prediction == "eps":
+                return (xs - (1 - a) ** 0.5 * ms) / a**0.5
+            return a**0.5 * xs - (1 - a) ** 0.5 * ms if prediction == "v" else ms
+
+        ref64 = x0_of(x32.double(), m32.double(), abar)
+        assert_rule(ours, x0_of(x32, m32, abar.float()), ref64, f"{prediction} t={t}")
 
 
 @pytest.mark.parametrize("device,impl", impls())

@@ -62,8 +62,8 @@ def test_reference_philox_equals_the_definition_on_random_words():
 
 def _noise_only(n):
     """Coefficients making the step's output exactly c_z z = z."""
-    coef = torch.zeros(n, 8, dtype=torch.float64)
-    coef[:, 7] = 1.0
+    coef = torch.zeros(n, 7, dtype=torch.float64)
+    coef[:, 6] = 1.0
     return coef
 
 
@@ -253,12 +253,12 @@ def test_opcheck_of_the_compiled_philox_op(device):
     x, m, u = (torch.randn(2, 3, 4, 5, device=device) for _ in range(3))
     seed = torch.tensor([42], device=device)
     op = torch.ops.fastgan.diffusion_step_philox.default
-    for coef in (torch.randn(2, 8, device=device), torch.randn(1, 8, device=device)):
+    for coef in (torch.randn(2, 7, device=device), torch.randn(1, 7, device=device)):
         for args in ((x, m, u, seed, coef, 2.0, 1.0),
                      (x.contiguous(memory_format=torch.channels_last), m, None, seed, coef, 1.0, 0.0)):
             torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
     with pytest.raises(RuntimeError, match="seed must be a one-element int64 tensor"):
-        op(x, m, None, torch.tensor([1.0], device=device), torch.randn(2, 8, device=device), 1.0, 0.0)
+        op(x, m, None, torch.tensor([1.0], device=device), torch.randn(2, 7, device=device), 1.0, 0.0)
 
 
 @pytest.mark.parametrize("device", [d for d in devices() if "triton" in _backend.live_impls("diffusion_step", d)])
@@ -266,8 +266,8 @@ def test_opcheck_triton_philox_op(device):
     x, m, u = (torch.randn(2, 3, 4, 5, device=device) for _ in range(3))
     seed = torch.tensor([42], device=device)
     op = torch.ops.fastgan.diffusion_step_philox_triton.default
-    for args in ((x, m, u, seed, torch.randn(2, 8, device=device), 2.0, 1.0),
-                 (x, m, None, seed, torch.randn(1, 8, device=device), 1.0, 0.0)):
+    for args in ((x, m, u, seed, torch.randn(2, 7, device=device), 2.0, 1.0),
+                 (x, m, None, seed, torch.randn(1, 7, device=device), 1.0, 0.0)):
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 

@@ -50,7 +50,7 @@ def test_penalty_and_step_isa_clones_bitwise_equal(tmp_path):
     # slice is non-contiguous in g, so the op's own copy runs too. Coefficients are per sample, then shared.
     g, v = (1.5 * torch.randn(3, 6, 97, 71, generator=gen) for _ in range(2))
     m, u, z = (torch.randn(3, 5, 33, 17, generator=gen) for _ in range(3))
-    coef = torch.randn(3, 8, generator=gen, dtype=torch.float64)
+    coef = torch.randn(3, 7, generator=gen, dtype=torch.float64)
     assert_same_bits(outputs_per_isa(tmp_path, _SCRIPT, (g, v, m, u, z, coef)), min_outputs=180)
 
 

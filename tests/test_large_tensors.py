@@ -123,11 +123,11 @@ def test_bias_act_and_diffusion_step_over_2_31_elements(big):
     expect = torch.where(z > 0, z, 0.2 * z) * 1.5
     torch.testing.assert_close(y[:, -TAIL:].double(), expect, rtol=1e-2, atol=1e-2)
     del y
-    # The sampler step with model_out = x: out = c_0 clamp(a_x x + a_m x) + (c_x + c_e e_x) x + c_e e_m x.
-    coef = torch.tensor([[0.5, 0.25, 1.0, -0.5, 0.75, 0.5, 0.25, 0.0]], dtype=torch.float64)
+    # The sampler step with model_out = x: out = c_0 clamp(a_x (x - g x) + r x) + b_x x + b_m x.
+    coef = torch.tensor([[0.5, 0.25, 1.0, 0.75, 0.5, 0.25, 0.0]], dtype=torch.float64)
     out = ops.diffusion_step(x, x, None, None, coef, 1.0, 0.0)
-    k = coef[0].tolist()
-    factor = k[4] * (k[0] + k[1]) + k[5] + k[6] * (k[2] + k[3])
+    a_x, g, r, c_0, b_x, b_m, _ = coef[0].tolist()
+    factor = c_0 * (a_x * (1 - g) + r) + b_x + b_m
     torch.testing.assert_close(out[:, -TAIL:].double(), factor * tails, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(out[1, :2].double(), torch.full((2,), factor * FILL, dtype=torch.float64),
                                rtol=1e-2, atol=0)

@@ -160,7 +160,7 @@ def test_a_loop_copies_its_coefficients_once_and_they_equal_the_per_step_ones():
             for (coef, noisy), t, t_prev in zip(plans, s.timesteps, t_prevs):
                 one = steps._coefficients(kind, per_step, t, t_prev, x, prediction=prediction,
                                           **({"eta": float(opts["eta"])} if "eta" in opts else opts))
-                assert torch.equal(coef, one) and coef.shape == (1, 8)
+                assert torch.equal(coef, one) and coef.shape == (1, 7)
                 assert noisy == ((t != 0) if kind == "ddpm" else opts["eta"] > 0)
     assert len(fresh._coef_cache) == len(per_step._coef_cache) == 4 * 3 * 37
 

@@ -262,6 +262,22 @@ def test_pred_original_sample_never_stale():
         torch.testing.assert_close(out.pred_original_sample, want)
 
 
+@pytest.mark.parametrize("cls", [FusedDDIMScheduler, FusedDDPMScheduler])
+def test_pred_original_sample_at_the_first_step_of_a_cosine_schedule(cls):
+    # t = 999, abar ~ 2e-9: x0 = (x - sqrt(1 - abar) eps) / sqrt(abar). The deferred x0 used a_x x + a_m m with
+    # a_x ~ -a_m ~ 2e4, each rounded to float32: 4e-3 off on this x0 in [-1, 1]; now 1e-7 (the kernels' form).
+    s = cls(beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    s.set_timesteps(1000)
+    abar = s.alphas_cumprod[999].double()
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(4, 3, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64)
+    x, m = (abar.sqrt() * x0 + (1 - abar).sqrt() * eps).float(), eps.float()
+    want = (x.double() - (1 - abar).sqrt() * m.double()) / abar.sqrt()
+    got = s.step(m, 999, x, generator=torch.Generator().manual_seed(0)).pred_original_sample
+    assert (got.double() - want).abs().max().item() < 1e-6
+
+
 def test_betas_below_float32_resolution_are_named():
     from fastgan.diffusion import FusedDDPMScheduler
 

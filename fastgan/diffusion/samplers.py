@@ -68,7 +68,7 @@ class _Sampler:
         raise NotImplementedError
 
     def _plans(self, x, options) -> list[tuple[torch.Tensor, bool]]:
-        """Each step's (1, 8) coefficients on x's device (computed and copied at once, and cached on the schedule,
+        """Each step's (1, 7) coefficients on x's device (computed and copied at once, and cached on the schedule,
         so the loop copies nothing per step) and whether it draws noise."""
         raise NotImplementedError
 
@@ -182,7 +182,7 @@ class _Sampler:
 
 class _StaticStep:
     """(model call + fused step) on static buffers, the body a CUDA graph captures: x (updated in place), the
-    timestep as an (N,) int64 tensor and the (1, 8) coefficients, all on x's device; ``load`` refills the last two
+    timestep as an (N,) int64 tensor and the (1, 7) coefficients, all on x's device; ``load`` refills the last two
     before each run with device-side copies. ``generator`` False: the step draws no noise."""
 
     def __init__(self, sampler, x, coef, cond, null_cond, guidance, generator, clip: float, impl):

@@ -248,12 +248,15 @@ class _FusedScheduler:
         return self.config.num_train_timesteps
 
     def _x0_fn(self, kind, t, t_prev, sample, model_output, **options):
-        """Deferred ``pred_original_sample``: ``a_x x + a_m m`` with the step's own coefficients, then clamped."""
+        """Deferred ``pred_original_sample``: ``a_x (x - g m) + r m`` with the step's own coefficients (the kernels'
+        form, see :mod:`fastgan.diffusion.steps`), then clamped."""
         def compute():
             k = step_coefficients(kind, self.schedule, torch.tensor([t]), torch.tensor([t_prev]),
                                   prediction=self.prediction, **options)[0]
+            a_x, g, r = k[:3].tolist()
             acc = torch.float64 if sample.dtype == torch.float64 else torch.float32
-            x0 = sample.to(acc) * k[0].item() + model_output.to(acc) * k[1].item()
+            x, m = sample.to(acc), model_output.to(acc)
+            x0 = (x - m * g) * a_x + m * r
             if self.clip_x0 is not None:
                 x0 = x0.clamp(-self.clip_x0, self.clip_x0)
             return x0.to(sample.dtype)

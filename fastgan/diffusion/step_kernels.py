@@ -19,9 +19,18 @@ from .. import _backend
 from ..ops._layout import canonical, empty_like_layout, is_channels_last, match_layout
 
 
+def _check_coef(x: torch.Tensor, coef: torch.Tensor) -> None:
+    """The compiled op's check: the Triton kernel indexes the table unchecked, so a wrong width is refused here."""
+    n = x.shape[0] if x.dim() else 0
+    if coef.dim() != 2 or coef.shape[1] != 7 or coef.shape[0] not in (n, 1):
+        raise RuntimeError(f"fastgan::diffusion_step: coef must be (N, 7) = ({n}, 7) or (1, 7), "
+                           f"got {list(coef.shape)}")
+
+
 @torch.library.custom_op("fastgan::diffusion_step_triton", mutates_args=())
 def _step_triton(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.Tensor], z: Optional[torch.Tensor],
                  coef: torch.Tensor, guidance: float, clip: float) -> torch.Tensor:
+    _check_coef(x, coef)
     # Flat memory in x's layout: contiguous or channels-last, the batch dimension outermost either way.
     x = canonical(x)
     m = match_layout(m, x)
@@ -35,6 +44,7 @@ def _step_triton(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.Tensor], z:
 @torch.library.custom_op("fastgan::diffusion_step_philox_triton", mutates_args=())
 def _step_philox_triton(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.Tensor], seed: torch.Tensor,
                         coef: torch.Tensor, guidance: float, clip: float) -> torch.Tensor:
+    _check_coef(x, coef)
     x = canonical(x)
     m = match_layout(m, x)
     u = None if u is None else match_layout(u, x)

@@ -1,12 +1,20 @@
 """One DDPM or DDIM denoising step as one fused elementwise op: ``ddpm_step`` and ``ddim_step``.
 
 Both steps (every prediction type, variance choice, eta and classifier-free guidance) reduce to one formula per
-element with per-sample coefficients ``k = (a_x, a_m, e_x, e_m, c_0, c_x, c_e, c_z)``::
+element with seven per-sample coefficients ``k = (a_x, g, r, c_0, b_x, b_m, c_z)``::
 
     m    = u + w * (c - u)            classifier-free guidance (m = c without an unconditional output)
-    x0   = a_x * x + a_m * m          predicted clean sample, then clamped to [-clip, clip] if asked
-    eps  = e_x * x + e_m * m          predicted noise (from the unclipped prediction, as diffusers does)
-    out  = c_0 * x0 + c_x * x + c_e * eps + c_z * z
+    x0   = a_x * (x - g * m) + r * m  predicted clean sample, then clamped to [-clip, clip] if asked
+    out  = c_0 * x0 + b_x * x + b_m * m + c_z * z
+
+which is the textbook ``x0 = a_x x + a_m m``, ``eps = e_x x + e_m m`` (from the unclipped prediction, as diffusers
+does), ``out = c_0 x0 + c_x x + c_e eps + c_z z`` with ``a_m = r - g a_x``, ``b_x = c_x + c_e e_x`` and
+``b_m = c_e e_m``. Why ``g`` and ``r``: near ``t = T`` an eps-prediction step has ``x0 = (x - sqrt(1 - abar) m) /
+sqrt(abar)`` with ``abar`` ~ 2e-9 (cosine, t = 999), so ``a_x`` and ``a_m`` are ~ +-2e4 and nearly cancel:
+rounded to float32 apart, they put errors of 4e-3 on an x0 in [-1, 1] (diffusers' float32 formula: 1e-4, from
+rounding ``sqrt(1 - abar)`` to 1). ``g`` is ``-a_m / a_x`` rounded to float32 (``sqrt(1 - abar)`` for eps), so
+``x - g m`` cancels before the large factor multiplies it, and ``r`` (float64, tiny there) carries what the
+rounding of ``g`` left out: 1e-7 there, and no worse than the old form at any other step.
 
 The coefficients come from the schedule in float64, gathered per sample on the tensor's device (a per-sample
 ``t`` needs no host synchronisation), and the element pass is one kernel (C++ on CPU, Triton on GPU, the formula in
@@ -38,6 +46,7 @@ from .schedule import NoiseSchedule
 __all__ = ["ddpm_step", "ddim_step", "step_coefficients", "fused_step", "fused_step_reference"]
 
 PREDICTIONS = ("eps", "x0", "v")
+NUM_COEF = 7  # coefficients per sample: (a_x, g, r, c_0, b_x, b_m, c_z)
 
 
 def _as_index(t, n: int, device: torch.device, name: str, num_steps: int, allow_minus_one: bool) -> torch.Tensor:
@@ -60,7 +69,7 @@ def _as_index(t, n: int, device: torch.device, name: str, num_steps: int, allow_
 
 def step_coefficients(kind: str, schedule: NoiseSchedule, t: torch.Tensor, t_prev: torch.Tensor, *,
                       prediction: str = "eps", variance: str = "fixed_small", eta: float = 0.0) -> torch.Tensor:
-    """Per-sample coefficients ``(N, 8)`` float64 of the fused step (see the module docstring).
+    """Per-sample coefficients ``(N, 7)`` float64 of the fused step (see the module docstring).
 
     Args:
         kind: ``"ddpm"`` or ``"ddim"``.
@@ -75,12 +84,17 @@ def step_coefficients(kind: str, schedule: NoiseSchedule, t: torch.Tensor, t_pre
     abar_prev = tab[0].index_select(0, t_prev + 1)
     sa, s1a = abar.sqrt(), (1 - abar).sqrt()
     one, zero = torch.ones_like(abar), torch.zeros_like(abar)
-    if prediction == "eps":
-        a_x, a_m, e_x, e_m = 1 / sa, -s1a / sa, zero, one
-    elif prediction == "x0":
-        a_x, a_m, e_x, e_m = zero, one, 1 / s1a, -sa / s1a
-    elif prediction == "v":
-        a_x, a_m, e_x, e_m = sa, -s1a, s1a, sa
+    if prediction == "eps":  # x0 = (x - s1a m) / sa
+        a_x, e_x, e_m = 1 / sa, zero, one
+        g = _round32(s1a)
+        r = ((g - 1) + abar / (1 + s1a)) / sa  # (g - s1a) / sa, with 1 - s1a = abar / (1 + s1a): no cancellation
+    elif prediction == "x0":  # x0 = m
+        a_x, e_x, e_m = zero, 1 / s1a, -sa / s1a
+        g, r = zero, one
+    elif prediction == "v":  # x0 = sa x - s1a m: no large factor, g only keeps the form
+        a_x, e_x, e_m = sa, s1a, sa
+        g = _round32((s1a / sa).clamp(max=1.0))
+        r = g * sa - s1a
     else:
         raise ValueError(f"fastgan: prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if kind == "ddpm":
@@ -103,7 +117,13 @@ def step_coefficients(kind: str, schedule: NoiseSchedule, t: torch.Tensor, t_pre
         c_z = sigma
     else:
         raise ValueError(f"fastgan: kind must be 'ddpm' or 'ddim', got {kind!r}")
-    return torch.stack([a_x, a_m, e_x, e_m, c_0, c_x, c_e, c_z], dim=1)
+    return torch.stack([a_x, g, r, c_0, c_x + c_e * e_x, c_e * e_m, c_z], dim=1)
+
+
+def _round32(v: torch.Tensor) -> torch.Tensor:
+    """``v`` rounded to float32 (kept float64): every kernel computes ``x - g m`` in float32 or float64, and with
+    ``g`` exact in both, ``r`` makes up the difference exactly."""
+    return v.to(torch.float32).to(torch.float64)
 
 
 def fused_step_reference(x, m, u, z, coef, guidance: float, clip: float, seed=None) -> torch.Tensor:
@@ -115,18 +135,18 @@ def fused_step_reference(x, m, u, z, coef, guidance: float, clip: float, seed=No
         z = philox.normal(seed, x.shape, acc, x.device)
     k = coef.to(acc)
     view = (k.shape[0],) + (1,) * (x.dim() - 1)
-    a_x, a_m, e_x, e_m, c_0, c_x, c_e, c_z = (k[:, i].reshape(view) for i in range(8))
+    a_x, g, r, c_0, b_x, b_m, c_z = (k[:, i].reshape(view) for i in range(NUM_COEF))
     xf, mf = x.to(acc), m.to(acc)
     if u is not None:
         uf = u.to(acc)
         mf = torch.lerp(uf, mf, guidance) if guidance != 1.0 else mf  # u + w (m - u)
-    out = xf * a_x
-    out.addcmul_(mf, a_m)  # x0
+    out = xf - mf * g
+    out.mul_(a_x).addcmul_(mf, r)  # x0
     if clip > 0:
         out.clamp_(-clip, clip)
     out.mul_(c_0)
-    out.addcmul_(xf, c_x + c_e * e_x)  # c_x x + c_e eps, eps = e_x x + e_m m
-    out.addcmul_(mf, c_e * e_m)
+    out.addcmul_(xf, b_x)  # c_x x + c_e eps, eps = e_x x + e_m m
+    out.addcmul_(mf, b_m)
     if z is not None:
         out.addcmul_(z.to(acc), c_z)
     return out.to(x.dtype)
@@ -178,7 +198,7 @@ def _coef_cache(schedule: NoiseSchedule, room: int) -> dict:
 
 
 def _prime_coefficients(kind, schedule, ts, t_prevs, device, **options) -> None:
-    """Cache the (1, 8) coefficients of many int steps from one computation and one host-to-device copy, so that
+    """Cache the (1, 7) coefficients of many int steps from one computation and one host-to-device copy, so that
     a sampling loop does no copy (a host sync on CUDA) per step, even on its first run. The values are those
     :func:`_coefficients` computes one step at a time: the formulas are only +, -, *, / and sqrt, which round
     the same in a vectorised loop."""
@@ -194,8 +214,8 @@ def _prime_coefficients(kind, schedule, ts, t_prevs, device, **options) -> None:
 
 
 def _coefficients(kind, schedule, t, t_prev, x, **options) -> torch.Tensor:
-    """``(1, 8)`` coefficients for int timesteps (cached on the schedule per device and options: a sampling loop
-    computes each step's once), else ``(N, 8)`` gathered on x's device without a host sync."""
+    """``(1, 7)`` coefficients for int timesteps (cached on the schedule per device and options: a sampling loop
+    computes each step's once), else ``(N, 7)`` gathered on x's device without a host sync."""
     if isinstance(t, int) and isinstance(t_prev, int) and not torch.compiler.is_compiling():
         T = schedule.num_steps
         if not 0 <= t < T:
