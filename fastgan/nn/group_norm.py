@@ -17,7 +17,8 @@ class GroupNorm(nn.GroupNorm):
     """``torch.nn.GroupNorm`` on fastgan kernels, with an optional fused activation and per-sample AdaGN affine.
 
     Args:
-        num_groups, num_channels, eps, affine, device, dtype: as ``torch.nn.GroupNorm``.
+        num_groups, num_channels, eps, affine, device, dtype, bias: as ``torch.nn.GroupNorm`` (``bias=False``: an
+            affine weight without a bias).
         act: ``"linear"`` (default: exactly ``nn.GroupNorm``), ``"silu"``, ``"relu"`` or ``"lrelu"``, applied after
             the affine.
         alpha: lrelu's negative slope (default 0.2).
@@ -30,8 +31,8 @@ class GroupNorm(nn.GroupNorm):
     impl: str | None = None  # pin a backend for this module ("ref", "cpp", "triton"); None = automatic
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, device=None,
-                 dtype=None, act: str = "linear", alpha: float | None = None):
-        super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
+                 dtype=None, act: str = "linear", alpha: float | None = None, *, bias: bool = True):
+        super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype, bias=bias)
         resolve_act(act, alpha)  # fail at construction on an unknown activation
         self.act = act
         self.alpha = alpha
