@@ -1,8 +1,12 @@
-"""One kernel family's triple of registered ops (forward, backward, double backward) per implementation.
+"""What the op families share: one family's triple of registered ops (forward, backward, double backward) per
+implementation, and the argument checks of the ops' Python front ends.
 
 Each family (instance norm, bias_act) has a Triton triple defined in Python and a compiled triple from
 ``fastgan._C`` whose fakes and autograd are attached from Python on first use (at import when the extension
-loaded), so ``torch.compile`` and ``opcheck`` see them. This class holds that plumbing once.
+loaded), so ``torch.compile`` and ``opcheck`` see them. :class:`KernelFamily` holds that plumbing once.
+
+The checks raise the same messages from every op (a user who passes a CUDA bias with a CPU x reads the same
+sentence from bias_act, instance_norm or group_norm); each op keeps its own order of checks and shape rules.
 """
 from __future__ import annotations
 
@@ -12,6 +16,38 @@ from typing import Callable, Sequence
 import torch
 
 from .. import _backend
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_float_tensor(t, name: str) -> None:
+    """A TypeError unless ``t`` is a tensor of one of :data:`FLOAT_DTYPES` (the main input of an op)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"fastgan: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"fastgan: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+
+
+def check_optional_tensor(p, name: str) -> None:
+    """A TypeError unless ``p`` (an optional argument: a bias, a scale, a map) is a tensor or None."""
+    if p is not None and not isinstance(p, torch.Tensor):
+        raise TypeError(f"fastgan: {name} must be a torch.Tensor or None, got {type(p).__name__}")
+
+
+def check_device_and_dtype(p: torch.Tensor, name: str, x: torch.Tensor) -> None:
+    """The checks after an op's own shape rule for a tensor argument that goes with x: on x's device, floating."""
+    if p.device != x.device:
+        raise ValueError(f"fastgan: {name} is on {p.device} but x is on {x.device}; move both to one device")
+    if p.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"fastgan: {name} must be a floating tensor, got {p.dtype}")
+
+
+def check_eps(eps) -> float:
+    """``eps`` as a float; a ValueError when it is negative or NaN (``not eps >= 0`` is true for both)."""
+    eps = float(eps)
+    if not eps >= 0.0:
+        raise ValueError(f"fastgan: eps must be >= 0, got {eps}")
+    return eps
 
 
 def register_formulas(formulas, native: frozenset = frozenset()) -> None:

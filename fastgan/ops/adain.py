@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
-from .instance_norm import FLOAT_DTYPES, check_norm_input, per_plane_affine
+from ._family import check_device_and_dtype, check_eps, check_optional_tensor
+from .instance_norm import check_norm_input, per_plane_affine
 from .instance_norm_ref import acc_dtype, plane_dims
 from .norm_kernels import kernel_ops
 
@@ -21,10 +22,9 @@ __all__ = ["adain", "adain_transfer", "adain_reference"]
 def _as_per_plane(p, name: str, x: torch.Tensor) -> torch.Tensor | None:
     """``p`` as an ``(N, C)`` view, accepting ``(N, C)``, ``(N, C, 1, ...)`` (StarGAN v2's ``view(N, C, 1, 1)``)
     and anything else that broadcasts to ``(N, C)`` such as ``(C,)`` or ``(1, C)``; a clear error otherwise."""
+    check_optional_tensor(p, name)
     if p is None:
         return None
-    if not isinstance(p, torch.Tensor):
-        raise TypeError(f"fastgan: {name} must be a torch.Tensor or None, got {type(p).__name__}")
     n, c = x.shape[:2]
     q = p
     while q.dim() > 2 and q.shape[-1] == 1:  # trailing spatial singletons of a (N, C, 1, 1) map
@@ -34,10 +34,7 @@ def _as_per_plane(p, name: str, x: torch.Tensor) -> torch.Tensor | None:
             f"fastgan: {name} must have shape (N, C) = ({n}, {c}) (or (N, C, 1, ...), or broadcast to it, e.g. "
             f"({c},)) to match x of shape {tuple(x.shape)}, got {tuple(p.shape)}"
         )
-    if p.device != x.device:
-        raise ValueError(f"fastgan: {name} is on {p.device} but x is on {x.device}; move both to one device")
-    if p.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"fastgan: {name} must be a floating tensor, got {p.dtype}")
+    check_device_and_dtype(p, name, x)
     return q
 
 
@@ -89,9 +86,7 @@ def adain(x, scale, shift=None, eps: float = 1e-5, *, impl: str | None = None) -
     check_norm_input(x)
     scale = _as_per_plane(scale, "scale", x)
     shift = _as_per_plane(shift, "shift", x)
-    eps = float(eps)
-    if not eps >= 0.0:
-        raise ValueError(f"fastgan: eps must be >= 0, got {eps}")
+    eps = check_eps(eps)
     which = _backend.select("instance_norm_fwd", x.device, impl)
     if which == "ref":
         return adain_reference(x, scale, shift, eps)

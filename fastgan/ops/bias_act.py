@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
+from ._family import check_device_and_dtype, check_float_tensor, check_optional_tensor
 from .bias_act_kernels import ACT_CODES, acc_dtype, kernel_ops
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ACT_ALIASES = {"swish": "silu"}
 _NAMES = {code: name for name, code in ACT_CODES.items()}
 
@@ -157,10 +157,7 @@ def bias_act_reference(x, bias=None, act: str = "lrelu", alpha=None, gain=None, 
 
 
 def _check(x, bias, clamp, dim) -> int:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"fastgan: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"fastgan: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    check_float_tensor(x, "x")
     if x.dim() == 0:
         raise ValueError("fastgan: x must have at least 1 dimension, got a 0-D tensor")
     if x.numel() == 0:
@@ -168,18 +165,14 @@ def _check(x, bias, clamp, dim) -> int:
     if not -x.dim() <= dim < x.dim():
         raise ValueError(f"fastgan: dim must be in [{-x.dim()}, {x.dim()}) for {x.dim()}-D x, got {dim}")
     dim %= x.dim()
+    check_optional_tensor(bias, "bias")
     if bias is not None:
-        if not isinstance(bias, torch.Tensor):
-            raise TypeError(f"fastgan: bias must be a torch.Tensor or None, got {type(bias).__name__}")
         if bias.dim() != 1 or bias.shape[0] != x.shape[dim]:
             raise ValueError(
                 f"fastgan: bias must have shape ({x.shape[dim]},) to match x.shape[{dim}] of x with shape "
                 f"{tuple(x.shape)}, got {tuple(bias.shape)}"
             )
-        if bias.device != x.device:
-            raise ValueError(f"fastgan: bias is on {bias.device} but x is on {x.device}; move both to one device")
-        if bias.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"fastgan: bias must be a floating tensor, got {bias.dtype}")
+        check_device_and_dtype(bias, "bias", x)
     if clamp is not None and not float(clamp) >= 0:
         raise ValueError(f"fastgan: clamp must be >= 0 or None, got {clamp}")
     return dim

@@ -29,12 +29,12 @@ import math
 import torch
 
 from .. import _backend
+from ._family import check_float_tensor
 from .bias_act_kernels import acc_dtype
 from .grad_penalty_kernels import HALF_SQUARE, TWO_SIDED, kernel_ops
 
 KINDS = ("wgan-gp", "dragan", "r1", "r2")
 KIND_CODES = {"wgan-gp": TWO_SIDED, "dragan": TWO_SIDED, "r1": HALF_SQUARE, "r2": HALF_SQUARE}
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def canonical_kind(kind: str) -> str:
@@ -61,10 +61,7 @@ def grad_penalty_reference(grad: torch.Tensor, kind: str = "wgan-gp", target: fl
 
 
 def _check(grad, kind, target) -> tuple[int, float]:
-    if not isinstance(grad, torch.Tensor):
-        raise TypeError(f"fastgan: grad must be a torch.Tensor, got {type(grad).__name__}")
-    if grad.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"fastgan: grad must be float16, bfloat16, float32 or float64, got {grad.dtype}")
+    check_float_tensor(grad, "grad")
     if grad.dim() == 0:
         raise ValueError("fastgan: grad must have a batch dimension (N, ...), got a 0-d tensor")
     if grad.numel() == 0:

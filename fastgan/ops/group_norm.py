@@ -21,10 +21,11 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
+from ._family import check_device_and_dtype, check_eps, check_optional_tensor
 from ._layout import canonical, match_layout
 from .adain import _as_per_plane
 from .group_norm_kernels import ACTS, kernel_ops
-from .instance_norm import FLOAT_DTYPES, _check_param, check_norm_input
+from .instance_norm import _check_param, check_norm_input
 
 __all__ = ["group_norm", "group_norm_reference", "resolve_act", "check_map", "is_per_channel"]
 
@@ -49,10 +50,9 @@ def _check_groups(x: torch.Tensor, num_groups) -> int:
 
 def check_map(m, name: str, x: torch.Tensor) -> None:
     """A per-element modulation map: None, or a floating tensor on x's device broadcastable to x's shape."""
+    check_optional_tensor(m, name)
     if m is None:
         return
-    if not isinstance(m, torch.Tensor):
-        raise TypeError(f"fastgan: {name} must be a torch.Tensor or None, got {type(m).__name__}")
     ok = m.dim() <= x.dim()
     if ok:
         try:
@@ -64,10 +64,7 @@ def check_map(m, name: str, x: torch.Tensor) -> None:
             f"fastgan: {name} must be broadcastable to x's shape {tuple(x.shape)} (e.g. (N, C, H, W), "
             f"(N, C, 1, 1) or (1, C, H, W)), got {tuple(m.shape)}"
         )
-    if m.device != x.device:
-        raise ValueError(f"fastgan: {name} is on {m.device} but x is on {x.device}; move both to one device")
-    if m.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"fastgan: {name} must be a floating tensor, got {m.dtype}")
+    check_device_and_dtype(m, name, x)
 
 
 def is_per_channel(m, x: torch.Tensor) -> bool:
@@ -188,9 +185,7 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
     check_map(gamma, "gamma", x)
     check_map(beta, "beta", x)
     code, alpha = resolve_act(act, alpha)
-    eps = float(eps)
-    if not eps >= 0.0:
-        raise ValueError(f"fastgan: eps must be >= 0, got {eps}")
+    eps = check_eps(eps)
     which = _backend.select("group_norm_fwd", x.device, impl)
     if which == "ref":
         return group_norm_reference(x, groups, weight, bias, eps, scale=scale, shift=shift, gamma=gamma, beta=beta,

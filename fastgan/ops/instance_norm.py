@@ -4,10 +4,9 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
+from ._family import FLOAT_DTYPES, check_device_and_dtype, check_eps, check_optional_tensor
 from .instance_norm_ref import acc_dtype, instance_norm_reference, plane_dims
 from .norm_kernels import kernel_ops
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_norm_input(x: torch.Tensor, name: str = "x") -> None:
@@ -27,19 +26,15 @@ def check_norm_input(x: torch.Tensor, name: str = "x") -> None:
 
 
 def _check_param(p, name: str, x: torch.Tensor) -> None:
+    check_optional_tensor(p, name)
     if p is None:
         return
-    if not isinstance(p, torch.Tensor):
-        raise TypeError(f"fastgan: {name} must be a torch.Tensor or None, got {type(p).__name__}")
     if p.dim() != 1 or p.shape[0] != x.shape[1]:
         raise ValueError(
             f"fastgan: {name} must have shape ({x.shape[1]},) to match x's {x.shape[1]} channels, "
             f"got {tuple(p.shape)}"
         )
-    if p.device != x.device:
-        raise ValueError(f"fastgan: {name} is on {p.device} but x is on {x.device}; move both to one device")
-    if p.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"fastgan: {name} must be a floating tensor, got {p.dtype}")
+    check_device_and_dtype(p, name, x)
 
 
 def per_plane_affine(x: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,9 +60,7 @@ def _forward(x, weight, bias, eps, impl):
     check_norm_input(x)
     _check_param(weight, "weight", x)
     _check_param(bias, "bias", x)
-    eps = float(eps)
-    if not eps >= 0.0:
-        raise ValueError(f"fastgan: eps must be >= 0, got {eps}")
+    eps = check_eps(eps)
     which = _backend.select("instance_norm_fwd", x.device, impl)
     if which == "ref":
         return instance_norm_reference(x, weight, bias, eps), None, None

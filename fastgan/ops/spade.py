@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
+from ._family import check_eps
 from .group_norm import check_map, group_norm, is_per_channel
 from .instance_norm import check_norm_input, instance_norm
 from .instance_norm_ref import plane_dims
@@ -68,9 +69,7 @@ def spatial_adaptive_norm(x, gamma, beta=None, eps: float = 1e-5, *, impl: str |
     check_norm_input(x)
     check_map(gamma, "gamma", x)
     check_map(beta, "beta", x)
-    eps = float(eps)
-    if not eps >= 0.0:
-        raise ValueError(f"fastgan: eps must be >= 0, got {eps}")
+    eps = check_eps(eps)
     which = _backend.select("instance_norm_fwd", x.device, impl)
     if which == "ref":
         return spatial_adaptive_norm_reference(x, gamma, beta, eps)
