@@ -13,7 +13,7 @@ import torch
 from .. import _backend
 from ._family import check_device_and_dtype, check_eps, check_optional_tensor
 from .instance_norm import check_norm_input, per_plane_affine
-from .instance_norm_ref import acc_dtype, plane_dims
+from .instance_norm_ref import acc_dtype, normalized_reference, plane_dims
 from .norm_kernels import kernel_ops
 
 __all__ = ["adain", "adain_transfer", "adain_reference"]
@@ -51,11 +51,8 @@ def adain_reference(x, scale, shift=None, eps: float = 1e-5) -> torch.Tensor:
         ``(N, C, *spatial)`` in x's dtype, computed in float64 for float32/float64 inputs and float32 for
         float16/bfloat16.
     """
-    acc = torch.float64 if x.dtype in (torch.float32, torch.float64) else torch.float32
-    xf = x.to(acc)
-    dims = plane_dims(x)
-    mean = xf.mean(dim=dims, keepdim=True)
-    y = (xf - mean) * torch.rsqrt((xf - mean).square().mean(dim=dims, keepdim=True) + eps)
+    y = normalized_reference(x, eps)
+    acc = y.dtype
     view = x.shape[:2] + (1,) * (x.dim() - 2)
     if scale is not None:
         y = y * scale.to(acc).expand(x.shape[:2]).reshape(view)

@@ -51,6 +51,18 @@ def _per_plane(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape + (1,) * (x.dim() - 2))
 
 
+def normalized_reference(x, eps: float) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps)`` per (n, c) plane, the part the references of instance norm, AdaIN and SPADE
+    share; in float64 for float32/float64 x (the ``impl="ref"`` fallback is as exact as possible) and float32 for
+    float16/bfloat16. The caller modulates it in this dtype and casts to x's."""
+    acc = torch.float64 if x.dtype in (torch.float32, torch.float64) else torch.float32
+    xf = x.to(acc)
+    dims = plane_dims(x)
+    mean = xf.mean(dim=dims, keepdim=True)
+    var = (xf - mean).square().mean(dim=dims, keepdim=True)
+    return (xf - mean) * torch.rsqrt(var + eps)
+
+
 def instance_norm_reference(x, weight=None, bias=None, eps: float = 1e-5):
     """``F.instance_norm`` with batch statistics, written out and differentiable by autograd (``impl="ref"``).
 
@@ -63,12 +75,8 @@ def instance_norm_reference(x, weight=None, bias=None, eps: float = 1e-5):
         ``(N, C, *spatial)`` in ``x``'s dtype; computed in float64 for float32/float64 inputs (this is the fallback
         users get without compiled kernels, so it is as exact as possible) and float32 for float16/bfloat16.
     """
-    acc = torch.float64 if x.dtype in (torch.float32, torch.float64) else torch.float32
-    xf = x.to(acc)
-    dims = plane_dims(x)
-    mean = xf.mean(dim=dims, keepdim=True)
-    var = (xf - mean).square().mean(dim=dims, keepdim=True)
-    y = (xf - mean) * torch.rsqrt(var + eps)
+    y = normalized_reference(x, eps)
+    acc = y.dtype
     shape = (1, -1) + (1,) * (x.dim() - 2)
     if weight is not None:
         y = y * weight.to(acc).reshape(shape)

@@ -19,7 +19,7 @@ from .. import _backend
 from ._family import check_eps
 from .group_norm import check_map, group_norm, is_per_channel
 from .instance_norm import check_norm_input, instance_norm
-from .instance_norm_ref import plane_dims
+from .instance_norm_ref import normalized_reference
 
 __all__ = ["spatial_adaptive_norm", "spatial_adaptive_norm_reference"]
 
@@ -27,11 +27,8 @@ __all__ = ["spatial_adaptive_norm", "spatial_adaptive_norm_reference"]
 def spatial_adaptive_norm_reference(x, gamma, beta=None, eps: float = 1e-5) -> torch.Tensor:
     """SPADE written out in plain PyTorch (``impl="ref"``); computed in float64 for float32/float64 inputs and
     float32 for float16/bfloat16, returned in x's dtype."""
-    acc = torch.float64 if x.dtype in (torch.float32, torch.float64) else torch.float32
-    xf = x.to(acc)
-    dims = plane_dims(x)
-    mean = xf.mean(dim=dims, keepdim=True)
-    xhat = (xf - mean) * torch.rsqrt((xf - mean).square().mean(dim=dims, keepdim=True) + eps)
+    xhat = normalized_reference(x, eps)
+    acc = xhat.dtype
     y = xhat * (1 + gamma.to(acc)) if gamma is not None else xhat
     if beta is not None:
         y = y + beta.to(acc)
