@@ -173,3 +173,14 @@ def test_tracked_stats_with_other_channel_count_is_an_error(channels, training):
     with pytest.warns(UserWarning, match="num_features"), pytest.raises(ValueError, match="running_mean"):
         m(torch.randn(2, channels, 5, 5) + 1)
     torch.testing.assert_close(m.running_mean, before)
+
+
+def test_eval_with_running_stats_rejects_negative_eps_as_training_does():
+    # Training mode (the kernels) refused eps < 0; eval with tracked stats (plain elementwise torch) computed
+    # rsqrt(running_var + eps) with it: eps=-0.5 silently scaled by sqrt(2), eps=-1 gave all NaN.
+    m = fastgan.nn.InstanceNorm2d(3, eps=-0.5, track_running_stats=True)
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="eps"):
+        m(x)
+    with pytest.raises(ValueError, match="eps"):
+        m.eval()(x)

@@ -47,6 +47,8 @@ class _FastInstanceNorm:
 
     def _normalize_with_running_stats(self, input: torch.Tensor) -> torch.Tensor:
         # Eval with tracked stats is a fixed per-channel affine: no reduction, so plain elementwise torch is right.
+        if not self.eps >= 0:  # the kernels' check, which this path does not reach
+            raise ValueError(f"fastgan: eps must be >= 0, got {self.eps}")
         shape = (1, -1) + (1,) * (input.dim() - 2)
         acc = torch.float64 if input.dtype == torch.float64 else torch.float32
         scale = torch.rsqrt(self.running_var.to(acc) + self.eps)
