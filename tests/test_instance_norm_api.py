@@ -184,3 +184,16 @@ def test_eval_with_running_stats_rejects_negative_eps_as_training_does():
         m(x)
     with pytest.raises(ValueError, match="eps"):
         m.eval()(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_eval_with_running_stats_rejects_non_float_input_as_training_does(dtype):
+    # Eval with tracked stats normalised in float32 and cast back to x's dtype: an int64 input came back as
+    # truncated int64 values (bool as all True, complex with a zero imaginary part), where training mode and
+    # torch's module raise.
+    m = fastgan.nn.InstanceNorm2d(3, track_running_stats=True)
+    x = torch.randint(0, 5, (2, 3, 4, 4)).to(dtype)
+    with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64"):
+        m(x)
+    with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64"):
+        m.eval()(x)

@@ -47,7 +47,10 @@ class _FastInstanceNorm:
 
     def _normalize_with_running_stats(self, input: torch.Tensor) -> torch.Tensor:
         # Eval with tracked stats is a fixed per-channel affine: no reduction, so plain elementwise torch is right.
-        if not self.eps >= 0:  # the kernels' check, which this path does not reach
+        # The kernels' checks, which this path does not reach:
+        if input.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(f"fastgan: x must be float16, bfloat16, float32 or float64, got {input.dtype}")
+        if not self.eps >= 0:
             raise ValueError(f"fastgan: eps must be >= 0, got {self.eps}")
         shape = (1, -1) + (1,) * (input.dim() - 2)
         acc = torch.float64 if input.dtype == torch.float64 else torch.float32
