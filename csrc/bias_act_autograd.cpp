@@ -17,6 +17,8 @@
 #include <optional>
 #include <vector>
 
+#include "op_handle.h"
+
 namespace fastgan {
 namespace {
 
@@ -32,22 +34,9 @@ using BwdSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optio
 using DbwdSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                            int64_t, double, double, double, int64_t);
 
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-const c10::TypedOperatorHandle<FwdSig>& fwd_op() {
-  static const auto h = op_handle<FwdSig>("fastgan::bias_act_fwd");
-  return h;
-}
-const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
-  static const auto h = op_handle<BwdSig>("fastgan::bias_act_bwd");
-  return h;
-}
-const c10::TypedOperatorHandle<DbwdSig>& dbwd_op() {
-  static const auto h = op_handle<DbwdSig>("fastgan::bias_act_dbwd");
-  return h;
-}
+FASTGAN_OP_HANDLE(fwd_op, FwdSig, "bias_act_fwd")
+FASTGAN_OP_HANDLE(bwd_op, BwdSig, "bias_act_bwd")
+FASTGAN_OP_HANDLE(dbwd_op, DbwdSig, "bias_act_dbwd")
 
 // gx summed over every dim but `dim`, in the accumulation dtype, returned in bias's dtype (reduce_to_bias).
 at::Tensor reduce_to_bias(const at::Tensor& gx, int64_t dim, const at::Tensor& bias) {

@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <tuple>
 
+#include "op_handle.h"
+
 namespace fastgan {
 namespace {
 
@@ -27,22 +29,9 @@ using FwdSig = Tensor2(const at::Tensor&, int64_t, double);
 using BwdSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double);
 using DbwdSig = Tensor2(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double);
 
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-const c10::TypedOperatorHandle<FwdSig>& fwd_op() {
-  static const auto h = op_handle<FwdSig>("fastgan::grad_penalty_fwd");
-  return h;
-}
-const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
-  static const auto h = op_handle<BwdSig>("fastgan::grad_penalty_bwd");
-  return h;
-}
-const c10::TypedOperatorHandle<DbwdSig>& dbwd_op() {
-  static const auto h = op_handle<DbwdSig>("fastgan::grad_penalty_dbwd");
-  return h;
-}
+FASTGAN_OP_HANDLE(fwd_op, FwdSig, "grad_penalty_fwd")
+FASTGAN_OP_HANDLE(bwd_op, BwdSig, "grad_penalty_bwd")
+FASTGAN_OP_HANDLE(dbwd_op, DbwdSig, "grad_penalty_dbwd")
 
 void save_args(AutogradContext* ctx, int64_t kind, double target) {
   ctx->saved_data["kind"] = kind;

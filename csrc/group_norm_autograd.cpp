@@ -14,6 +14,8 @@
 #include <tuple>
 #include <utility>
 
+#include "op_handle.h"
+
 namespace fastgan {
 namespace {
 
@@ -29,14 +31,8 @@ using BwdSig = Tensor5(const at::Tensor&, const at::Tensor&, const at::Tensor&, 
 
 constexpr int64_t kLinear = 0;
 
-const c10::TypedOperatorHandle<FwdSig>& fwd_op() {
-  static const auto h = c10::Dispatcher::singleton().findSchemaOrThrow("fastgan::group_norm_fwd", "").typed<FwdSig>();
-  return h;
-}
-const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
-  static const auto h = c10::Dispatcher::singleton().findSchemaOrThrow("fastgan::group_norm_bwd", "").typed<BwdSig>();
-  return h;
-}
+FASTGAN_OP_HANDLE(fwd_op, FwdSig, "group_norm_fwd")
+FASTGAN_OP_HANDLE(bwd_op, BwdSig, "group_norm_bwd")
 
 OptTensor opt(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
@@ -126,10 +122,7 @@ Tensor3 group_norm_fwd_autograd(const at::Tensor& x, const at::Tensor& scale, co
 // ~50 us more backward on a 2-core CPU, as much as the kernels at UNet sizes (2x256x16x16).
 using WbSig = Tensor3(const at::Tensor&, const OptTensor&, const OptTensor&, int64_t, double, int64_t, double);
 
-const c10::TypedOperatorHandle<WbSig>& wb_op() {
-  static const auto h = c10::Dispatcher::singleton().findSchemaOrThrow("fastgan::group_norm_wb", "").typed<WbSig>();
-  return h;
-}
+FASTGAN_OP_HANDLE(wb_op, WbSig, "group_norm_wb")
 
 // weight and bias as the kernels' (N, C) float64 scale and shift (ones and zeros where absent). Without grad to
 // record, one broadcasting copy each; with `record` (the create_graph backward below), to + expand + contiguous,

@@ -26,6 +26,7 @@
 #include "group_norm_api.h"
 #include "instance_norm_loops.h"
 #include "norm_common.h"
+#include "op_handle.h"
 
 namespace fastgan {
 namespace {
@@ -285,22 +286,9 @@ using BwdSig = Tensor3(const at::Tensor&, const at::Tensor&, const at::Tensor&, 
 using DbwdSig = Tensor3(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double);
 
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-const c10::TypedOperatorHandle<FwdSig>& fwd_op() {
-  static const auto h = op_handle<FwdSig>("fastgan::instance_norm_fwd");
-  return h;
-}
-const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
-  static const auto h = op_handle<BwdSig>("fastgan::instance_norm_bwd");
-  return h;
-}
-const c10::TypedOperatorHandle<DbwdSig>& dbwd_op() {
-  static const auto h = op_handle<DbwdSig>("fastgan::instance_norm_dbwd");
-  return h;
-}
+FASTGAN_OP_HANDLE(fwd_op, FwdSig, "instance_norm_fwd")
+FASTGAN_OP_HANDLE(bwd_op, BwdSig, "instance_norm_bwd")
+FASTGAN_OP_HANDLE(dbwd_op, DbwdSig, "instance_norm_dbwd")
 
 inline variable_list as_list(Tensor3&& t) {
   return {std::move(std::get<0>(t)), std::move(std::get<1>(t)), std::move(std::get<2>(t))};
