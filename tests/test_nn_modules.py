@@ -1,4 +1,5 @@
-"""fastgan.nn modules as drop-ins for their torch.nn counterparts: constructor arguments and state_dicts."""
+"""fastgan.nn modules as drop-ins for their torch.nn counterparts: constructor arguments, state_dicts, errors."""
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,3 +23,13 @@ def test_group_norm_takes_torchs_bias_keyword():
         g = torch.randn_like(y)
         for a, b in zip(torch.autograd.grad(y, (x, ours.weight), g), torch.autograd.grad(ref, (x, theirs.weight), g)):
             torch.testing.assert_close(a, b)
+
+
+def test_group_norm_rank_error_names_the_ranks_the_module_takes():
+    # The module takes (N, C) and any higher rank (viewed as (N, C, L)); a 0-D or 1-D input got the op's message
+    # "x must be 3-D, 4-D or 5-D", which names neither the module's argument nor what it accepts.
+    m = fastgan.nn.GroupNorm(2, 4)
+    for x in (torch.randn(4), torch.tensor(1.0)):
+        with pytest.raises(ValueError, match=r"GroupNorm: input must be \(N, C, \*\) with at least 2 dims"):
+            m(x)
+    assert m(torch.randn(3, 4)).shape == (3, 4) and m(torch.randn(1, 4, 1, 1, 1, 2)).shape == (1, 4, 1, 1, 1, 2)

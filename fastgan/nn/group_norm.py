@@ -40,6 +40,9 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, input: torch.Tensor, scale: torch.Tensor | None = None,
                 shift: torch.Tensor | None = None) -> torch.Tensor:
         x = input
+        if x.dim() < 2:
+            raise ValueError(f"fastgan.nn.GroupNorm: input must be (N, C, *) with at least 2 dims, got {x.dim()}-D of "
+                             f"shape {tuple(x.shape)}")
         if x.dim() == 2 or x.dim() > 5:  # (N, C) or (N, C, d1..dk): the statistics do not depend on the view
             x = x.reshape(x.shape[0], x.shape[1], -1)
         y = group_norm(x, self.num_groups, self.weight, self.bias, self.eps, scale=scale, shift=shift, act=self.act,
