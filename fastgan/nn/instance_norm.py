@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops._family import check_eps, check_float_tensor
 from ..ops.instance_norm import instance_norm, instance_norm_stats
 
 
@@ -47,11 +48,8 @@ class _FastInstanceNorm:
 
     def _normalize_with_running_stats(self, input: torch.Tensor) -> torch.Tensor:
         # Eval with tracked stats is a fixed per-channel affine: no reduction, so plain elementwise torch is right.
-        # The kernels' checks, which this path does not reach:
-        if input.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-            raise TypeError(f"fastgan: x must be float16, bfloat16, float32 or float64, got {input.dtype}")
-        if not self.eps >= 0:
-            raise ValueError(f"fastgan: eps must be >= 0, got {self.eps}")
+        check_float_tensor(input, "x")  # the ops' checks, which this path does not reach
+        check_eps(self.eps)
         shape = (1, -1) + (1,) * (input.dim() - 2)
         acc = torch.float64 if input.dtype == torch.float64 else torch.float32
         scale = torch.rsqrt(self.running_var.to(acc) + self.eps)
