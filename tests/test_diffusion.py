@@ -230,6 +230,32 @@ def test_schedules():
         NoiseSchedule(torch.tensor([0.1, 1.5]))
 
 
+def test_zero_terminal_snr_schedule():
+    # Lin et al. 2023: sqrt(abar) shifted to end at 0 and scaled to keep its start; the last beta is 1.
+    base = NoiseSchedule.scaled_linear(1000)
+    z = base.rescale_zero_terminal_snr()
+    assert z.zero_terminal_snr and not base.zero_terminal_snr
+    assert z.betas[-1].item() == 1.0 and z.alphas_cumprod[-1].item() == 0.0
+    assert z.alphas_cumprod[0].item() == pytest.approx(base.alphas_cumprod[0].item(), rel=1e-12)
+    root, root0 = z.alphas_cumprod.sqrt(), base.alphas_cumprod.sqrt()
+    shifted = (root0 - root0[-1]) * root0[0] / (root0[0] - root0[-1])
+    torch.testing.assert_close(root, shifted, rtol=1e-12, atol=1e-15)
+    for bad in ([0.1, 1.0, 0.2], [0.1, 1.5], [0.0, 0.5]):  # a beta of 1 only last
+        with pytest.raises(ValueError, match="betas must be"):
+            NoiseSchedule(torch.tensor(bad))
+    # An eps model cannot give x0 where abar = 0 (x0 = (x - eps) / 0): int and per-sample CPU t are refused.
+    x, m = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    for step in (lambda t: ddpm_step(x, m, t, z), lambda t: ddim_step(x, m, t, 900, z)):
+        for t in (999, torch.tensor([5, 999])):
+            with pytest.raises(ValueError, match="zero-terminal-SNR"):
+                step(t)
+        assert torch.isfinite(step(998)).all()
+    # v and x0 models step from there: x0 = sqrt(abar) x - sqrt(1 - abar) v = -v
+    for impl in _backend.live_impls("diffusion_step", "cpu"):
+        torch.testing.assert_close(ddim_step(x, m, 999, -1, z, prediction="v", impl=impl), -m)
+        torch.testing.assert_close(ddim_step(x, m, 999, -1, z, prediction="x0", impl=impl), m)
+
+
 def test_bad_input_gets_a_clear_error():
     x = torch.randn(2, 3, 4, 4)
     with pytest.raises(ValueError, match=r"t must be in \[0, 1000\)"):

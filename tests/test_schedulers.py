@@ -128,6 +128,33 @@ def test_ddim_loop_equals_diffusers(dif, prediction_type, set_alpha_to_one, eta)
         assert_close(got_x0, want_x0, f"ddim x0 eta={eta} {kw}")
 
 
+@pytest.mark.parametrize("prediction_type", PREDICTIONS)
+@pytest.mark.parametrize("spacing", ["trailing", "leading"])
+def test_zero_terminal_snr_loops_equal_diffusers(dif, prediction_type, spacing):
+    # rescale_betas_zero_snr: alphas_cumprod[999] = 0 (it raised NotImplementedError before). An eps model cannot
+    # step from t = 999 (x0 = (x - eps) / 0: diffusers returns inf/NaN there); "trailing" spacing starts there.
+    base = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True,
+                prediction_type=prediction_type, timestep_spacing=spacing, clip_sample=False)
+    for theirs, ours, kw in ((dif.DDPMScheduler, FusedDDPMScheduler, {}), (dif.DDIMScheduler, FusedDDIMScheduler,
+                                                                           {"eta": 0.5})):
+        a, b = theirs(**base), ours(**base)
+        assert torch.equal(a.betas, b.betas) and torch.equal(a.alphas_cumprod, b.alphas_cumprod)
+        assert b.alphas_cumprod[-1].item() == 0.0 and b.schedule.zero_terminal_snr
+        a.set_timesteps(12)
+        b.set_timesteps(12)
+        model = toy_model(prediction_type, a.alphas_cumprod)
+        if prediction_type == "epsilon" and spacing == "trailing":
+            assert a.timesteps[0].item() == 999
+            with pytest.raises(ValueError, match="zero-terminal-SNR"):
+                run_loop(b, model, x_T(), seed=2, **kw)
+            assert not torch.isfinite(run_loop(a, model, x_T(), seed=2, **kw)[1][0]).all()  # what it replaces
+            continue
+        want, want_x0 = run_loop(a, model, x_T(), seed=2, **kw)
+        got, got_x0 = run_loop(b, model, x_T(), seed=2, **kw)
+        assert_close(got, want, f"zero-snr {theirs.__name__} {base}")
+        assert_close(got_x0, want_x0, f"zero-snr x0 {theirs.__name__} {base}")
+
+
 def test_noise_is_drawn_as_diffusers_randn_tensor(dif):
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -201,7 +228,7 @@ def test_swaps_into_a_diffusers_pipeline(dif):
 
 
 def test_unsupported_options_raise_clearly():
-    for kw in ({"thresholding": True}, {"rescale_betas_zero_snr": True}, {"variance_type": "learned"},
+    for kw in ({"thresholding": True}, {"variance_type": "learned"},
                {"variance_type": "learned_range"}, {"variance_type": "fixed_large_log"}, {"beta_schedule": "laplace"}):
         with pytest.raises(NotImplementedError, match="fastgan"):
             FusedDDPMScheduler(**kw)

@@ -21,17 +21,24 @@ class NoiseSchedule:
         alphas: ``1 - betas``.
         alphas_cumprod: ``(T,)`` float64 cumulative products, decreasing from ``alphas[0]``.
         num_steps: ``T``.
+        zero_terminal_snr: whether the last beta is 1 (``alphas_cumprod[T - 1] = 0``).
 
-    Build one with :meth:`linear`, :meth:`scaled_linear` or :meth:`cosine`, or pass any betas in ``(0, 1)``.
+    Build one with :meth:`linear`, :meth:`scaled_linear` or :meth:`cosine`, or pass any betas in ``(0, 1)``. The
+    last beta may be 1: a zero-terminal-SNR schedule (Lin et al. 2023, :meth:`rescale_zero_terminal_snr`), whose
+    ``alphas_cumprod[T - 1]`` is 0, so ``x_{T-1}`` is pure noise. An eps-prediction model cannot give x0 there
+    (``x0 = (x - eps) / 0``): the steps refuse ``t = T - 1`` with ``prediction="eps"`` (use ``"v"``).
     """
 
     def __init__(self, betas: torch.Tensor):
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten().cpu()
-        if betas.numel() < 1 or not bool(((betas > 0) & (betas < 1)).all()):
-            raise ValueError(f"fastgan: betas must be a non-empty sequence in (0, 1); got {betas.numel()} values "
-                             f"in [{betas.min().item() if betas.numel() else 'n/a'}, "
+        inner = betas[:-1]
+        if (betas.numel() < 1 or not bool(((inner > 0) & (inner < 1)).all())
+                or not 0 < betas[-1].item() <= 1):
+            raise ValueError(f"fastgan: betas must be a non-empty sequence in (0, 1) (the last may be 1); got "
+                             f"{betas.numel()} values in [{betas.min().item() if betas.numel() else 'n/a'}, "
                              f"{betas.max().item() if betas.numel() else 'n/a'}]")
         self.betas = betas
+        self.zero_terminal_snr = betas[-1].item() == 1.0  # alphas_cumprod[T - 1] = 0
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         # abar with a leading 1 so that index t_prev + 1 = 0 reads "before the first step".
@@ -65,6 +72,12 @@ class NoiseSchedule:
         betas = [min(1 - abar((i + 1) / num_steps) / abar(i / num_steps), max_beta) for i in range(num_steps)]
         return cls(torch.tensor(betas, dtype=torch.float64))
 
+    def rescale_zero_terminal_snr(self) -> "NoiseSchedule":
+        """This schedule with zero terminal SNR (Lin et al. 2023, Algorithm 1): ``sqrt(alphas_cumprod)`` shifted so
+        its last value is 0 and scaled so its first is unchanged, in float64 (diffusers' ``rescale_betas_zero_snr``
+        does the same in float32: :class:`~fastgan.diffusion.FusedDDPMScheduler` follows it there)."""
+        return NoiseSchedule(_zero_terminal_snr_betas(self.betas))
+
     # -------------------------------------------------------------------------------------------- lookups
     def tables(self, device: torch.device) -> torch.Tensor:
         """``(3, T + 1)`` float64 on ``device``: rows ``abar_ext`` (1 then alphas_cumprod), ``betas`` and
@@ -79,3 +92,14 @@ class NoiseSchedule:
     def __repr__(self) -> str:
         return (f"NoiseSchedule(num_steps={self.num_steps}, beta[0]={self.betas[0].item():.3g}, "
                 f"beta[-1]={self.betas[-1].item():.3g}, alphas_cumprod[-1]={self.alphas_cumprod[-1].item():.3g})")
+
+
+def _zero_terminal_snr_betas(betas: torch.Tensor) -> torch.Tensor:
+    """Betas (in their own dtype) whose ``sqrt(alphas_cumprod)`` is the input's, minus its last value and scaled
+    back to the first: the last beta comes out 1."""
+    root = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    abar = root**2
+    alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+    return 1 - alphas

@@ -13,8 +13,8 @@ dtype and device rules), so a seeded loop gives the same samples up to float rou
 evaluates them in float64, diffusers in float32).
 
 diffusers itself is not imported: it is optional. Options the fused step cannot express raise
-``NotImplementedError`` naming the option (dynamic thresholding, zero-terminal-SNR rescaling, learned variances,
-``use_clipped_model_output`` with clipping).
+``NotImplementedError`` naming the option (dynamic thresholding, learned variances, ``use_clipped_model_output``
+with clipping).
 
 Saving: these classes are not diffusers' ``SchedulerMixin`` (that would make diffusers a dependency), so
 ``pipe.save_pretrained`` skips them and a saved pipeline would not reload. Swap diffusers' scheduler back first;
@@ -30,7 +30,7 @@ import inspect
 import numpy as np
 import torch
 
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, _zero_terminal_snr_betas
 from .steps import ddim_step, ddpm_step, step_coefficients
 
 __all__ = ["FusedDDPMScheduler", "FusedDDIMScheduler", "SchedulerConfig", "SchedulerStepOutput"]
@@ -166,15 +166,14 @@ class _FusedScheduler:
         if c.thresholding:
             raise NotImplementedError("fastgan: thresholding=True (dynamic thresholding needs a per-sample "
                                       "quantile the fused step does not compute); use clip_sample instead")
-        if c.rescale_betas_zero_snr:
-            raise NotImplementedError("fastgan: rescale_betas_zero_snr=True (a final beta of 1 is outside "
-                                      "NoiseSchedule's (0, 1))")
         if c.timestep_spacing not in _SPACINGS:
             raise ValueError(f"fastgan: timestep_spacing must be one of {_SPACINGS}, got {c.timestep_spacing!r}")
         if c.clip_sample and not c.clip_sample_range > 0:
             raise ValueError(f"fastgan: clip_sample_range must be > 0, got {c.clip_sample_range}")
         self.betas = diffusers_betas(c.num_train_timesteps, c.beta_start, c.beta_end, c.beta_schedule,
                                      c.trained_betas)
+        if c.rescale_betas_zero_snr:  # diffusers rescales its float32 betas: the same calls, the same bits
+            self.betas = _zero_terminal_snr_betas(self.betas)
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # float32, as diffusers (models trained on these)
         self.schedule = schedule_from_alphas_cumprod(self.alphas_cumprod)
@@ -289,8 +288,10 @@ class FusedDDPMScheduler(_FusedScheduler):
         clip_sample, clip_sample_range: clamp the predicted x0 to ``[-range, range]``.
         prediction_type: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``.
         timestep_spacing, steps_offset: how :meth:`set_timesteps` spaces the inference timesteps.
-        thresholding, rescale_betas_zero_snr: must be False (NotImplementedError); dynamic_thresholding_ratio and
-            sample_max_value are accepted and unused.
+        rescale_betas_zero_snr: zero terminal SNR (``alphas_cumprod[-1] = 0``; an ``"epsilon"`` model then
+            cannot step from the last timestep, which a ``"trailing"`` spacing visits: ValueError).
+        thresholding: must be False (NotImplementedError); dynamic_thresholding_ratio and sample_max_value are
+            accepted and unused.
     """
 
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,

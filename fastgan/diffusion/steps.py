@@ -79,6 +79,12 @@ def step_coefficients(kind: str, schedule: NoiseSchedule, t: torch.Tensor, t_pre
         variance: DDPM only: ``"fixed_small"`` (posterior variance) or ``"fixed_large"`` (beta).
         eta: DDIM only: 0 is deterministic DDIM, 1 matches DDPM's posterior variance.
     """
+    if prediction == "eps" and schedule.zero_terminal_snr and t.device.type == "cpu" \
+            and not torch.compiler.is_compiling() and bool((t == schedule.num_steps - 1).any()):
+        # x0 = (x - eps) / 0 (NaN where diffusers gives inf/NaN silently). Device t: not checked (a host sync).
+        raise ValueError(f"fastgan: prediction='eps' cannot step from t = {schedule.num_steps - 1} of a "
+                         "zero-terminal-SNR schedule (alphas_cumprod is 0 there, x_t is pure noise and "
+                         "x0 = (x_t - eps) / 0); use a 'v' (or 'x0') model, or start below the last timestep")
     tab = schedule.tables(t.device)
     abar = tab[0].index_select(0, t + 1)
     abar_prev = tab[0].index_select(0, t_prev + 1)
