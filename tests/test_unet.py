@@ -70,6 +70,18 @@ def test_class_conditioning_and_null_class():
         UNet(in_channels=1, base_channels=8, channel_mult=(1,), attn_resolutions=(), img_size=8)(x, t, t)
 
 
+def test_class_labels_of_any_integer_dtype():
+    # _check accepts any integer y ("an (N,) integer tensor"), but nn.Embedding takes only int64/int32 indices:
+    # uint8, int8 and int16 labels failed after the check with Embedding's "argument #1 'indices'" error.
+    model = UNet(in_channels=1, base_channels=4, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(),
+                 num_classes=3, num_heads=1, img_size=4)
+    randomize_zero_inits(model)
+    x, t, y = torch.randn(3, 1, 4, 4), torch.tensor([1, 50, 900]), torch.tensor([0, 3, 2])
+    ref = model(x, t, y)
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        torch.testing.assert_close(model(x, t, y.to(dtype)), ref, rtol=0, atol=0)
+
+
 def test_gradients_flow_to_every_parameter():
     model = UNet(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
                  num_classes=2, num_heads=2, img_size=8, dropout=0.1)

@@ -239,7 +239,7 @@ class UNet(nn.Module):
                                  f"({self.num_classes} = null class), got {y.min().item()}..{y.max().item()}")
         else:  # no host sync on accelerators (nor a graph break when traced): an asynchronous assert
             torch._assert_async(((y >= 0) & (y <= self.num_classes)).all(), "fastgan: UNet class label out of range")
-        return t, y
+        return t, y.long()  # nn.Embedding takes int64/int32 indices only
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict eps (or x0/v, whatever it was trained for).
