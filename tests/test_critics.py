@@ -120,6 +120,23 @@ def test_stargan_discriminator_domain_selection():
         D(torch.randn(5, 3, 32, 32, dtype=F64), y)
 
 
+def test_activation_modules_equal_torch_for_every_shape():
+    # critics.LeakyReLU and stargan_v2_blocks.ReLU are F.leaky_relu / F.relu on bias_act, whose checks refused a 1-D
+    # input ("dim must be in [-1, 1) for 1-D x, got 1": a dim the caller never passed; there is no bias), a 0-D one
+    # and an empty batch.
+    from fastgan.models.critics import LeakyReLU
+    from fastgan.models.stargan_v2_blocks import ReLU
+
+    for ours, theirs in ((LeakyReLU(0.2), lambda t: F.leaky_relu(t, 0.2)), (ReLU(), F.relu)):
+        for x in (torch.randn(5), torch.tensor(-1.5), torch.randn(0, 3), torch.randn(0, 3, 4, 4), torch.randn(2, 3, 4)):
+            x = x.requires_grad_()
+            y = ours(x)
+            assert torch.equal(y, theirs(x))
+            if x.numel():
+                (g,) = torch.autograd.grad(y.sum(), x)
+                assert torch.equal(g, torch.autograd.grad(theirs(x).sum(), x)[0])
+
+
 def test_resblk_formula():
     blk = ResBlk(4, 6, normalize=True, downsample=True).double()
     assert isinstance(blk.norm1, fastgan.nn.InstanceNorm2d) and blk.norm1.affine

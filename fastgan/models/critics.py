@@ -55,6 +55,8 @@ class LeakyReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # fastgan's fused activation: its backward and double backward are kernels too, which a gradient
         # penalty through the critic needs. (Folding the preceding conv bias into it is a later step.)
+        if x.dim() < 2 or x.numel() == 0:  # bias_act refuses these (its bias dim, empty input); no kernel needed
+            return F.leaky_relu(x, self.negative_slope)
         return bias_act(x, None, "lrelu", alpha=self.negative_slope, gain=1.0)
 
     def extra_repr(self) -> str:
