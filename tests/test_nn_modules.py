@@ -33,3 +33,36 @@ def test_group_norm_rank_error_names_the_ranks_the_module_takes():
         with pytest.raises(ValueError, match=r"GroupNorm: input must be \(N, C, \*\) with at least 2 dims"):
             m(x)
     assert m(torch.randn(3, 4)).shape == (3, 4) and m(torch.randn(1, 4, 1, 1, 1, 2)).shape == (1, 4, 1, 1, 1, 2)
+
+
+def test_modules_compile_with_dynamic_shapes():
+    # torch.compile(dynamic=True, fullgraph=True) failed on BiasAct (math.isfinite of the symbolic alpha/gain) and on
+    # AdaIN / GroupNorm with a scale (the (N, C) check, written `a in (1, b)`, was False for symbolic sizes).
+    torch.manual_seed(0)
+    cases = [
+        (fastgan.nn.BiasAct(4, act="lrelu"), lambda n: (torch.randn(n, 4, 5, 3),), {}),
+        (fastgan.nn.AdaIN(8, 4), lambda n: (torch.randn(n, 4, 5, 3), torch.randn(n, 8)), {}),
+        (fastgan.nn.GroupNorm(2, 4, act="silu"), lambda n: (torch.randn(n, 4, 5, 3),),
+         {"scale": lambda n: torch.randn(n, 4), "shift": lambda n: torch.randn(n, 4)}),
+    ]
+    for module, make, extra in cases:
+        compiled = torch.compile(module, fullgraph=True, backend="eager", dynamic=True)
+        for n in (2, 3):
+            args = make(n)
+            kw = {k: f(n) for k, f in extra.items()}
+            torch.testing.assert_close(compiled(*args, **kw), module(*args, **kw))
+    penalty = torch.compile(fastgan.ops.grad_penalty, fullgraph=True, backend="eager", dynamic=True)
+    for n in (2, 3):
+        g = torch.randn(n, 3, 4, 4)
+        torch.testing.assert_close(penalty(g, "wgan-gp", 0.5), fastgan.ops.grad_penalty(g, "wgan-gp", 0.5))
+
+
+def test_non_finite_act_settings_are_refused_under_compile_too():
+    # Under torch.compile the Python check defers to the op's own (a dynamic float cannot be read at trace time).
+    for impl in fastgan._backend.live_impls("bias_act_fwd", "cpu"):
+        if impl == "ref":
+            continue
+        f = torch.compile(lambda x, a: fastgan.ops.bias_act(x, None, "lrelu", alpha=a, impl=impl), fullgraph=True,
+                          backend="eager", dynamic=True)
+        with pytest.raises((ValueError, RuntimeError), match="finite"):
+            f(torch.randn(2, 3), float("inf"))

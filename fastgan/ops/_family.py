@@ -10,6 +10,7 @@ sentence from bias_act, instance_norm or group_norm); each op keeps its own orde
 """
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 from typing import Callable, Sequence
 
@@ -41,6 +42,15 @@ def check_device_and_dtype(p: torch.Tensor, name: str, x: torch.Tensor) -> None:
     if p.dtype not in FLOAT_DTYPES:
         raise TypeError(f"fastgan: {name} must be a floating tensor, got {p.dtype}")
 
+
+def check_finite(what: str, **values: float) -> None:
+    """ValueError unless every value is finite. Under torch.compile the check waits for the op's own run-time check
+    (the C++ op's TORCH_CHECK, the Triton op's Python body, both calling this): with dynamic=True a float argument
+    is a graph input, and reading it at trace time would fail (math.isfinite of a symbolic float) or specialise."""
+    if torch.compiler.is_compiling():
+        return
+    if not all(math.isfinite(v) for v in values.values()):
+        raise ValueError(f"fastgan: {what}, got " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 def check_eps(eps) -> float:
     """``eps`` as a float; a ValueError when it is negative or NaN (``not eps >= 0`` is true for both)."""

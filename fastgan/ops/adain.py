@@ -29,7 +29,8 @@ def _as_per_plane(p, name: str, x: torch.Tensor) -> torch.Tensor | None:
     q = p
     while q.dim() > 2 and q.shape[-1] == 1:  # trailing spatial singletons of a (N, C, 1, 1) map
         q = q.squeeze(-1)
-    if q.dim() > 2 or not all(a in (1, b) for a, b in zip(q.shape[::-1], (c, n))):
+    # `a == 1 or a == b`, not `a in (1, b)`: Dynamo evaluates tuple membership of symbolic sizes as False.
+    if q.dim() > 2 or not all(a == 1 or a == b for a, b in zip(q.shape[::-1], (c, n))):
         raise ValueError(
             f"fastgan: {name} must have shape (N, C) = ({n}, {c}) (or (N, C, 1, ...), or broadcast to it, e.g. "
             f"({c},)) to match x of shape {tuple(x.shape)}, got {tuple(p.shape)}"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
-from ._family import check_device_and_dtype, check_float_tensor, check_optional_tensor
+from ._family import check_device_and_dtype, check_finite, check_float_tensor, check_optional_tensor
 from .bias_act_kernels import ACT_CODES, acc_dtype, kernel_ops
 
 ACT_ALIASES = {"swish": "silu"}
@@ -36,8 +36,7 @@ def resolve_act(act: str, alpha=None, gain=None) -> tuple[str, float, float]:
     name = ACT_ALIASES.get(act, act)
     alpha = (0.2 if name == "lrelu" else 0.0) if alpha is None else float(alpha)
     gain = (math.sqrt(2.0) if name in ("relu", "lrelu") else 1.0) if gain is None else float(gain)
-    if not (math.isfinite(alpha) and math.isfinite(gain)):  # every impl, as the C++ op checks it
-        raise ValueError(f"fastgan: alpha and gain must be finite, got alpha={alpha}, gain={gain}")
+    check_finite("alpha and gain must be finite", alpha=alpha, gain=gain)  # every impl, as the C++ op checks it
     return name, alpha, gain
 
 

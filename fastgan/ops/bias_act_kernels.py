@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from .. import _backend
-from ._family import KernelFamily, register_formulas
+from ._family import KernelFamily, check_finite, register_formulas
 
 OP_NAMES = ("bias_act_fwd", "bias_act_bwd", "bias_act_dbwd")
 # Activation name -> the integer code the kernels take.
@@ -80,6 +80,7 @@ def _triton_module():
 @torch.library.custom_op("fastgan::bias_act_fwd_triton", mutates_args=())
 def _fwd_triton(x: torch.Tensor, bias: Optional[torch.Tensor], act: int, alpha: float, gain: float, clamp: float,
                 dim: int) -> torch.Tensor:
+    check_finite("alpha and gain must be finite", alpha=alpha, gain=gain)  # the check traced code defers
     return _triton_module().forward(x, bias, act, alpha, gain, clamp, dim)
 
 

@@ -24,12 +24,11 @@ the Triton one), the backward reads it once more and writes ``gx``; the per-samp
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
 from .. import _backend
-from ._family import check_float_tensor
+from ._family import check_finite, check_float_tensor
 from .bias_act_kernels import acc_dtype
 from .grad_penalty_kernels import HALF_SQUARE, TWO_SIDED, kernel_ops
 
@@ -69,8 +68,7 @@ def _check(grad, kind, target) -> tuple[int, float]:
                          "of at least one element")
     code = KIND_CODES[canonical_kind(kind)]
     target = float(target)
-    if not math.isfinite(target):
-        raise ValueError(f"fastgan: target must be finite, got {target}")
+    check_finite("target must be finite", target=target)
     return code, target
 
 

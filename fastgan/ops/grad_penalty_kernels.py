@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
-from ._family import KernelFamily, register_formulas
+from ._family import KernelFamily, check_finite, register_formulas
 from .bias_act_kernels import acc_dtype, is_dense
 
 OP_NAMES = ("grad_penalty_fwd", "grad_penalty_bwd", "grad_penalty_dbwd")
@@ -79,6 +79,7 @@ def _triton_module():
 
 @torch.library.custom_op("fastgan::grad_penalty_fwd_triton", mutates_args=())
 def _fwd_triton(grad: torch.Tensor, kind: int, target: float) -> tuple[torch.Tensor, torch.Tensor]:
+    check_finite("target must be finite", target=target)  # the check traced code defers
     return _triton_module().forward(grad, kind, target)
 
 
