@@ -45,12 +45,14 @@ def check_device_and_dtype(p: torch.Tensor, name: str, x: torch.Tensor) -> None:
 
 def check_finite(what: str, **values: float) -> None:
     """ValueError unless every value is finite. Under torch.compile the check waits for the op's own run-time check
-    (the C++ op's TORCH_CHECK, the Triton op's Python body, both calling this): with dynamic=True a float argument
-    is a graph input, and reading it at trace time would fail (math.isfinite of a symbolic float) or specialise."""
+    (the C++ op's TORCH_CHECK; the Triton op's Python body, which calls this outside the trace): with dynamic=True
+    a float argument is a graph input, and reading it at trace time would fail (math.isfinite of a symbolic float)
+    or specialise the graph on its value."""
     if torch.compiler.is_compiling():
         return
     if not all(math.isfinite(v) for v in values.values()):
         raise ValueError(f"fastgan: {what}, got " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
 
 def check_eps(eps) -> float:
     """``eps`` as a float; a ValueError when it is negative or NaN (``not eps >= 0`` is true for both)."""
