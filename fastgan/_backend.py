@@ -137,6 +137,10 @@ def select(op_name: str, device: torch.device, impl: str | None = None) -> str:
     """
     wanted = impl if impl is not None else _forced_impl.get()
     dev = device.type
+    if wanted is None and torch._C._are_functorch_transforms_active():
+        # Inside torch.func.grad / vjp / vmap: the kernels' autograd (C++ Functions, and the Python formulas
+        # torch.library attaches to the Triton ops) does not support functorch's transforms, the reference does.
+        return "ref"
     if wanted is None:
         # The automatic choice depends only on (op, device type): memoised, since this runs on every op call and
         # the probe path (TRITON_INTERPRET lookup, availability keys) cost ~3 µs per call on a 2-core CPU.
