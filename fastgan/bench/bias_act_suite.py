@@ -128,3 +128,43 @@ def bias_act_silu_cases(opts: SuiteOptions):
         fastgan=_fastgan_silu, make_inputs=_make_inputs, bytes_floor=bytes_floor,
         bytes_detail=lambda m: "2E + P" if m == "fwd" else "5E + 2P", targets=_silu_targets,
     )
+
+
+# ------------------------------------------------------------------------ the other activations, forward only
+OTHER_ACTS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu}
+
+
+def _other_notes(act: str) -> str:
+    return f"""
+bias + {act} forward, measured so that every activation bias_act offers has a row (the suites above cover lrelu and
+silu). eager is `{act}(x + b.view(1, C, 1, 1))` (two passes); bytes floor 2E + P. No goal: on CPU the C++ gelu
+calls libm's erf per element (scalar), and tanh's vectorised polynomial is slower than eager's. CPU default preset:
+batch {CPU_BATCH}, fp32, contiguous.
+"""
+
+
+def _register_other(act: str) -> None:
+    fn = OTHER_ACTS[act]
+
+    def eager(x, b):
+        return fn(x + b.view(1, -1, 1, 1))
+
+    def fastgan(impl: str):
+        from .. import ops
+
+        return functools.partial(ops.bias_act, act=act, impl=impl)
+
+    def combos(device: str, preset: str) -> list[tuple]:
+        return [c for c in _silu_matrix(device, preset) if c[0] == "fwd"]
+
+    @register_suite(f"bias_act_{act}", ops=("bias_act_fwd",), notes=_other_notes(act))
+    def cases(opts: SuiteOptions):
+        return standard_cases(
+            f"bias_act_{act}", opts, combos(opts.device, opts.preset), op="bias_act_fwd", eager=eager,
+            fastgan=fastgan, make_inputs=_make_inputs, bytes_floor=bytes_floor, bytes_detail=lambda m: "2E + P",
+            targets=lambda *a: (),
+        )
+
+
+for _act in OTHER_ACTS:
+    _register_other(_act)
