@@ -29,7 +29,7 @@
 namespace fastgan {
 namespace {
 
-// Coefficients per sample, (a_x, g, r, c_0, b_x, b_m, c_z): NUM_COEF in fastgan/diffusion/steps.py.
+// Coefficients per sample, (a_x, g, r, c_0, b_x, b_m, c_z): NUM_COEF in fastgan/diffusion/step_kernels.py.
 constexpr int64_t kNumCoef = 7;
 
 // `t` in x's memory layout and dtype (a no-op in the usual case).

@@ -59,9 +59,10 @@ def test_modules_compile_with_dynamic_shapes():
 
 def test_non_finite_act_settings_are_refused_under_compile_too():
     # Under torch.compile the Python check defers to the op's own (a dynamic float cannot be read at trace time).
-    for impl in fastgan._backend.live_impls("bias_act_fwd", "cpu"):
-        if impl == "ref":
-            continue
+    kernels = [i for i in fastgan._backend.live_impls("bias_act_fwd", "cpu") if i != "ref"]
+    if not kernels:
+        pytest.skip("no compiled or interpreted-Triton bias_act on CPU: the deferred check has nothing to run")
+    for impl in kernels:
         f = torch.compile(lambda x, a: fastgan.ops.bias_act(x, None, "lrelu", alpha=a, impl=impl), fullgraph=True,
                           backend="eager", dynamic=True)
         with pytest.raises((ValueError, RuntimeError), match="finite"):

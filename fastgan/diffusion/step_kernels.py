@@ -19,12 +19,15 @@ from .. import _backend
 from ..ops._layout import canonical, empty_like_layout, is_channels_last, match_layout
 
 
+NUM_COEF = 7  # coefficients per sample, (a_x, g, r, c_0, b_x, b_m, c_z): fastgan.diffusion.steps; kNumCoef in C++
+
+
 def _check_coef(x: torch.Tensor, coef: torch.Tensor) -> None:
     """The compiled op's check: the Triton kernel indexes the table unchecked, so a wrong width is refused here."""
     n = x.shape[0] if x.dim() else 0
-    if coef.dim() != 2 or coef.shape[1] != 7 or coef.shape[0] not in (n, 1):
-        raise RuntimeError(f"fastgan::diffusion_step: coef must be (N, 7) = ({n}, 7) or (1, 7), "
-                           f"got {list(coef.shape)}")
+    if coef.dim() != 2 or coef.shape[1] != NUM_COEF or coef.shape[0] not in (n, 1):
+        raise RuntimeError(f"fastgan::diffusion_step: coef must be (N, {NUM_COEF}) = ({n}, {NUM_COEF}) or "
+                           f"(1, {NUM_COEF}), got {list(coef.shape)}")
 
 
 @torch.library.custom_op("fastgan::diffusion_step_triton", mutates_args=())

@@ -47,12 +47,12 @@ import torch
 
 from .. import _backend
 from . import philox, step_kernels
+from .step_kernels import NUM_COEF
 from .schedule import NoiseSchedule
 
 __all__ = ["ddpm_step", "ddim_step", "step_coefficients", "fused_step", "fused_step_reference"]
 
 PREDICTIONS = ("eps", "x0", "v")
-NUM_COEF = 7  # coefficients per sample: (a_x, g, r, c_0, b_x, b_m, c_z)
 
 
 def _as_index(t, n: int, device: torch.device, name: str, num_steps: int, allow_minus_one: bool) -> torch.Tensor:
