@@ -4,8 +4,9 @@
 //   bwd:   gx  = gy * gain * f'(z) * m
 //   dbwd:  gx2 = ggx * gy * gain * f''(z) * m
 // f is computed as eager PyTorch's CPU kernels do (exact erf gelu, 1 / (1 + exp(-z)) sigmoid, x / (1 + exp(-x))
-// silu, std::tanh); the derivatives avoid eager's cancellations: tanh' = 4e / (1 + e)^2 (e = exp(-2|z|)) instead of
-// 1 - tanh^2, and sigmoid(-z) computed directly instead of 1 - sigmoid(z). The forward computes in float (double
+// silu, std::tanh), except where eager cancels: gelu's Phi(z) is erfc(-z / sqrt2) / 2 for z < 0 rather than
+// (1 + erf) / 2, tanh' = 4e / (1 + e)^2 (e = exp(-2|z|)) instead of 1 - tanh^2, and sigmoid(-z) is computed directly
+// instead of 1 - sigmoid(z). The forward computes in float (double
 // for double input), the two gradient kernels in double.
 //
 // Memory is read as it is when x is dense in any dimension order (contiguous, channels_last, transposed): then
@@ -51,7 +52,7 @@ constexpr bool kFast = !std::is_same_v<T, double>;
 // FAST (every input dtype but float64): exp and tanh from vec_math.h, so the loops vectorise (libm is a call per
 // element: the C++ kernel ran tanh/sigmoid/silu 5-7x slower than eager, whose math is vectorised). Float math
 // uses exp_f and tanh_f (~1 ulp, as eager's Sleef exp and tanh; the gradients' tanh is tanh_d). float64 input keeps
-// libm (exact to its last bit, which gradcheck and the float64 tolerance rule see). gelu's erf stays libm's.
+// libm (exact to its last bit, which gradcheck and the float64 tolerance rule see), erf included.
 // FMA: whether the ISA clone running the loop has FMA; then the float exp rounds its multiply-adds once
 // (ExpRangeT<true>, vec_math.h).
 template <bool FMA>
@@ -76,6 +77,21 @@ FASTGAN_ALWAYS_INLINE A tanh_of(A x, const Vk<FMA>& k) {
   else return tanh_d(x, k.d);
 }
 
+// gelu's Phi(z) and the Gaussian factor g = e^(-z^2 / 2). FAST: from the normal tail h = Phi(-|z|) (vec_math.h),
+// Phi = h or 1 - h, computed in A; else libm's erf, as eager's float64 kernel.
+template <bool FAST, typename A, bool FMA>
+FASTGAN_ALWAYS_INLINE A normal_cdf(A z, A& g, const Vk<FMA>& k) {
+  if constexpr (!FAST) {
+    g = std::exp(A(-0.5) * z * z);
+    return A(0.5) * (A(1) + std::erf(z * A(M_SQRT1_2)));
+  } else {
+    A h;
+    if constexpr (std::is_same_v<A, float>) h = normal_tail_f(std::abs(z), g, k.f);
+    else h = normal_tail_d(std::abs(z), g, k.d);
+    return z < A(0) ? h : A(1) - h;
+  }
+}
+
 template <int64_t ACT, bool FAST, typename A, bool FMA>
 FASTGAN_ALWAYS_INLINE A act_f(A z, A alpha, const Vk<FMA>& k) {
   if constexpr (ACT == kRelu) return z < A(0) ? A(0) : z;  // -0.0 stays -0.0, as torch.relu
@@ -88,7 +104,10 @@ FASTGAN_ALWAYS_INLINE A act_f(A z, A alpha, const Vk<FMA>& k) {
     // exp_f/exp_d clamp their argument, so -inf / (1 + e^88) gave -inf; eager's -inf / (1 + inf) is NaN.
     return z == -std::numeric_limits<A>::infinity() ? std::numeric_limits<A>::quiet_NaN() : v;
   }
-  if constexpr (ACT == kGelu) return z * A(0.5) * (A(1) + std::erf(z * A(M_SQRT1_2)));
+  if constexpr (ACT == kGelu) {
+    A g;
+    return z * normal_cdf<FAST>(z, g, k);
+  }
   return z;
 }
 
@@ -129,9 +148,9 @@ FASTGAN_ALWAYS_INLINE A act_d1(A z, A alpha, const Vk<FMA>& k) {
                                                                : s * (A(1) + z * sc);
   }
   if constexpr (ACT == kGelu) {
-    const A cdf = A(0.5) * (A(1) + std::erf(z * A(M_SQRT1_2)));
-    const A pdf = std::exp(A(-0.5) * z * z) * A(0.5 * M_2_SQRTPI * M_SQRT1_2);
-    return cdf + z * pdf;
+    A g;
+    const A cdf = normal_cdf<FAST>(z, g, k);
+    return cdf + z * (g * A(0.5 * M_2_SQRTPI * M_SQRT1_2));
   }
   return A(1);
 }
@@ -147,7 +166,7 @@ FASTGAN_ALWAYS_INLINE A act_d2(A z, A alpha, const Vk<FMA>& k) {
                                                                : s * sc * (A(2) + z * (sc - s));
   }
   if constexpr (ACT == kGelu) {
-    const A pdf = std::exp(A(-0.5) * z * z) * A(0.5 * M_2_SQRTPI * M_SQRT1_2);
+    const A pdf = exp_of<FAST>(A(-0.5) * z * z, k) * A(0.5 * M_2_SQRTPI * M_SQRT1_2);
     return pdf * (A(2) - z * z);
   }
   return A(0) * z;  // piecewise linear: 0 (NaN for NaN z)
@@ -199,8 +218,8 @@ FASTGAN_TARGET_AVX512 void chunk_avx512(const Params& p, const A* bias, int64_t 
   chunk_runs<true>(p, bias, begin, end, run);
 }
 
-// run over [0, numel) in parallel. VEC: whether the loop vectorises at all (every activation but gelu, whose erf is
-// a libm call per element: it gains nothing from a wider ISA and gets only the baseline clone).
+// run over [0, numel) in parallel. VEC: whether the loop vectorises at all (all but float64 gelu, whose erf is a libm
+// call per element: it gains nothing from a wider ISA and gets only the baseline clone).
 template <bool VEC, typename A, typename Run>
 void for_each_run(const Params& p, const A* bias, const Run& run) {
   const Isa isa = VEC ? cpu_isa() : kIsaBase;
@@ -239,7 +258,7 @@ template <typename T, int64_t ACT, bool CLAMP>
 void fwd_kernel(const T* x, const acc_t<T>* bias, T* y, const Params& p) {
   using A = acc_t<T>;
   const FwdRun<T, ACT, CLAMP> run{x, y, A(p.alpha), A(p.gain), A(p.clamp)};
-  for_each_run<(ACT != kGelu)>(p, bias, run);
+  for_each_run<(ACT != kGelu || kFast<T>)>(p, bias, run);
 }
 
 // MODE 1: out = g * gain * f'(z) * m; MODE 2: out = g * h * gain * f''(z) * m. Computed in double for every
@@ -296,7 +315,7 @@ template <typename T, int64_t ACT, bool CLAMP, int MODE>
 void grad_kernel(const T* g, const T* h, const T* x, const grad_acc_t<ACT, T>* bias, T* out, const Params& p) {
   using A = grad_acc_t<ACT, T>;
   const GradRun<T, ACT, CLAMP, MODE> run{g, h, x, out, A(p.alpha), A(p.gain), A(p.clamp)};
-  for_each_run<(ACT != kGelu)>(p, bias, run);
+  for_each_run<(ACT != kGelu || kFast<T>)>(p, bias, run);
 }
 
 // Compile-time activation and clamp flag from the runtime arguments.

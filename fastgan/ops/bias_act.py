@@ -128,16 +128,18 @@ CPU_EAGER_ACTS = ("tanh", "sigmoid", "silu", "gelu")
 def _prefer_eager_math(name: str, x: torch.Tensor, bias) -> bool:
     """Whether automatic selection on CPU takes the plain-PyTorch formula over the C++ kernel for this call.
 
-    gelu: always (the kernel's erf is a libm call per element; eager's is vectorised, ~12x faster). tanh: always (the
-    kernel's float tanh, within 1.02 ulp, costs an exp and a polynomial per element: 0.96x eager's bias add + tanh on
-    2x512x32x32 fp32, 0.74x on 2x64x256x256, 2 threads, cold inputs). sigmoid, silu: when autograd records the call.
-    Their forward is vectorised (an FMA exp) and beats eager's bias add + activation (same setting, sigmoid: 277 vs
-    365 us on 2x512x32x32, 2,400 vs 3,283 us on 2x64x256x256), but their gradients compute in float64 (the formulas
-    chain roundings that cost ulps in float32) and ran 1.3-2x eager's float32 backward on in-cache tensors; so training
-    keeps PyTorch's kernels and inference gets the fused one."""
+    tanh: always (on a 2-core Intel Xeon the kernel's float tanh, within 1.02 ulp, ran 0.96x eager's bias add + tanh
+    on 2x512x32x32 fp32 and 0.74x on 2x64x256x256; on a 2-core AMD EPYC, whose eager tanh is slow, it ran 5.7x and
+    2.4x the reference: the choice is per machine and this keeps the conservative one). sigmoid, silu, gelu: when
+    autograd records the call. Their forward is vectorised (an FMA exp; gelu's normal tail, vec_math.h) and fused
+    with the bias add: against the reference, AMD EPYC, 2 threads, fp32, 1x64x32x32 / 2x512x32x32 / 2x64x256x256:
+    sigmoid 1.64x / 1.64x / 1.86x, silu 1.76x / 1.70x / 1.65x, gelu 1.62x / 0.89x / 1.88x. Their gradients compute in
+    float64 (the formulas chain roundings that cost ulps in float32): forward + backward ran 0.79-1.14x (sigmoid),
+    0.89-1.46x (silu) and 0.59-1.14x (gelu) the reference's, so training keeps PyTorch's kernels and inference gets
+    the fused one."""
     if name not in CPU_EAGER_ACTS:
         return False
-    if name in ("gelu", "tanh"):
+    if name == "tanh":
         return True
     return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
 
@@ -149,7 +151,9 @@ def bias_act_reference(x, bias=None, act: str = "lrelu", alpha=None, gain=None, 
     z = x.to(acc_dtype(x.dtype))
     if bias is not None:
         z = z + _bias_view(bias.to(z.dtype), x, dim % x.dim())
-    y = _f(z, name, alpha) * gain
+    y = _f(z, name, alpha)
+    if gain != 1.0:  # x * 1.0 is x bit for bit; skipping it saves a pass and an allocation (CPU auto path)
+        y = y * gain
     if clamp is not None and clamp >= 0:
         y = y.clamp(-clamp, clamp)
     return y.to(x.dtype)
@@ -200,7 +204,7 @@ def bias_act(x, bias=None, act: str = "lrelu", alpha=None, gain=None, clamp=None
             gradient (as ``torch.clamp``: values exactly at the bound pass it). None: no clamp.
         dim: the dim of x that ``bias`` runs along (negative counts from the end).
         impl: ``"ref"``, ``"cpp"`` or ``"triton"`` to pin an implementation; None chooses by device (CPU: C++,
-            except gelu and tanh always and, when autograd records the call, sigmoid/silu: those take the
+            except tanh always and, when autograd records the call, sigmoid/silu/gelu: those take the
             plain-PyTorch formula, whose vectorised float32 math is faster there; CUDA: Triton; see
             :func:`fastgan.use_impl`).
 
