@@ -82,11 +82,16 @@ TORCH_LIBRARY(fastgan, m) {
 // A plain Python module so `import fastgan._C` loads the library and registers the ops above.
 // CUDA_ARCHS records what the CUDA kernels were compiled for (empty in a CPU-only build); CPU_ISA which clones of
 // the CPU kernels' inner loops this process runs (cpu_isa.h: "baseline", "avx2" or "avx512"; the same detection and
-// ATEN_CPU_CAPABILITY cap as the kernels, so benchmark reports can say what they measured).
+// ATEN_CPU_CAPABILITY cap as the kernels, so benchmark reports can say what they measured). ABI_VERSION is the
+// contract with fastgan/_backend.py's EXTENSION_ABI: bump both when a kernel's inputs change meaning without a schema
+// change (a table's layout, an argument's units). A build from older source then loads as stale and the ops fall back
+// to the reference with a warning to rebuild, instead of reading new inputs the old way. 1: the diffusion step's
+// 7-coefficient table.
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastgan compiled ops", -1, nullptr};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr) {
+    PyModule_AddIntConstant(module, "ABI_VERSION", 1);
     PyModule_AddStringConstant(module, "CUDA_ARCHS", FASTGAN_CUDA_ARCHS);
     const fastgan::Isa isa = fastgan::cpu_isa();
     PyModule_AddStringConstant(module, "CPU_ISA",

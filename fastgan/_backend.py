@@ -38,11 +38,30 @@ def warn_once(key: str, message: str) -> None:
         warnings.warn(f"fastgan: {message}", RuntimeWarning, stacklevel=3)
 
 
+# The ABI_VERSION that fastgan._C must report (csrc/fastgan.cpp says when it changes). An extension built from older
+# source (an editable install not rebuilt after a pull) is refused as a whole: its kernels may read new inputs the old
+# way, a silent wrong result, so the ops take the reference until it is rebuilt.
+EXTENSION_ABI = 1
+
+
+def stale_extension_error(module) -> str | None:
+    """Why ``module`` (the imported ``fastgan._C``) does not match this source, or None when it does."""
+    abi = getattr(module, "ABI_VERSION", None)
+    if abi == EXTENSION_ABI:
+        return None
+    built = "an unversioned build" if abi is None else f"ABI {abi}"
+    return (f"fastgan._C is stale: {built}, this source needs ABI {EXTENSION_ABI}; rebuild it with "
+            "`pip install --no-build-isolation .` (or `python setup.py build_ext --inplace` in a checkout)")
+
+
 def _load_extension() -> bool:
     if "ext" not in _state:
         try:
-            importlib.import_module("fastgan._C")
-            _state["ext"] = True
+            stale = stale_extension_error(importlib.import_module("fastgan._C"))
+            _state["ext"] = stale is None
+            if stale is not None:
+                _state["ext_error"] = stale
+                warn_once("ext", f"{stale}. Until then the ops use the plain-PyTorch reference.")
         except Exception as exc:  # ImportError, or an undefined symbol from a torch it was not built against
             _state["ext"] = False
             _state["ext_error"] = f"{type(exc).__name__}: {exc}"

@@ -363,16 +363,3 @@ def test_infinite_input_as_the_reference(device, impl):
         want = ddim_step(torch.ones_like(m), m, 500, 480, SCHED, prediction=pred, clip_x0=1.0, impl="ref")
         assert not got.isfinite().any()
         torch.testing.assert_close(got, want, equal_nan=True)
-
-
-def test_an_extension_older_than_the_7_coefficient_layout_is_named(monkeypatch):
-    from fastgan.diffusion import step_kernels
-
-    class Old:  # what an extension built before 6aaf11e raises for every (N, 7) table
-        def __call__(self, *args):
-            raise RuntimeError("fastgan::diffusion_step: coef must be (N, 8) = (1, 8) or (1, 8), got [1, 7]")
-
-    monkeypatch.setattr(torch.ops.fastgan, "diffusion_step", Old(), raising=False)
-    x = torch.randn(1, 4)
-    with pytest.raises(RuntimeError, match="predates the diffusion step's 7-coefficient layout"):
-        step_kernels.compiled_step(x, x, None, None, torch.zeros(1, 7), 1.0, 0.0)

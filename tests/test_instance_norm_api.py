@@ -136,6 +136,23 @@ def test_info_command_lists_backends(capsys):
         assert f"CPU kernels: {_backend.cpu_kernel_isa()} code" in out
 
 
+def test_a_stale_extension_is_refused_with_a_rebuild_message(monkeypatch):
+    """An extension built from older source (no ABI_VERSION, or another one) is not used at all, since its kernels
+    could read new inputs the old way (the diffusion step's table changed layout once): the ops take the reference
+    and the warning, and `fastgan info`, say to rebuild."""
+    import types
+
+    assert _backend.stale_extension_error(types.SimpleNamespace(ABI_VERSION=_backend.EXTENSION_ABI)) is None
+    for old in (types.SimpleNamespace(), types.SimpleNamespace(ABI_VERSION=_backend.EXTENSION_ABI - 1)):
+        assert "rebuild it" in _backend.stale_extension_error(old)
+    monkeypatch.setattr(_backend, "_state", {})
+    monkeypatch.setattr(_backend, "_warned", set())
+    monkeypatch.setattr(_backend, "importlib", types.SimpleNamespace(import_module=lambda name: types.SimpleNamespace()))
+    with pytest.warns(RuntimeWarning, match="stale: an unversioned build.*rebuild it"):
+        assert not _backend.has_kernel("instance_norm_fwd", "CPU")
+    assert "stale" in _backend.extension_error()
+
+
 # ---------------------------------------------------------------------------------------------- modules
 @pytest.mark.parametrize("cls_name,shape", [("InstanceNorm1d", (3, 5, 17)), ("InstanceNorm2d", (3, 5, 7, 6)),
                                             ("InstanceNorm3d", (2, 5, 3, 4, 5))])

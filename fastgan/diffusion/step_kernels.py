@@ -131,27 +131,12 @@ def has_compiled_philox(device: torch.device) -> bool:
 
 
 def compiled_step(x, m, u, z, coef, guidance: float, clip: float) -> torch.Tensor:
-    try:
-        return torch.ops.fastgan.diffusion_step(x, m, u, z, coef, guidance, clip)
-    except RuntimeError as err:
-        _explain_stale_extension(err)
-        raise
+    # An extension built before the 7-coefficient table is refused at load (_backend.EXTENSION_ABI), not here.
+    return torch.ops.fastgan.diffusion_step(x, m, u, z, coef, guidance, clip)
 
 
 def compiled_step_philox(x, m, u, seed, coef, guidance: float, clip: float) -> torch.Tensor:
-    try:
-        return torch.ops.fastgan.diffusion_step_philox(x, m, u, seed, coef, guidance, clip)
-    except RuntimeError as err:
-        _explain_stale_extension(err)
-        raise
-
-
-def _explain_stale_extension(err: RuntimeError) -> None:
-    """An extension built before the 7-coefficient step refuses every table with "coef must be (N, 8)": say why."""
-    if "coef must be (N, 8)" in str(err):
-        raise RuntimeError("fastgan: the compiled extension predates the diffusion step's 7-coefficient layout "
-                           "(it asks for 8 per sample): rebuild it (pip install --no-build-isolation . or "
-                           "python setup.py build_ext --inplace)") from err
+    return torch.ops.fastgan.diffusion_step_philox(x, m, u, seed, coef, guidance, clip)
 
 
 register_compiled()
