@@ -42,17 +42,18 @@ def per_plane_affine(x: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torch
     anything else that broadcasts to ``(N, C)`` (AdaIN's per-sample affine); either may be None."""
     n, c = x.shape[:2]
     acc = acc_dtype(x.dtype)
-    # Expanding in float64 makes autograd add the N per-plane gradients of weight/bias in float64: one rounding
-    # at the end instead of one per sample (the (N, C) tensors are tiny).
-    if weight is None:
-        scale = torch.ones((n, c), dtype=acc, device=x.device)
-    else:
-        scale = weight.to(torch.float64).expand(n, c).to(acc).contiguous()
-    if bias is None:
-        shift = torch.zeros((n, c), dtype=acc, device=x.device)
-    else:
-        shift = bias.to(torch.float64).expand(n, c).to(acc).contiguous()
-    return scale, shift
+    return _plane_param(weight, n, c, acc, x.device, 1.0), _plane_param(bias, n, c, acc, x.device, 0.0)
+
+
+def _plane_param(p, n: int, c: int, acc: torch.dtype, device, fill: float) -> torch.Tensor:
+    if p is None:
+        return torch.full((n, c), fill, dtype=acc, device=device)
+    if p.requires_grad and torch.is_grad_enabled():
+        # Expanding in float64 makes autograd add the N per-plane gradients of weight/bias in float64: one rounding
+        # at the end instead of one per sample (the (N, C) tensors are tiny).
+        return p.to(torch.float64).expand(n, c).to(acc).contiguous()
+    # The same values (p -> float64 is exact) in two ops instead of four: they were most of a small call's overhead.
+    return p.to(acc).expand(n, c).contiguous()
 
 
 def _forward(x, weight, bias, eps, impl):
