@@ -78,17 +78,22 @@ FASTGAN_ALWAYS_INLINE A tanh_of(A x, const Vk<FMA>& k) {
 }
 
 // gelu's Phi(z) and the Gaussian factor g = e^(-z^2 / 2). FAST: from the normal tail h = Phi(-|z|) (vec_math.h),
-// Phi = h or 1 - h, computed in A; else libm's erf, as eager's float64 kernel.
+// Phi = h or 1 - h, computed in A (in float, 1/2 + z P(z^2) below |z| = 1.5); else libm's erf, as eager's float64
+// kernel.
 template <bool FAST, typename A, bool FMA>
 FASTGAN_ALWAYS_INLINE A normal_cdf(A z, A& g, const Vk<FMA>& k) {
   if constexpr (!FAST) {
     g = std::exp(A(-0.5) * z * z);
     return A(0.5) * (A(1) + std::erf(z * A(M_SQRT1_2)));
   } else {
-    A h;
-    if constexpr (std::is_same_v<A, float>) h = normal_tail_f(std::abs(z), g, k.f);
-    else h = normal_tail_d(std::abs(z), g, k.d);
-    return z < A(0) ? h : A(1) - h;
+    if constexpr (std::is_same_v<A, float>) {
+      const float h = normal_tail_f(std::abs(z), g, k.f);
+      const float small = normal_cdf_small_f<FMA>(z);  // the tail form's float error grows toward z = 0
+      return std::abs(z) < 1.5f ? small : (z < 0.0f ? h : 1.0f - h);
+    } else {
+      const A h = normal_tail_d(std::abs(z), g, k.d);
+      return z < A(0) ? h : A(1) - h;
+    }
   }
 }
 
@@ -166,8 +171,11 @@ FASTGAN_ALWAYS_INLINE A act_d2(A z, A alpha, const Vk<FMA>& k) {
                                                                : s * sc * (A(2) + z * (sc - s));
   }
   if constexpr (ACT == kGelu) {
-    const A pdf = exp_of<FAST>(A(-0.5) * z * z, k) * A(0.5 * M_2_SQRTPI * M_SQRT1_2);
-    return pdf * (A(2) - z * z);
+    // g from normal_cdf (its CDF is dead code here) rather than exp_of: exp_d's clamp made g = e^-708 at z = +-inf,
+    // so f'' came out -inf where eager's 0 * inf is NaN.
+    A g;
+    normal_cdf<FAST>(z, g, k);
+    return g * A(0.5 * M_2_SQRTPI * M_SQRT1_2) * (A(2) - z * z);
   }
   return A(0) * z;  // piecewise linear: 0 (NaN for NaN z)
 }

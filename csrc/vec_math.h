@@ -134,13 +134,14 @@ FASTGAN_VEC_INLINE double tanh_d(double x, const ExpRangeD& er) {
 // relative precision: no 1 + erf cancellation, which leaves eager's float gelu 100% off below z ~ -5.5. Also sets
 // g = e^(-a^2 / 2), the normal density's factor, which the gradients need. With u = a / sqrt2, 2h = erfc(u) =
 // t g Q(t), t = 1 / (1 + 5u/16) and Q a polynomial in x = (142 t - 87) / 55, interpolated at Chebyshev nodes for u in
-// [0, 11] by tools/fit_gelu_cdf.py: in float of degree 10 (max relative error 1.2e-9), in double of degree 14
-// (6.6e-13, for results rounded to float). Float gelu measured within 9.5 ulps for |z| < 2 (t's rounding, amplified
-// ~3x by Q near t = 1), 12.3 to z = -5 and 68 at z = -12.5 (Phi ~ 1e-36), where the exponent a^2 / 2, rounded to
-// half an ulp of itself, dominates; splitting a^2 into hi + lo with an FMA fixed that tail but cost 10% of the loop. One division and one exp, so the loops vectorise,
-// where libm's erf is a call per element (the kernel ran gelu at 0.13x eager). g is 0 where -a^2 / 2 is below the
-// exp's clamp (h is under any float there), not the clamp's e^-87 stand-in, which would leave a spurious tail. NaN
-// in, NaN out.
+// [0, 11] by tools/fit_gelu_cdf.py: in double of degree 14 (6.6e-13, for results rounded to float); in float of
+// degree 10 (1.2e-9 with exact coefficients, 2.4-3.3 ulps with float ones and arithmetic for a > 1.5, and up to ~6
+// near a = 0, where Q amplifies t's rounding: normal_cdf_small_f covers |z| < 1.5). Far out the exponent a^2 / 2,
+// rounded to half an ulp of itself, dominates: the float gelu measured 12.3 ulps to z = -5 and 68 at z = -12.5
+// (Phi ~ 1e-36); splitting a^2 into hi + lo with an FMA fixed that but cost 10% of the loop. One division and one
+// exp, so the loops vectorise, where libm's erf is a call per element (the kernel ran gelu at 0.13x eager). g is 0
+// where -a^2 / 2 is below the exp's clamp (float: a > 13.2, where gelu is a denormal under 6e-39 or zero; eager
+// gives 0 too), not the clamp's e^-87 stand-in, which would leave a spurious tail. NaN in, NaN out.
 template <bool FMA>
 FASTGAN_VEC_INLINE float normal_tail_f(float a, float& g, const ExpRangeT<FMA>& er) {
   const float t = 1.0f / mul_add<FMA>(a, 0.2209708691207961f, 1.0f);  // 5 / (16 sqrt2)
@@ -182,6 +183,23 @@ FASTGAN_VEC_INLINE double normal_tail_d(double a, double& g, const ExpRangeD& er
   const double e = -0.5 * (a * a);
   g = e < er.lo ? 0.0 : exp_d(e, er);
   return 0.5 * t * g * q;
+}
+
+// Phi(z) for |z| < 1.5 in float: 1/2 + z P(z^2), P(s) = erf(sqrt(s/2)) / (2 sqrt s) of degree 7, interpolated at
+// Chebyshev nodes of s in [0, 2.25] (tools/fit_gelu_cdf.py; 9e-11 relative, ~1.7 ulps in float arithmetic). Exact
+// 1/2 at z = 0 and within a few ulps where the tail form's Q amplifies t's rounding (7.8 ulps near 0; eager 1.6).
+template <bool FMA>
+FASTGAN_VEC_INLINE float normal_cdf_small_f(float z) {
+  const float s = z * z;
+  float p = -2.5314708773483076e-08f;
+  p = mul_add<FMA>(p, s, 6.127693397109196e-07f);
+  p = mul_add<FMA>(p, s, -9.34772334231218e-06f);
+  p = mul_add<FMA>(p, s, 0.00011533497175857129f);
+  p = mul_add<FMA>(p, s, -0.0011872719588870298f);
+  p = mul_add<FMA>(p, s, 0.009973541329341168f);
+  p = mul_add<FMA>(p, s, -0.06649037839457818f);
+  p = mul_add<FMA>(p, s, 0.3989422803720631f);
+  return mul_add<FMA>(z, p, 0.5f);
 }
 
 }  // namespace

@@ -128,18 +128,21 @@ CPU_EAGER_ACTS = ("tanh", "sigmoid", "silu", "gelu")
 def _prefer_eager_math(name: str, x: torch.Tensor, bias) -> bool:
     """Whether automatic selection on CPU takes the plain-PyTorch formula over the C++ kernel for this call.
 
-    tanh: always (on a 2-core Intel Xeon the kernel's float tanh, within 1.02 ulp, ran 0.96x eager's bias add + tanh
-    on 2x512x32x32 fp32 and 0.74x on 2x64x256x256; on a 2-core AMD EPYC, whose eager tanh is slow, it ran 5.7x and
-    2.4x the reference: the choice is per machine and this keeps the conservative one). sigmoid, silu, gelu: when
-    autograd records the call. Their forward is vectorised (an FMA exp; gelu's normal tail, vec_math.h) and fused
-    with the bias add: against the reference, AMD EPYC, 2 threads, fp32, 1x64x32x32 / 2x512x32x32 / 2x64x256x256:
-    sigmoid 1.64x / 1.64x / 1.86x, silu 1.76x / 1.70x / 1.65x, gelu 1.62x / 0.89x / 1.88x. Their gradients compute in
-    float64 (the formulas chain roundings that cost ulps in float32): forward + backward ran 0.79-1.14x (sigmoid),
-    0.89-1.46x (silu) and 0.59-1.14x (gelu) the reference's, so training keeps PyTorch's kernels and inference gets
-    the fused one."""
+    Measured against the reference (what this selects) on a 2-core AMD EPYC, 2 threads, fp32, for 1x64x32x32 /
+    2x512x32x32 / 2x64x256x256:
+
+    - tanh: always. The kernel's float tanh, within 1.02 ulp, ran 5.7x and 2.4x the reference on the AMD EPYC (whose
+      eager tanh is slow) but 0.96x and 0.74x eager's bias add + tanh on a 2-core Intel Xeon: the conservative choice.
+    - gelu: always. The kernel's normal CDF (vec_math.h: an exp, a division and two polynomials, so that it keeps a
+      few ulps near 0 and relative precision in the negative tail, where eager's 1 + erf cancels) ran 1.16x / 0.66x
+      / 1.86x the reference: slower where tensors fit in cache. ``impl="cpp"`` pins it for its accuracy.
+    - sigmoid, silu: when autograd records the call. Their forward is vectorised (an FMA exp) and fused with the bias
+      add: 1.64x / 1.64x / 1.86x (sigmoid) and 1.76x / 1.70x / 1.65x (silu) the reference. Their gradients compute in
+      float64 (the formulas chain roundings that cost ulps in float32): forward + backward ran 0.79-1.13x (sigmoid)
+      and 0.89-1.46x (silu) the reference's, so training keeps PyTorch's kernels and inference gets the fused one."""
     if name not in CPU_EAGER_ACTS:
         return False
-    if name == "tanh":
+    if name in ("gelu", "tanh"):
         return True
     return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
 
@@ -156,7 +159,8 @@ def bias_act_reference(x, bias=None, act: str = "lrelu", alpha=None, gain=None, 
         y = y * gain
     if clamp is not None and clamp >= 0:
         y = y.clamp(-clamp, clamp)
-    return y.to(x.dtype)
+    y = y.to(x.dtype)
+    return y.clone() if y is x else y  # linear, no bias, gain 1: a new tensor all the same, as every other path
 
 
 def _check(x, bias, clamp, dim) -> int:
@@ -204,7 +208,7 @@ def bias_act(x, bias=None, act: str = "lrelu", alpha=None, gain=None, clamp=None
             gradient (as ``torch.clamp``: values exactly at the bound pass it). None: no clamp.
         dim: the dim of x that ``bias`` runs along (negative counts from the end).
         impl: ``"ref"``, ``"cpp"`` or ``"triton"`` to pin an implementation; None chooses by device (CPU: C++,
-            except tanh always and, when autograd records the call, sigmoid/silu/gelu: those take the
+            except gelu and tanh always and, when autograd records the call, sigmoid/silu: those take the
             plain-PyTorch formula, whose vectorised float32 math is faster there; CUDA: Triton; see
             :func:`fastgan.use_impl`).
 
