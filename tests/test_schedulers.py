@@ -211,6 +211,49 @@ def test_from_config_takes_diffusers_configs_and_back(dif):
         ours.config.nope
 
 
+@pytest.mark.parametrize("cls", [FusedDDPMScheduler, FusedDDIMScheduler])
+def test_save_pretrained_round_trip(cls, tmp_path):
+    """save_pretrained writes diffusers' scheduler_config.json (diffusers' class name, trained_betas as a list);
+    from_pretrained reads the folder, the file, or a pipeline folder's subfolder, and kwargs override fields."""
+    import json
+
+    betas = torch.linspace(1e-4, 0.03, 50, dtype=torch.float64)
+    s = cls(num_train_timesteps=50, trained_betas=betas, prediction_type="v_prediction", clip_sample=False,
+            timestep_spacing="trailing")
+    path = s.save_pretrained(tmp_path / "pipe" / "scheduler")
+    saved = json.loads(open(path).read())
+    assert saved["_class_name"] == {"FusedDDPMScheduler": "DDPMScheduler", "FusedDDIMScheduler": "DDIMScheduler"}[
+        cls.__name__]
+    assert saved["trained_betas"] == betas.tolist()
+    for source in ({"pretrained_model_name_or_path": tmp_path / "pipe", "subfolder": "scheduler"},
+                   {"pretrained_model_name_or_path": path}):
+        back = cls.from_pretrained(**source)
+        assert back.config.keys() == s.config.keys()
+        assert all(str(back.config[k]) == str(s.config[k]) for k in s.config if k != "trained_betas")
+        assert torch.equal(back.alphas_cumprod, s.alphas_cumprod)
+    assert cls.from_pretrained(path, clip_sample=True).config.clip_sample is True
+    with pytest.raises(FileNotFoundError, match="from_config"):
+        cls.from_pretrained("some-org/some-model", subfolder="scheduler")
+    with pytest.raises(NotImplementedError, match="push_to_hub"):
+        s.save_pretrained(tmp_path / "x", push_to_hub=True)
+
+
+def test_save_pretrained_loads_in_diffusers_and_back(dif, tmp_path):
+    """A file we save loads with diffusers' own from_pretrained (so a folder stays usable without fastgan), and a
+    folder diffusers saved loads with ours, with the same tables."""
+    ours = FusedDDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                              set_alpha_to_one=False, clip_sample=False)
+    ours.save_pretrained(tmp_path / "ours")
+    theirs = dif.DDIMScheduler.from_pretrained(tmp_path / "ours")
+    assert torch.equal(theirs.alphas_cumprod, ours.alphas_cumprod)
+    assert theirs.config.steps_offset == 1 and theirs.config.set_alpha_to_one is False
+    dif.DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="fixed_large").save_pretrained(
+        tmp_path / "theirs")
+    back = FusedDDPMScheduler.from_pretrained(tmp_path / "theirs")
+    assert back.config.variance_type == "fixed_large" and back.config.beta_schedule == "squaredcos_cap_v2"
+    assert torch.equal(back.alphas_cumprod, dif.DDPMScheduler.from_pretrained(tmp_path / "theirs").alphas_cumprod)
+
+
 def test_swaps_into_a_diffusers_pipeline(dif):
     unet = dif.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
                            layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D",) * 2,

@@ -16,9 +16,12 @@ diffusers itself is not imported: it is optional. Options the fused step cannot 
 ``NotImplementedError`` naming the option (dynamic thresholding, learned variances, ``use_clipped_model_output``
 with clipping).
 
-Saving: these classes are not diffusers' ``SchedulerMixin`` (that would make diffusers a dependency), so
-``pipe.save_pretrained`` skips them and a saved pipeline would not reload. Swap diffusers' scheduler back first;
-the configs convert both ways::
+Saving and loading: ``scheduler.save_pretrained(path)`` writes diffusers' ``scheduler_config.json`` naming
+diffusers' own class, so ``diffusers.DDIMScheduler.from_pretrained(path)`` loads it where fastgan is not installed;
+``FusedDDIMScheduler.from_pretrained(pipeline_folder, subfolder="scheduler")`` reads a folder saved by diffusers
+(local paths; for a Hub id load diffusers' scheduler and convert with ``from_config``). These classes are not
+diffusers' ``SchedulerMixin`` (that would make diffusers a dependency), so ``pipe.save_pretrained`` skips them and
+a saved pipeline would not reload. Swap diffusers' scheduler back first; the configs convert both ways::
 
     pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.save_pretrained(path)
@@ -26,6 +29,8 @@ the configs convert both ways::
 from __future__ import annotations
 
 import inspect
+import json
+import os
 
 import numpy as np
 import torch
@@ -156,6 +161,8 @@ class _FusedScheduler:
 
     order = 1
     init_noise_sigma = 1.0
+    config_name = "scheduler_config.json"  # diffusers' file name for a scheduler's config
+    _diffusers_class_name = ""  # the diffusers scheduler whose config fields and numbers this class follows
 
     def _setup(self, config: dict) -> None:
         self.config = SchedulerConfig(config)
@@ -194,6 +201,62 @@ class _FusedScheduler:
         merged.update(kwargs)
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
         return cls(**{k: v for k, v in merged.items() if k in accepted})
+
+    def save_config(self, save_directory, push_to_hub: bool = False, **kwargs) -> str:
+        """Write the config as diffusers' ``scheduler_config.json`` into ``save_directory`` (created if needed).
+
+        ``_class_name`` names diffusers' own scheduler (``DDPMScheduler`` / ``DDIMScheduler``), so diffusers loads
+        the file without fastgan, and :meth:`from_pretrained` reads it back. ``trained_betas`` is stored as a list.
+
+        Returns:
+            The path of the written file.
+
+        Raises:
+            NotImplementedError: ``push_to_hub=True`` (fastgan has no network code).
+        """
+        if push_to_hub:
+            raise NotImplementedError("fastgan: push_to_hub is not supported; save locally and upload the folder")
+        config = {"_class_name": self._diffusers_class_name}
+        for key, value in self.config.items():
+            if key == "trained_betas" and value is not None:
+                value = torch.as_tensor(value, dtype=torch.float64).flatten().tolist()
+            if not key.startswith("_"):
+                config[key] = value
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, self.config_name)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+        return path
+
+    save_pretrained = save_config
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder: str | None = None, **kwargs):
+        """Build from a saved scheduler config: a local folder holding ``scheduler_config.json`` (diffusers'
+        layout; a pipeline folder with ``subfolder="scheduler"``) or the file itself. As :meth:`from_config`: keys
+        this class does not take are ignored and ``kwargs`` override fields (so diffusers' loading options, such as
+        ``cache_dir``, are ignored too).
+
+        Raises:
+            FileNotFoundError: no config there (a Hugging Face Hub id, say: this reads local files only).
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        if subfolder:
+            path = os.path.join(path, subfolder)
+        if os.path.isdir(path):
+            path = os.path.join(path, cls.config_name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"fastgan: no scheduler config at {path!r}; from_pretrained reads a local folder holding "
+                f"{cls.config_name} (or the file). For a Hugging Face Hub id, load diffusers' scheduler and convert: "
+                f"{cls.__name__}.from_config(diffusers.{cls._diffusers_class_name}.from_pretrained(id, "
+                "subfolder='scheduler').config)")
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise ValueError(f"fastgan: {path!r} does not hold a JSON object of scheduler config fields")
+        return cls.from_config(config, **kwargs)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """DDPM/DDIM inputs need no scaling: returns ``sample``."""
@@ -280,6 +343,8 @@ def _as_int(timestep) -> int:
 class FusedDDPMScheduler(_FusedScheduler):
     """diffusers' ``DDPMScheduler`` interface, stepping with :func:`~fastgan.diffusion.ddpm_step`.
 
+    Saved with :meth:`save_pretrained` as a ``DDPMScheduler`` config; :meth:`from_pretrained` reads one.
+
     Args (diffusers' config fields):
         num_train_timesteps, beta_start, beta_end, beta_schedule (``"linear"``, ``"scaled_linear"``,
             ``"squaredcos_cap_v2"``, ``"sigmoid"``), trained_betas: the noise schedule.
@@ -293,6 +358,8 @@ class FusedDDPMScheduler(_FusedScheduler):
         thresholding: must be False (NotImplementedError); dynamic_thresholding_ratio and sample_max_value are
             accepted and unused.
     """
+
+    _diffusers_class_name = "DDPMScheduler"
 
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas=None, variance_type: str = "fixed_small",
@@ -369,8 +436,11 @@ class FusedDDIMScheduler(_FusedScheduler):
     final step goes to is 1 (True) or ``alphas_cumprod[0]`` (False, as Stable Diffusion's config).
 
     As diffusers, the previous timestep is always ``t - num_train_timesteps // num_inference_steps`` (whatever
-    the spacing), and ``step`` needs :meth:`set_timesteps` first.
+    the spacing), and ``step`` needs :meth:`set_timesteps` first. Saved with :meth:`save_pretrained` as a
+    ``DDIMScheduler`` config; :meth:`from_pretrained` reads one.
     """
+
+    _diffusers_class_name = "DDIMScheduler"
 
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas=None, clip_sample: bool = True,
