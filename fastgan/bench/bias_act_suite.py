@@ -138,7 +138,7 @@ def _other_notes(act: str) -> str:
     return f"""
 bias + {act} forward, measured so that every activation bias_act offers has a row (the suites above cover lrelu and
 silu). eager is `{act}(x + b.view(1, C, 1, 1))` (two passes); bytes floor 2E + P. No goal: the CPU kernels' tanh
-and gelu (a normal CDF with one exp and a degree-10 polynomial) cost more arithmetic per element than eager's, so
+and gelu (a normal CDF: an exp, a division and two polynomials) cost more arithmetic per element than eager's, so
 whether fusing the bias add wins depends on the CPU and the size. CPU default preset: batch {CPU_BATCH}, fp32,
 contiguous.
 """
