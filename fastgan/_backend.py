@@ -50,8 +50,9 @@ def stale_extension_error(module) -> str | None:
     if abi == EXTENSION_ABI:
         return None
     built = "an unversioned build" if abi is None else f"ABI {abi}"
-    return (f"fastgan._C is stale: {built}, this source needs ABI {EXTENSION_ABI}; rebuild it with "
-            "`pip install --no-build-isolation .` (or `python setup.py build_ext --inplace` in a checkout)")
+    return (f"fastgan._C does not match this source ({built}; it needs ABI {EXTENSION_ABI}): rebuild it with "
+            "`pip install --no-build-isolation .` (`-e .` for an editable install, or `python setup.py build_ext "
+            "--inplace` in a checkout)")
 
 
 def _load_extension() -> bool:

@@ -148,9 +148,23 @@ def test_a_stale_extension_is_refused_with_a_rebuild_message(monkeypatch):
     monkeypatch.setattr(_backend, "_state", {})
     monkeypatch.setattr(_backend, "_warned", set())
     monkeypatch.setattr(_backend, "importlib", types.SimpleNamespace(import_module=lambda name: types.SimpleNamespace()))
-    with pytest.warns(RuntimeWarning, match="stale: an unversioned build.*rebuild it"):
+    with pytest.warns(RuntimeWarning, match="does not match this source .an unversioned build.*rebuild it"):
         assert not _backend.has_kernel("instance_norm_fwd", "CPU")
-    assert "stale" in _backend.extension_error()
+    assert "does not match this source" in _backend.extension_error()
+
+
+@pytest.mark.parametrize("impl", [i for i in ("cpp", "ref") if i in _backend.live_impls("instance_norm_fwd", "cpu")])
+def test_frozen_weight_updated_in_place_before_backward(impl):
+    """A weight that does not require grad is read into a fresh (N, C) tensor, not a view: updating it in place
+    between forward and backward (an EMA, a frozen affine) is not caught by autograd's version check, as before."""
+    x = torch.randn(1, 3, 4, 4, requires_grad=True)
+    w, b = torch.rand(3) + 0.5, torch.randn(3)
+    y = fastgan.ops.instance_norm(x, w, b, impl=impl)
+    with torch.no_grad():
+        w.add_(1.0)
+        b.add_(1.0)
+    y.square().sum().backward()
+    assert x.grad is not None and x.grad.isfinite().all()
 
 
 # ---------------------------------------------------------------------------------------------- modules

@@ -236,6 +236,16 @@ def test_save_pretrained_round_trip(cls, tmp_path):
         cls.from_pretrained("some-org/some-model", subfolder="scheduler")
     with pytest.raises(NotImplementedError, match="push_to_hub"):
         s.save_pretrained(tmp_path / "x", push_to_hub=True)
+    # numpy scalars are saved as numbers; a value JSON cannot hold fails before the good file is touched
+    import numpy as np
+
+    cls(num_train_timesteps=np.int64(50), beta_end=np.float32(0.02)).save_pretrained(tmp_path / "np")
+    assert cls.from_pretrained(tmp_path / "np").config.num_train_timesteps == 50
+    bad = cls(num_train_timesteps=50)
+    bad.config["steps_offset"] = object()
+    with pytest.raises(TypeError, match="cannot be saved as JSON"):
+        bad.save_pretrained(tmp_path / "np")
+    assert cls.from_pretrained(tmp_path / "np").config.beta_end == pytest.approx(0.02)
 
 
 def test_save_pretrained_loads_in_diffusers_and_back(dif, tmp_path):

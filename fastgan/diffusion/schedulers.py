@@ -222,11 +222,15 @@ class _FusedScheduler:
                 value = torch.as_tensor(value, dtype=torch.float64).flatten().tolist()
             if not key.startswith("_"):
                 config[key] = value
+        # The whole text first (numpy/torch scalars as Python numbers), then a temporary file renamed over the old
+        # one: a value JSON cannot hold fails before anything is written, and a saved config is never left truncated.
+        text = json.dumps(config, indent=2, sort_keys=True, default=_json_scalar) + "\n"
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, self.config_name)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
         return path
 
     save_pretrained = save_config
@@ -327,6 +331,15 @@ class _FusedScheduler:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.config.items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
+
+
+def _json_scalar(value):
+    """json.dumps' fallback: numpy and torch scalars (np.int64(1000), torch.tensor(0.02)) as Python numbers."""
+    if isinstance(value, (np.generic, torch.Tensor)) and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return value.tolist()
+    raise TypeError(f"fastgan: scheduler config value {value!r} of type {type(value).__name__} cannot be saved as JSON")
 
 
 def _as_int(timestep) -> int:

@@ -53,7 +53,9 @@ def _plane_param(p, n: int, c: int, acc: torch.dtype, device, fill: float) -> to
         # at the end instead of one per sample (the (N, C) tensors are tiny).
         return p.to(torch.float64).expand(n, c).to(acc).contiguous()
     # The same values (p -> float64 is exact) in two ops instead of four: they were most of a small call's overhead.
-    return p.to(acc).expand(n, c).contiguous()
+    # Always a fresh tensor: a view of p (fp32, N = 1) would be saved for backward, and an in-place update of a frozen
+    # parameter before backward would then fail where the float64 copy let it through.
+    return torch.empty((n, c), dtype=acc, device=device).copy_(p.expand(n, c))
 
 
 def _forward(x, weight, bias, eps, impl):
