@@ -363,3 +363,16 @@ def test_infinite_input_as_the_reference(device, impl):
         want = ddim_step(torch.ones_like(m), m, 500, 480, SCHED, prediction=pred, clip_x0=1.0, impl="ref")
         assert not got.isfinite().any()
         torch.testing.assert_close(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("device,impl", impls())
+def test_ddim_step_with_t_prev_above_t_is_a_deterministic_inversion(device, impl):
+    """t_prev > t is DDIM inversion: no noise whatever eta (sigma clamps to 0), and stepping back with the same
+    eps returns the start (x_5 -> x_40 -> x_5)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 5, 4, generator=gen).to(device)
+    eps = torch.randn(2, 3, 5, 4, generator=gen).to(device)
+    up = ddim_step(x, eps, 5, 40, SCHED, impl=impl)
+    torch.testing.assert_close(ddim_step(x, eps, 5, 40, SCHED, eta=0.7, impl=impl), up)
+    assert (up - x).abs().max() > 1e-2, "the inversion step did not move x"
+    torch.testing.assert_close(ddim_step(up, eps, 40, 5, SCHED, impl=impl), x, rtol=1e-5, atol=1e-5)

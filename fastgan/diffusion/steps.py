@@ -361,7 +361,9 @@ def ddim_step(x_t, model_out, t, t_prev, schedule: NoiseSchedule, *, eta: float 
     sigma z``, ``sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)``.
 
     Args: as :func:`ddpm_step`, plus ``t_prev`` (int or ``(N,)``; ``-1`` steps to the clean sample, where
-    ``abar`` is taken as 1) and ``eta`` (0: deterministic, no noise drawn).
+    ``abar`` is taken as 1) and ``eta`` (0: deterministic, no noise drawn). ``t_prev > t`` is accepted on purpose:
+    it is DDIM inversion (image -> noise), deterministic whatever ``eta`` (sigma's ``1 - abar_t / abar_prev`` is
+    negative there and clamped to 0). A DDPM step refuses it.
     """
     _check(x_t, model_out, model_out_uncond, noise, guidance)
     coef, noisy = ddim_plan(x_t, t, t_prev, schedule, prediction=prediction, eta=eta)
