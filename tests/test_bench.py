@@ -244,3 +244,15 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert str(out / "report.md") in capsys.readouterr().out
     assert cli.main(["bench", "--list", "--device", "cpu"]) == 0
     assert cli.main(["bench", "-k", "no-such-case", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_every_suite_has_a_pytest_benchmark_file():
+    """Each suite ``fastgan bench`` runs is also runnable with pytest-benchmark from a ``benchmarks/bench_*.py``."""
+    import pathlib
+
+    from fastgan.bench import suites
+
+    bench_dir = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+    text = "\n".join(p.read_text() for p in bench_dir.glob("bench_*.py"))
+    missing = [name for name in suites.all_suites() if f'"{name}"' not in text]
+    assert not missing, f"suites without a benchmarks/bench_*.py: {missing}"
