@@ -255,3 +255,32 @@ def test_layer_norm_critic_penalty_matches_torch_group_norm_float64():
     torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-10, atol=1e-12)
     for a, b in zip(out[0][1], out[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.skipif(_backend.extension_error() is not None, reason="fastgan._C not loaded")
+@pytest.mark.parametrize("image_size", [16, 32])
+def test_wgan_gp_critic_step_kernel_counts(image_size):
+    """Issue 4's profiler count of kernels per critic step: a WGAN-GP step (critic on fake, real and the
+    interpolates, penalty with create_graph, backward) runs per norm layer 3 forwards, 4 backwards (3 first order,
+    1 inside the double backward) and 1 fused double backward, per lrelu layer 3 forwards and 5 backwards, one fused
+    penalty forward and backward, and none of the reference formulas' aten ops (the fallback)."""
+    import collections
+
+    D = DCGANCritic(img_channels=3, base=4, image_size=image_size)
+    n_norm = sum(isinstance(m, nn.InstanceNorm2d) for m in D.modules())
+    n_act = sum(type(m).__name__ == "LeakyReLU" for m in D.modules())
+    assert n_norm >= 1 and n_act >= 2
+    real, fake = torch.randn(2, 3, image_size, image_size), torch.randn(2, 3, image_size, image_size)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        loss = D(fake).mean() - D(real).mean() + 10 * gradient_penalty(D, real, fake, kind="wgan-gp")
+        loss.backward()
+    count = collections.Counter(e.name for e in prof.events())
+    fused = {k: v for k, v in count.items() if k.startswith("fastgan::")}
+    assert fused == {
+        "fastgan::instance_norm_fwd": 3 * n_norm, "fastgan::instance_norm_bwd": 4 * n_norm,
+        "fastgan::instance_norm_dbwd": n_norm, "fastgan::bias_act_fwd": 3 * n_act,
+        "fastgan::bias_act_bwd": 5 * n_act, "fastgan::grad_penalty_fwd": 1, "fastgan::grad_penalty_bwd": 1,
+    }, fused
+    fallback = [k for k in count if k.startswith("aten::") and any(
+        s in k for s in ("leaky_relu", "var", "std", "instance_norm", "batch_norm", "linalg_vector_norm", "rsqrt"))]
+    assert not fallback, f"reference-formula ops ran: {fallback}"

@@ -1,6 +1,6 @@
 """The project's tolerance rule, as one assertion.
 
-DEVELOPERS.md: our error against a float64 reference is at most 2x eager PyTorch's error in the same dtype.
+The developers' guide: our error against a float64 reference is at most 2x eager PyTorch's error in the same dtype.
 Errors are max-abs over the tensor. A floor of one machine epsilon of the reference's magnitude is added because
 eager can be exact by luck on degenerate inputs (a 1x1 plane normalises to exactly the bias), and a 0 bound would
 then fail on a last-bit difference that no kernel design can control. The floor is far below any real bug.
