@@ -171,9 +171,11 @@ def select(op_name: str, device: torch.device, impl: str | None = None) -> str:
     if wanted not in IMPLS:
         raise ValueError(f"fastgan: impl must be one of {IMPLS}, got {wanted!r}")
     if not available(op_name, wanted, dev):
+        why = extension_error() if wanted in ("cpp", "cuda") else None
         raise RuntimeError(
             f"fastgan: impl={wanted!r} of {op_name} cannot run on a {dev} tensor here "
-            f"(live on {dev}: {live_impls(op_name, dev)})"
+            f"(live on {dev}: {live_impls(op_name, dev)})" + (f"; the compiled extension is not in use: {why}"
+                                                              if why else "")
         )
     return wanted
 

@@ -147,10 +147,13 @@ def test_a_stale_extension_is_refused_with_a_rebuild_message(monkeypatch):
         assert "rebuild it" in _backend.stale_extension_error(old)
     monkeypatch.setattr(_backend, "_state", {})
     monkeypatch.setattr(_backend, "_warned", set())
+    monkeypatch.setattr(_backend, "_available_cache", {})
     monkeypatch.setattr(_backend, "importlib", types.SimpleNamespace(import_module=lambda name: types.SimpleNamespace()))
     with pytest.warns(RuntimeWarning, match="does not match this source .an unversioned build.*rebuild it"):
         assert not _backend.has_kernel("instance_norm_fwd", "CPU")
     assert "does not match this source" in _backend.extension_error()
+    with pytest.raises(RuntimeError, match="extension is not in use: fastgan._C does not match this source"):
+        fastgan.ops.instance_norm(torch.randn(1, 2, 3, 3), impl="cpp")
 
 
 @pytest.mark.parametrize("impl", [i for i in ("cpp", "ref") if i in _backend.live_impls("instance_norm_fwd", "cpu")])
