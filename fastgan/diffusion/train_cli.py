@@ -89,21 +89,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p("--quiet", action="store_true")
 
 
-def _make_fid_logger(args, size: int, device):
-    """The FIDLogger of ``--fid-every``, or None (off, or the Inception weights missing: said once)."""
-    if not args.fid_every:
-        return None
-    from ..metrics import FIDLogger, inception_available
-
-    ok, why = inception_available()
-    if not ok:
-        print(f"--fid-every: skipped, the Inception weights are not installed ({why})", flush=True)
-        return None
-    return FIDLogger(args.data, every=args.fid_every, n=args.fid_n, batch_size=args.fid_batch,
-                     value_range=(-1.0, 1.0), skip_first=True, log=None if args.quiet else print,
-                     real_kw={"resolution": size, "n": args.fid_real_n}, device=device)
-
-
 def _fid_sampler(net: UNet, schedule: NoiseSchedule, args, prediction: str, num_classes: int | None, device):
     """``sample_fn(b)`` for the FID logger: fresh DDIM samples per call (a new seed each batch), class-conditional
     with uniformly drawn labels for a --cfg model."""
@@ -321,7 +306,11 @@ def _train(args) -> int:
                 "p_uncond": args.p_uncond, "last_loss": last_loss,
                 "rng": {"data": g_data.get_state(), "noise": g_noise.get_state(), "device": str(device)}}
 
-    fid = _make_fid_logger(args, size, device)
+    from ..metrics import training_fid_logger  # lazily, as the metrics package is only needed here
+
+    fid = training_fid_logger(args.data, every=args.fid_every, n=args.fid_n, real_n=args.fid_real_n,
+                              batch_size=args.fid_batch, resolution=size, device=device,
+                              log=None if args.quiet else print)
     t0, window, first_step = time.time(), [], step
     while step < args.steps:
         chunk = args.steps - step

@@ -19,12 +19,12 @@ from .features import CheckpointNotSupported, ProgressBar, extract_features, ite
 from .inception import (INSTALL_COMMAND, InceptionFeatures, InceptionWeightsMissing, inception_available,
                         load_inception, weights_path)
 from .kid import kid_from_features, mmd2_unbiased, polynomial_kernel
-from .logger import FIDLogger, make_fid_callback
+from .logger import FIDLogger, make_fid_callback, training_fid_logger
 from .stats import FeatureStats, fid_from_stats, frechet_distance, psd_sqrt
 
 __all__ = ["DEFAULT_MAX_FEATURES", "INSTALL_COMMAND", "CheckpointNotSupported", "FIDLogger", "FeatureStats",
            "InceptionFeatures", "InceptionWeightsMissing", "ProgressBar", "cache_dir", "compute_stats", "evaluate",
            "extract_features", "extractor_name", "fid", "fid_from_stats", "frechet_distance", "inception_available",
-           "iter_batches", "kid", "kid_from_features", "kid_from_stats", "load_inception", "make_fid_callback",
+           "iter_batches", "kid", "kid_from_features", "kid_from_stats", "load_inception", "make_fid_callback", "training_fid_logger",
            "mmd2_unbiased", "open_source", "polynomial_kernel", "psd_sqrt", "reference_stats", "sample_stats",
            "weights_path"]

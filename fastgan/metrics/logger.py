@@ -119,3 +119,21 @@ def make_fid_callback(real, sample_fn: Callable[[int], torch.Tensor], every: int
 
     callback.logger = logger
     return callback
+
+
+def training_fid_logger(real, *, every: int, n: int, real_n: int | None, batch_size: int, resolution: int, device,
+                        log: Callable[[str], None] | None = print) -> FIDLogger | None:
+    """The :class:`FIDLogger` behind the training commands' ``--fid-every`` (``fastgan train stargan-v2`` and
+    ``ddpm``): generated images in [-1, 1], no score at step 0, the real side read at ``resolution`` (``real_n``
+    images at most). None when ``every`` is 0, or when the Inception weights are missing: that is said once through
+    ``log`` (``print`` when None), and training goes on."""
+    if not every:
+        return None
+    from . import inception_available  # through the package, so a test can stand in for it
+
+    ok, why = inception_available()
+    if not ok:
+        (log or print)(f"--fid-every: skipped, the Inception weights are not installed ({why})")
+        return None
+    return FIDLogger(real, every=every, n=n, batch_size=batch_size, value_range=(-1.0, 1.0), skip_first=True,
+                     log=log, real_kw={"resolution": resolution, "n": real_n}, device=device)

@@ -96,20 +96,6 @@ def _trim_log(path: str, step: int) -> None:
         f.writelines(lines)
 
 
-def _make_fid_logger(args, img_size: int, device, log):
-    if not args.fid_every:
-        return None
-    from ..metrics import FIDLogger, inception_available
-    ok, why = inception_available()
-    if not ok:
-        log(f"--fid-every: skipped, the Inception weights are not installed ({why})")
-        return None
-    return FIDLogger(args.data, every=args.fid_every, n=args.fid_n, batch_size=args.fid_batch,
-                     value_range=(-1.0, 1.0), skip_first=True, log=log,
-                     real_kw={"resolution": img_size, "n": args.fid_real_n},
-                     device=device)
-
-
 def run(args) -> int:
     """Train StarGAN v2 as ``args`` (from :func:`fastgan.train.stargan_v2.add_train_arguments`) say.
 
@@ -184,7 +170,11 @@ def _run(args, info: fdist.DistInfo) -> int:
         f"{img_size}, batch {batch} x {info.world_size} process(es) on {info.device}, steps {start}->{args.steps}")
     progress = Progress(args.steps, start, args.log_every, enabled=main and not args.quiet,
                         use_tqdm=not args.no_tqdm)
-    fid = _make_fid_logger(args, img_size, info.device, progress.write) if main else None
+    from ..metrics import training_fid_logger  # lazily, as the metrics package is only needed here
+
+    fid = training_fid_logger(args.data, every=args.fid_every, n=args.fid_n, real_n=args.fid_real_n,
+                              batch_size=args.fid_batch, resolution=img_size, device=info.device,
+                              log=progress.write) if main else None
     window: dict[str, list[float]] = {}
     t_window = time.perf_counter()
 
