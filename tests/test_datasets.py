@@ -91,6 +91,30 @@ def test_emoji():
     assert 150 < len(no_tones) < 250
 
 
+def test_emoji_skin_tones_are_paired_domains():
+    ds = load_or_skip("emoji-skin-tones")
+    check_common(ds, 1896, (3, 64, 64), 6)
+    assert ds.classes == list(fdata.SKIN_TONE_DOMAINS) == ["default", "light", "medium-light", "medium",
+                                                            "medium-dark", "dark"]
+    assert np.bincount(np.asarray(ds.labels)).tolist() == [316] * 6
+    # Domain d holds the same emoji in the same order: paired images differ only in the skin pixels, and the
+    # darker tone is darker on (nearly) every emoji.
+    x = ds.images.view(6, 316, 3, 64, 64)
+    same = (x[1] - x[5]).abs().mean((1, 2, 3))
+    other = (x[1] - x[5].roll(1, 0)).abs().mean((1, 2, 3))
+    assert float((same < other).float().mean()) > 0.95
+    brightness = x.mean((2, 3, 4))
+    for lighter, darker in [(1, 3), (3, 4), (4, 5)]:
+        assert float((brightness[lighter] > brightness[darker]).float().mean()) > 0.95, (lighter, darker)
+    # The test split holds out the same emoji in every tone.
+    files, domains = emoji.skin_tone_index(emoji.find_emoji_dir())
+    test = fdata.split_indices(np.asarray(domains), "test")
+    held = [files[i] for i in test]
+    bases = {"-".join(p for p in f[:-4].split("-") if p not in ("fe0f", "1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"))
+             for f in held}
+    assert len(held) == 6 * len(bases) and len(fdata.load_dataset("skin-tones:test")) == len(held)
+
+
 def test_digits_default_and_value_range():
     ds = load_or_skip("digits")
     check_common(ds, 1797, (1, 8, 8), 10)

@@ -13,6 +13,8 @@ name               images      split sizes       installed by
 ``animal-mnist``   1x28x28     9,000 / 1,000     ``pip install --no-deps animal-mnist==0.4``
 ``lfw-faces``      1x25x25     all 100           ``pip install scikit-image``
 ``emoji``          3x64x64     all 3,786         ``npm install --prefix ~/.cache/fastgan/npm emoji-datasource-google``
+``emoji-skin-      3x64x64     all 1,896         the same npm package (6 skin-tone domains of the same 316 emoji)
+tones``
 =================  ==========  ================  ============================================================
 
 Names are case-insensitive and ``_`` equals ``-``; ``"name:split"`` picks a split (e.g. ``"mnist:test"``).
@@ -23,7 +25,7 @@ import os
 from typing import Callable
 
 from ._base import DEFAULT_RANGE, DatasetMissingError, LabeledImages, UnknownDatasetError, split_indices
-from .emoji import find_emoji_dir, load_emoji
+from .emoji import SKIN_TONE_DOMAINS, find_emoji_dir, load_emoji, load_emoji_skin_tones
 from .image_folder import ImageFolder, save_images
 from .packaged import (load_animal_mnist, load_digits, load_fashion_mnist, load_lfw_faces, load_mnist,
                        read_idx)
@@ -36,9 +38,11 @@ DATASETS: dict[str, tuple[Callable[..., LabeledImages], str]] = {
     "animal-mnist": (load_animal_mnist, "train"),
     "lfw-faces": (load_lfw_faces, "all"),
     "emoji": (load_emoji, "all"),
+    "emoji-skin-tones": (load_emoji_skin_tones, "all"),
 }
 _ALIASES = {"fashion": "fashion-mnist", "fmnist": "fashion-mnist", "animals": "animal-mnist", "faces": "lfw-faces",
-            "lfw": "lfw-faces", "sklearn-digits": "digits"}
+            "lfw": "lfw-faces", "sklearn-digits": "digits",
+            "skin-tones": "emoji-skin-tones", "emoji-tones": "emoji-skin-tones"}
 
 
 def parse_name(spec: str) -> tuple[str, str | None]:
@@ -72,7 +76,7 @@ def load_dataset(name: str, split: str | None = None, value_range=DEFAULT_RANGE,
     Args:
         name: a key of :data:`DATASETS` or an alias, optionally ``"name:split"``.
         split: "train", "test" or "all"; default: the split in ``name``, else the dataset's default in
-            :data:`DATASETS` ("all" for digits, lfw-faces and emoji, "train" for the MNIST-type sets).
+            :data:`DATASETS` ("all" for digits, lfw-faces and the emoji sets, "train" for the MNIST-type sets).
         value_range: ``(lo, hi)`` that black and white map to.
         **kwargs: passed to the loader (e.g. ``include_skin_tones`` for emoji).
     Returns:
@@ -97,7 +101,7 @@ def available_datasets() -> dict[str, str]:
     return status
 
 
-__all__ = ["DATASETS", "DEFAULT_RANGE", "DatasetMissingError", "ImageFolder", "LabeledImages", "UnknownDatasetError",
-           "available_datasets", "find_emoji_dir", "is_dataset_name", "load_animal_mnist", "load_dataset",
-           "load_digits", "load_emoji", "load_fashion_mnist", "load_lfw_faces", "load_mnist", "parse_name", "read_idx",
-           "save_images", "split_indices"]
+__all__ = ["DATASETS", "DEFAULT_RANGE", "SKIN_TONE_DOMAINS", "DatasetMissingError", "ImageFolder", "LabeledImages",
+           "UnknownDatasetError", "available_datasets", "find_emoji_dir", "is_dataset_name", "load_animal_mnist",
+           "load_dataset", "load_digits", "load_emoji", "load_emoji_skin_tones", "load_fashion_mnist", "load_lfw_faces",
+           "load_mnist", "parse_name", "read_idx", "save_images", "split_indices"]

@@ -6,11 +6,17 @@ npm is used only to fetch the package once; reading needs nothing but Pillow. Th
    ``node_modules/emoji-datasource-google``;
 2. ``~/.cache/fastgan/npm`` (the documented install prefix), then ``./node_modules`` and the global npm folders.
 
-Labels are the emoji's Unicode category from the package's ``emoji.json`` (10 categories such as "Smileys & Emotion"
-or "Animals & Nature"), usable as StarGAN v2 domains or CFG classes. Skin-tone variants share their base's category.
+Two labellings, usable as StarGAN v2 domains or CFG classes:
+
+* ``emoji``: the emoji's Unicode category from the package's ``emoji.json`` (10 categories such as
+  "Smileys & Emotion" or "Animals & Nature"); skin-tone variants share their base's category.
+* ``emoji-skin-tones``: the skin tone (6 domains: the default yellow and the five Fitzpatrick modifiers) of the
+  people and body-part emoji that come in all five tones. Every emoji appears once in each domain, so the domains
+  differ in one attribute only, the kind of translation StarGAN v2 learns (like its AFHQ species or CelebA-HQ sexes).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -22,6 +28,10 @@ PACKAGE = "emoji-datasource-google"
 EMOJI_VERSION = "16.0.0"
 DEFAULT_PREFIX = os.path.join("~", ".cache", "fastgan", "npm")
 EMOJI_INSTALL = f"npm install --prefix {DEFAULT_PREFIX} {PACKAGE}@{EMOJI_VERSION}"
+# The Fitzpatrick modifiers as emoji.json keys them, with their CLDR names; "default" is the unmodified emoji.
+SKIN_TONES = (("1F3FB", "light"), ("1F3FC", "medium-light"), ("1F3FD", "medium"), ("1F3FE", "medium-dark"),
+              ("1F3FF", "dark"))
+SKIN_TONE_DOMAINS = ("default",) + tuple(name for _, name in SKIN_TONES)
 _GLOBAL_NODE_DIRS = ("/usr/local/lib/node_modules", "/usr/lib/node_modules")
 
 
@@ -70,6 +80,52 @@ def emoji_index(root: str, include_skin_tones: bool = True) -> tuple[list[str], 
     return files, [found[f] for f in files]
 
 
+def skin_tone_index(root: str) -> tuple[list[str], list[int]]:
+    """Image files of the emoji that have a Google image in the default and all five single skin tones.
+
+    Emoji whose variants exist only for two-person tone pairs (e.g. some couples) are left out, so every domain
+    holds the same emoji. The order is domain by domain, each in the same emoji order (sorted by the default
+    image's file name), so :func:`~fastgan.data.split_indices` holds out the same emoji in every domain.
+
+    Args:
+        root: the package folder from :func:`find_emoji_dir`.
+    Returns:
+        ``(files, domains)``: file names under ``img/google/64`` and each one's index into :data:`SKIN_TONE_DOMAINS`.
+    """
+    with open(os.path.join(root, "emoji.json"), encoding="utf-8") as f:
+        entries = json.load(f)
+    rows = []
+    for e in entries:
+        variants = e.get("skin_variations") or {}
+        if not e.get("has_img_google"):
+            continue
+        tones = [variants.get(code) for code, _ in SKIN_TONES]
+        if all(v is not None and v.get("has_img_google") for v in tones):
+            rows.append([e["image"]] + [v["image"] for v in tones])
+    rows.sort()
+    files = [row[d] for d in range(len(SKIN_TONE_DOMAINS)) for row in rows]
+    domains = [d for d in range(len(SKIN_TONE_DOMAINS)) for _ in rows]
+    return files, domains
+
+
+def _read_rgb(img_dir: str, names: list[str], background: int) -> np.ndarray:
+    """``(N, 3, 64, 64)`` uint8: the RGBA PNGs composited over a flat grey ``background``."""
+    from PIL import Image
+
+    out = np.empty((len(names), 64, 64, 3), dtype=np.uint8)
+    for k, name in enumerate(names):
+        with Image.open(os.path.join(img_dir, name)) as im:
+            rgba = np.asarray(im.convert("RGBA").resize((64, 64)), dtype=np.float32)
+        alpha = rgba[..., 3:] / 255.0
+        out[k] = np.round(rgba[..., :3] * alpha + background * (1.0 - alpha)).astype(np.uint8)
+    return out.transpose(0, 3, 1, 2)
+
+
+def _require_pillow(name: str) -> None:
+    if importlib.util.find_spec("PIL") is None:
+        raise DatasetMissingError(name, "Pillow (to decode PNG)", "pip install pillow")
+
+
 def load_emoji(split: str = "all", value_range=DEFAULT_RANGE, include_skin_tones: bool = True,
                background: int = 255) -> LabeledImages:
     """Google Noto emoji, 64x64 RGB, labelled by Unicode category.
@@ -85,20 +141,32 @@ def load_emoji(split: str = "all", value_range=DEFAULT_RANGE, include_skin_tones
     Returns:
         LabeledImages with images ``(N, 3, 64, 64)``, labels indexing ``.classes`` (sorted category names).
     """
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise DatasetMissingError("emoji", "Pillow (to decode PNG)", "pip install pillow") from e
+    _require_pillow("emoji")
     root = find_emoji_dir()
     files, cats = emoji_index(root, include_skin_tones)
     classes = sorted(set(cats))
     labels = np.array([classes.index(c) for c in cats], dtype=np.int64)
     idx = split_indices(labels, split)
-    out = np.empty((len(idx), 64, 64, 3), dtype=np.uint8)
-    img_dir = os.path.join(root, "img", "google", "64")
-    for k, i in enumerate(idx):
-        with Image.open(os.path.join(img_dir, files[i])) as im:
-            rgba = np.asarray(im.convert("RGBA").resize((64, 64)), dtype=np.float32)
-        alpha = rgba[..., 3:] / 255.0
-        out[k] = np.round(rgba[..., :3] * alpha + background * (1.0 - alpha)).astype(np.uint8)
-    return LabeledImages(out.transpose(0, 3, 1, 2), labels[idx], classes, 255, "emoji", split, value_range)
+    images = _read_rgb(os.path.join(root, "img", "google", "64"), [files[i] for i in idx], background)
+    return LabeledImages(images, labels[idx], classes, 255, "emoji", split, value_range)
+
+
+def load_emoji_skin_tones(split: str = "all", value_range=DEFAULT_RANGE, background: int = 255) -> LabeledImages:
+    """Google Noto people and body-part emoji, 64x64 RGB, labelled by skin tone: 6 domains of 316 each (v16).
+
+    Args:
+        split: "all", or "train"/"test": the same deterministic 90/10 split of the emoji in every domain, so no
+            test emoji is seen in training in any tone.
+        value_range: ``(lo, hi)`` for black and white.
+        background: 0-255 grey level behind transparent pixels.
+    Returns:
+        LabeledImages with images ``(N, 3, 64, 64)``, labels indexing ``.classes`` (:data:`SKIN_TONE_DOMAINS`:
+        "default", "light", "medium-light", "medium", "medium-dark", "dark").
+    """
+    _require_pillow("emoji-skin-tones")
+    root = find_emoji_dir()
+    files, domains = skin_tone_index(root)
+    labels = np.array(domains, dtype=np.int64)
+    idx = split_indices(labels, split)
+    images = _read_rgb(os.path.join(root, "img", "google", "64"), [files[i] for i in idx], background)
+    return LabeledImages(images, labels[idx], list(SKIN_TONE_DOMAINS), 255, "emoji-skin-tones", split, value_range)
