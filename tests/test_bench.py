@@ -95,6 +95,31 @@ def test_report_files_and_fields(tmp_path):
         assert "report.png" in md
 
 
+def test_report_after_each_case_and_time_limit(tmp_path):
+    """The report is rewritten after every case (a killed run keeps what it measured), and --time-limit starts no
+    case after the limit and names those left out."""
+    cases = [_tiny_case(**{"fastgan-ref": _eager}) for _ in range(3)]
+    suite = Suite("tiny", lambda opts: cases)
+    seen = []
+
+    def on_case(partial):
+        seen.append(partial)
+        report.write_report(partial, str(tmp_path), png=False)
+
+    rep = harness.benchmark(cases, torch.device("cpu"), [suite], FAST, progress=False, ceiling_bytes=4 * 2**20,
+                            on_case=on_case)
+    assert rep["complete"] is True and rep["skipped_cases"] == [] and len(rep["cases"]) == 3
+    assert [len(p["cases"]) for p in seen] == [1, 2] and not any(p["complete"] for p in seen)
+    assert seen[0]["skipped_cases"] == ["tiny fwd 2x4x8x8 fp32 contiguous"] * 2
+    assert "**Partial report: 2 of 3 cases ran**" in (tmp_path / "report.md").read_text()
+
+    cut = harness.benchmark(cases, torch.device("cpu"), [suite], FAST, progress=False, ceiling_bytes=4 * 2**20,
+                            time_limit_s=0.0)
+    assert cut["complete"] is False and len(cut["cases"]) == 0 and len(cut["skipped_cases"]) == 3
+    assert [t["met"] for t in cut["targets"]] == []  # goals of cases that did not run are not evaluated
+    assert "Partial report: 0 of 3" in report.render_markdown(cut, None)
+
+
 def test_wrong_output_is_flagged(tmp_path):
     rep, _ = _run(tmp_path, _tiny_case(**{"fastgan-ref": lambda x, w, b: 2 * _eager(x, w, b)}), png=False)
     r = rep["cases"][0]["results"]["fastgan-ref"]

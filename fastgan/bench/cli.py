@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="list the cases and impls that would run, then exit")
     parser.add_argument("--no-check", action="store_true", help="skip comparing each impl's output with eager")
     parser.add_argument("--no-png", action="store_true", help="do not draw the chart")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="start no case after this many seconds; the report names the cases left out. The "
+                             "report is rewritten after every case either way, so a killed run keeps what it measured")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when an impl fails or its output does not match eager")
@@ -132,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         settings={"threads": args.threads, "compile": not args.no_compile, "impls": args.impl,
                   "filters": args.filter, "suites": chosen},
+        time_limit_s=args.time_limit, on_case=lambda partial: report.write_report(partial, out_dir, png=False),
     )
     paths = report.write_report(rep, out_dir, png=not args.no_png)
 
@@ -151,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
               "noisy: compare min µs, or rerun with --threads 1 when the machine is shared", file=sys.stderr)
     for name, label in failures:
         print(f"failed or mismatched: {name} · {label} (see the report)", file=sys.stderr)
+    if rep["skipped_cases"]:
+        print(f"fastgan bench: --time-limit left {len(rep['skipped_cases'])} case(s) out (listed in the report)",
+              file=sys.stderr)
     print(f"fastgan bench: done in {rep['elapsed_s']:.0f} s; copy ceiling {rep['ceiling']['gbps']:.0f} GB/s",
           file=sys.stderr)
     for kind in ("md", "json", "png"):

@@ -13,7 +13,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Any, Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 import torch
 
@@ -317,7 +317,9 @@ def evaluate_targets(cases: list[Case], case_results: list[dict], device_name: s
 
 def benchmark(cases: list[Case], device: torch.device, suites: Iterable[Suite], cfg: TimingConfig | None = None,
               *, preset: str = "default", check: bool = True, progress: bool = True,
-              settings: dict[str, Any] | None = None, ceiling_bytes: int | None = None) -> dict[str, Any]:
+              settings: dict[str, Any] | None = None, ceiling_bytes: int | None = None,
+              time_limit_s: float | None = None,
+              on_case: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run ``cases`` on ``device`` and return the report data.
 
     Args:
@@ -331,10 +333,14 @@ def benchmark(cases: list[Case], device: torch.device, suites: Iterable[Suite], 
         settings: extra options to record (the CLI's flags).
         ceiling_bytes: buffer size of the copy-ceiling measurement (default: far past any cache; tests pass a
             small one to stay fast).
+        time_limit_s: start no case once this many seconds have passed; the cases left are named in the report's
+            ``skipped_cases`` (a case already running is finished).
+        on_case: called with the report so far (``complete`` False) after each case, so that a run that is killed
+            keeps what it measured.
 
     Returns:
         The JSON-able report: ``schema``, ``env``, ``ceiling``, ``settings``, ``suites``, ``cases``, ``targets``,
-        ``elapsed_s``.
+        ``elapsed_s``, ``complete`` (every case ran) and ``skipped_cases`` (names of the cases not run).
     """
     cfg = cfg or TimingConfig()
     suites = list(suites)
@@ -344,29 +350,40 @@ def benchmark(cases: list[Case], device: torch.device, suites: Iterable[Suite], 
         env["device"]["allocator"] = steady_cpu_allocator()
     ceiling = copy_ceiling(device, ceiling_bytes)
     bar = Progress(len(cases), enabled=progress)
-    case_results = []
+    run_settings = {
+        "preset": preset,
+        "timing": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "check": check,
+        "dtypes": sorted({dtype_name(c.dtype) for c in cases}),
+        **(settings or {}),
+    }
+    case_results: list[dict[str, Any]] = []
+
+    def assemble(complete: bool) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "env": env,
+            "ceiling": ceiling,
+            "settings": run_settings,
+            "suites": [{"name": s.name, "ops": list(s.ops), "notes": s.notes} for s in suites],
+            "cases": list(case_results),
+            "targets": evaluate_targets(cases[: len(case_results)], case_results, env["device"]["name"]),
+            "elapsed_s": time.perf_counter() - t0,
+            "complete": complete,
+            "skipped_cases": [f"{c.suite} {c.name}" for c in cases[len(case_results):]],
+        }
+
     for i, case in enumerate(cases):
+        if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
+            break
         bar.update(i, f"{case.suite} {case.name}")
         cr = case.describe()
         cr["results"] = run_case(case, device, cfg, check=check, progress=bar, index=i)
         derive(cr, ceiling["gbps"])
         case_results.append(cr)
+        if on_case is not None and len(case_results) < len(cases):
+            on_case(assemble(False))
     bar.finish()
     if device.type == "cpu":
         env["device"]["pressure_at_end"] = cpu_pressure()
-    return {
-        "schema": SCHEMA,
-        "env": env,
-        "ceiling": ceiling,
-        "settings": {
-            "preset": preset,
-            "timing": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
-            "check": check,
-            "dtypes": sorted({dtype_name(c.dtype) for c in cases}),
-            **(settings or {}),
-        },
-        "suites": [{"name": s.name, "ops": list(s.ops), "notes": s.notes} for s in suites],
-        "cases": case_results,
-        "targets": evaluate_targets(cases, case_results, env["device"]["name"]),
-        "elapsed_s": time.perf_counter() - t0,
-    }
+    return assemble(len(case_results) == len(cases))

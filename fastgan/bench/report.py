@@ -137,6 +137,11 @@ def render_markdown(rep: dict[str, Any], png_name: str | None = "report.png") ->
     title = dev["name"] if dev["type"] == "cuda" else f"CPU ({dev['cores']} cores)"
     out = [f"# fastgan benchmark: {title}", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in header_rows(rep)]
+    left = rep.get("skipped_cases") or []
+    if left:
+        # Written after each case (a killed run keeps these) or cut short by --time-limit.
+        out += ["", f"**Partial report: {len(rep['cases'])} of {len(rep['cases']) + len(left)} cases ran**; "
+                "not run: " + ", ".join(left) + "."]
     if rep["targets"]:
         out += ["", "## Goals", "",
                 "Measured from medians; *best* from minimum times (robust to other load on a shared CPU).",
