@@ -26,7 +26,7 @@
 #include "vec_math.h"
 
 #include <algorithm>
-#include <bit>
+#include "bit_cast.h"
 #include <cmath>
 #include <cstdint>
 #include <limits>

@@ -4,7 +4,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <bit>
+#include "bit_cast.h"
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -23,31 +23,31 @@ FASTGAN_ALWAYS_INLINE float half_to_float(uint16_t h) {
   const uint32_t w = uint32_t(h) << 16;
   const uint32_t sign = w & 0x80000000u;
   const uint32_t two_w = w + w;
-  const float normalized = std::bit_cast<float>((two_w >> 4) + (0xE0u << 23)) * std::bit_cast<float>(15u << 23);
-  const float denormalized = std::bit_cast<float>((two_w >> 17) | (126u << 23)) - 0.5f;
-  const uint32_t bits = two_w < (1u << 27) ? std::bit_cast<uint32_t>(denormalized) : std::bit_cast<uint32_t>(normalized);
-  return std::bit_cast<float>(sign | bits);
+  const float normalized = fastgan::bit_cast<float>((two_w >> 4) + (0xE0u << 23)) * fastgan::bit_cast<float>(15u << 23);
+  const float denormalized = fastgan::bit_cast<float>((two_w >> 17) | (126u << 23)) - 0.5f;
+  const uint32_t bits = two_w < (1u << 27) ? fastgan::bit_cast<uint32_t>(denormalized) : fastgan::bit_cast<uint32_t>(normalized);
+  return fastgan::bit_cast<float>(sign | bits);
 }
 
 FASTGAN_ALWAYS_INLINE uint16_t float_to_half(float f) {
-  float base = (std::fabs(f) * std::bit_cast<float>(239u << 23)) * std::bit_cast<float>(17u << 23);
-  const uint32_t w = std::bit_cast<uint32_t>(f);
+  float base = (std::fabs(f) * fastgan::bit_cast<float>(239u << 23)) * fastgan::bit_cast<float>(17u << 23);
+  const uint32_t w = fastgan::bit_cast<uint32_t>(f);
   const uint32_t shl1_w = w + w;
   const uint32_t sign = w & 0x80000000u;
   uint32_t bias = shl1_w & 0xFF000000u;
   bias = bias < 0x71000000u ? 0x71000000u : bias;
-  base = std::bit_cast<float>((bias >> 1) + 0x07800000u) + base;  // must not become an FMA (see the clones)
-  const uint32_t bits = std::bit_cast<uint32_t>(base);
+  base = fastgan::bit_cast<float>((bias >> 1) + 0x07800000u) + base;  // must not become an FMA (see the clones)
+  const uint32_t bits = fastgan::bit_cast<uint32_t>(base);
   const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
   return uint16_t((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
 }
 
 FASTGAN_ALWAYS_INLINE float bf16_to_float(uint16_t b) {
-  return std::bit_cast<float>(uint32_t(b) << 16);
+  return fastgan::bit_cast<float>(uint32_t(b) << 16);
 }
 
 FASTGAN_ALWAYS_INLINE uint16_t float_to_bf16(float f) {
-  const uint32_t u = std::bit_cast<uint32_t>(f);
+  const uint32_t u = fastgan::bit_cast<uint32_t>(f);
   const uint32_t rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
   return uint16_t(f != f ? 0x7FC0u : rounded);  // NaN: c10's canonical quiet NaN
 }

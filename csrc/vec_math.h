@@ -7,7 +7,7 @@
 #pragma once
 
 #include <algorithm>
-#include <bit>
+#include "bit_cast.h"
 #include <cmath>
 #include <cstdint>
 
@@ -66,8 +66,8 @@ FASTGAN_VEC_INLINE float exp_f(float x, const ExpRangeT<FMA>& er) {
   p = mul_add<FMA>(p, r, 5.0000001201e-1f);
   const float e_r = mul_add<FMA>(p, r * r, r) + 1.0f;
   // k + 127 into the exponent field (unsigned: no UB on NaN input)
-  const uint32_t bits = (std::bit_cast<uint32_t>(t) - 0x4B400000u + 127u) << 23;
-  return e_r * std::bit_cast<float>(bits);
+  const uint32_t bits = (fastgan::bit_cast<uint32_t>(t) - 0x4B400000u + 127u) << 23;
+  return e_r * fastgan::bit_cast<float>(bits);
 }
 
 // exp(x) in double, for results that end up rounded to float (the kernels keep libm for float64 input):
@@ -92,8 +92,8 @@ FASTGAN_VEC_INLINE double exp_d(double x, const ExpRangeD& er) {
   p = p * r + 1.0 / 6.0;
   p = p * r + 0.5;
   const double e_r = p * (r * r) + r + 1.0;
-  const uint64_t bits = (std::bit_cast<uint64_t>(t) - std::bit_cast<uint64_t>(kMagic) + 1023u) << 52;
-  return e_r * std::bit_cast<double>(bits);
+  const uint64_t bits = (fastgan::bit_cast<uint64_t>(t) - fastgan::bit_cast<uint64_t>(kMagic) + 1023u) << 52;
+  return e_r * fastgan::bit_cast<double>(bits);
 }
 
 // tanh(x) in float, within 1.02 ulp (measured; eager's Sleef tanhf_u10: 0.57 on the same inputs): below |x| = 1

@@ -36,7 +36,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from ._device import on_input_device
-from ._math import COMPILED, div_, exp_
+from ._math import COMPILED, LAUNCH, div_, exp_
 from ._params import join64, split64
 
 __all__ = ["forward", "backward", "double_backward"]
@@ -88,7 +88,12 @@ def _sech2(z):
 @triton.jit
 def _act(z, alpha, K, ACT: tl.constexpr):
     if ACT == 1:
-        f = tl.where(z < 0, 0.0, z)  # -0.0 stays -0.0 (torch.relu), NaN stays NaN
+        # NaN stays NaN. -0.0: torch.relu keeps it on the CPU (where the interpreter runs) and gives +0.0 on CUDA
+        # (seen on the H200), so each keeps eager's sign on its device.
+        if COMPILED:
+            f = tl.where(z > 0, z, tl.where(z != z, z, 0.0))
+        else:
+            f = tl.where(z < 0, 0.0, z)
     elif ACT == 2:
         f = tl.where(z > 0, z, z * alpha)
     elif ACT == 3:
@@ -204,7 +209,7 @@ def _launch(mode: int, x, bias, g, h, act: int, alpha: float, gain: float, clamp
     grid = (triton.cdiv(x.numel(), BLOCK),)
     _bias_act_kernel[grid](x, b, g, h, out, x.numel(), C, inner, *scalars, MODE=mode, ACT=act,
                            HAS_BIAS=bias is not None, CLAMP=clamp >= 0,
-                           ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=BLOCK, num_warps=4)
+                           ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=BLOCK, num_warps=4, **LAUNCH)
     return out
 
 

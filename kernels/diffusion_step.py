@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
+from ._math import LAUNCH
 from ._params import join64, split64
 
 BLOCK = 1024
@@ -116,5 +117,5 @@ def step(x: torch.Tensor, m: torch.Tensor, u, z, coef: torch.Tensor, guidance: f
     _step_kernel[grid](x, m, u if u is not None else x, z if z is not None else x,
                        seed if seed is not None else coef, coef, out, numel, per_sample, sample_size, chans,
                        spatial, *split64(guidance), *split64(clip), HAS_U=u is not None, NOISE=noise,
-                       CL=channels_last and noise == 2, CLIP=clip > 0, BLOCK=BLOCK, num_warps=4)
+                       CL=channels_last and noise == 2, CLIP=clip > 0, BLOCK=BLOCK, num_warps=4, **LAUNCH)
     return out

@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
+from ._math import LAUNCH
 from ._params import join64, split64
 
 __all__ = ["forward", "backward", "double_backward"]
@@ -188,13 +189,13 @@ def _reduce(mode: int, g, v, kind: int, target: float, p=None, norm=None, dot=No
     p, norm, dot, ggp = (part if t is None else t for t in (p, norm, dot, ggp))  # unused outputs: any pointer
     _reduce_kernel[(groups, S)](g, v, part, p, norm, dot, ggp, *split64(target), N, M, chunk, S, MODE=mode,
                                 KIND=kind, FINAL=S == 1, ACC=_tl_acc(g), BLOCK_N=block_n, BLOCK_M=block_m,
-                                num_warps=4)
+                                num_warps=4, **LAUNCH)
     if S > 1:
         block_s = min(64, triton.next_power_of_2(S))
         fin_n = max(1, min(triton.next_power_of_2(N), 1024 // block_s))
         _finalize_kernel[(triton.cdiv(N, fin_n),)](part, p, norm, dot, ggp, *split64(target), N, S, MODE=mode,
                                                    KIND=kind, ACC=_tl_acc(g), BLOCK_N=fin_n, BLOCK_S=block_s,
-                                                   num_warps=4)
+                                                   num_warps=4, **LAUNCH)
 
 
 def _tl_acc(x: torch.Tensor):
@@ -226,7 +227,7 @@ def backward(gp: torch.Tensor, grad: torch.Tensor, norm: torch.Tensor, kind: int
     out = torch.empty_like(g)
     _apply_kernel[(triton.cdiv(g.numel(), BLOCK),)](
         g, g, gp.contiguous(), norm.contiguous(), norm, out, *split64(target), g.numel(), g.numel() // g.shape[0],
-        MODE=0, KIND=kind, ACC=_tl_acc(g), BLOCK=BLOCK, num_warps=4)
+        MODE=0, KIND=kind, ACC=_tl_acc(g), BLOCK=BLOCK, num_warps=4, **LAUNCH)
     return out
 
 
@@ -244,5 +245,6 @@ def double_backward(ggx: torch.Tensor, gp: torch.Tensor, grad: torch.Tensor, nor
     out = torch.empty_like(g)
     _apply_kernel[(triton.cdiv(g.numel(), BLOCK),)](g, v, gp, norm, dot, out, *split64(target), g.numel(),
                                                     g.numel() // N,
-                                                    MODE=1, KIND=kind, ACC=_tl_acc(g), BLOCK=BLOCK, num_warps=4)
+                                                    MODE=1, KIND=kind, ACC=_tl_acc(g), BLOCK=BLOCK, num_warps=4,
+                                                    **LAUNCH)
     return out, g_gp

@@ -26,7 +26,7 @@ from fastgan.ops._layout import is_channels_last, match_layout
 from fastgan.ops.instance_norm_ref import acc_dtype
 
 from ._device import on_input_device
-from ._math import div_, exp_
+from ._math import LAUNCH, div_, exp_
 from ._params import join64, split64
 
 __all__ = ["forward", "backward", "double_backward"]
@@ -416,7 +416,7 @@ def _meta(x: torch.Tensor, groups: int) -> tuple[int, int, dict]:
     warps = min(8, max(1, block_c * block_l // 256))
     # int64 indexing also where the double backward's (N*C, 3) sums outgrow int32 (x of 2**30 elements can do that)
     idx64 = x.numel() >= 2**31 or x.shape[0] * x.shape[1] * 3 >= 2**31
-    return cg, length, dict(BLOCK_C=block_c, BLOCK_L=block_l, IDX64=idx64, num_warps=warps)
+    return cg, length, dict(BLOCK_C=block_c, BLOCK_L=block_l, IDX64=idx64, num_warps=warps, **LAUNCH)
 
 
 def _maps(gamma, beta, x):

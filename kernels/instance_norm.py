@@ -36,6 +36,7 @@ from fastgan.ops._layout import canonical, empty_like_layout, is_channels_last, 
 from fastgan.ops.instance_norm_ref import acc_dtype
 
 from ._device import on_input_device
+from ._math import LAUNCH
 from ._params import join64, split64
 
 __all__ = ["forward", "backward", "double_backward"]
@@ -520,7 +521,7 @@ def _launch(kernel, plan: _Plan, tensors: tuple, n_part: int, acc: torch.dtype, 
     cb = triton.cdiv(plan.c, plan.block_c)
     grid = (plan.n * cb, plan.splits)
     meta = dict(CHANNELS_LAST=plan.channels_last, BLOCK_L=plan.block_l, BLOCK_C=plan.block_c, IDX64=plan.idx64,
-                num_warps=plan.num_warps, **constexprs)
+                num_warps=plan.num_warps, **LAUNCH, **constexprs)
     scalars = (plan.c, cb, plan.length, plan.l_split, plan.splits, nc) + extra
     if plan.splits == 1:
         kernel[grid](*tensors, x, *scalars, MODE=FUSED.value, SINGLE=plan.single, **meta)  # PART unused

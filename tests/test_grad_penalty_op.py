@@ -147,7 +147,7 @@ def test_third_order_matches_reference(device, impl, kind):
         g = g.clone().requires_grad_()
         (g1,) = torch.autograd.grad((fn(g) ** 2).sum(), g, create_graph=True)
         (g2,) = torch.autograd.grad((g1 ** 2).sum(), g, create_graph=True)
-        return torch.autograd.grad((g2 * torch.linspace(-1, 1, g2.numel(), dtype=g2.dtype).view_as(g2)).sum(), g)[0]
+        return torch.autograd.grad((g2 * torch.linspace(-1, 1, g2.numel(), dtype=g2.dtype, device=g2.device).view_as(g2)).sum(), g)[0]
 
     g = make_grad((3, 2, 5), device, torch.float64)
     ours = third(lambda t: fastgan.ops.grad_penalty(t, kind, 0.7, impl=impl), g)

@@ -170,7 +170,7 @@ def test_third_order_matches_reference(device, impl):
         x = x.clone().requires_grad_()
         (g1,) = torch.autograd.grad((fn(x, w) ** 2).sum(), x, create_graph=True)
         (g2,) = torch.autograd.grad((g1 ** 2).sum(), x, create_graph=True)
-        return torch.autograd.grad((g2 * torch.linspace(-1, 1, g2.numel(), dtype=g2.dtype).view_as(g2)).sum(), x)[0]
+        return torch.autograd.grad((g2 * torch.linspace(-1, 1, g2.numel(), dtype=g2.dtype, device=g2.device).view_as(g2)).sum(), x)[0]
 
     x = torch.randn(2, 3, 4, 5, device=device, dtype=torch.float64)
     w = torch.randn(3, device=device, dtype=torch.float64)

@@ -14,7 +14,6 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import importlib.util  # noqa: E402
 import math  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
@@ -39,16 +38,11 @@ from fastgan.ops.instance_norm_ref import acc_dtype, reference_bwd, reference_db
 
 
 def _load_kernels():
-    try:  # installed: setup.py maps kernels/ to fastgan.kernels
-        from fastgan.kernels import instance_norm
+    # Installed, setup.py maps kernels/ to fastgan.kernels; in a source tree that is not installed, _backend loads
+    # kernels/ as that package (the kernel modules import each other relatively).
+    from fastgan import _backend
 
-        return instance_norm
-    except ImportError:  # source tree, not installed
-        path = HERE.parent / "kernels" / "instance_norm.py"
-        spec = importlib.util.spec_from_file_location("fastgan_kernels_instance_norm", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+    return _backend.import_kernels("instance_norm")
 
 
 K = _load_kernels()

@@ -25,6 +25,25 @@ def test_group_norm_takes_torchs_bias_keyword():
             torch.testing.assert_close(a, b)
 
 
+def test_group_norm_without_torchs_bias_keyword(monkeypatch):
+    """torch < 2.12 (2.11 on the lent H200) has no nn.GroupNorm(bias=...): the module still builds, with and
+    without a bias, the same parameters as on newer torch (the UNet could not be built there)."""
+    import fastgan.nn.group_norm as gn
+
+    real_init = nn.GroupNorm.__init__
+
+    def old_init(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None):
+        real_init(self, num_groups, num_channels, eps, affine, device=device, dtype=dtype)
+
+    monkeypatch.setattr(nn.GroupNorm, "__init__", old_init)
+    monkeypatch.setattr(gn, "_TORCH_GROUPNORM_HAS_BIAS", False)
+    for bias in (True, False):
+        m = fastgan.nn.GroupNorm(2, 4, act="silu", bias=bias)
+        assert list(m.state_dict()) == (["weight", "bias"] if bias else ["weight"])
+        m.reset_parameters()
+        assert m(torch.randn(2, 4, 3, 3)).shape == (2, 4, 3, 3)
+
+
 def test_group_norm_rank_error_names_the_ranks_the_module_takes():
     # The module takes (N, C) and any higher rank (viewed as (N, C, L)); a 0-D or 1-D input got the op's message
     # "x must be 3-D, 4-D or 5-D", which names neither the module's argument nor what it accepts.

@@ -13,7 +13,9 @@ _ABAR = {}  # alphas_cumprod per device: a copy per call would be a host-to-devi
 
 def gaussian_eps_model(x, t):
     """E[eps | x_t] for x0 ~ N(MU, SIGMA^2): (x_t - sqrt(abar) MU) sqrt(1 - abar) / (abar SIGMA^2 + 1 - abar)."""
-    table = _ABAR.setdefault(x.device, SCHED.alphas_cumprod.to(x.device))
+    table = _ABAR.get(x.device)
+    if table is None:  # not setdefault: its argument (the copy) would be evaluated on every call
+        table = _ABAR[x.device] = SCHED.alphas_cumprod.to(x.device)
     abar = table[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
     return (x - abar.sqrt() * MU) * (1 - abar).sqrt() / (abar * SIGMA**2 + 1 - abar)
 

@@ -7,10 +7,15 @@ under the same keys minus the Sequential's ``0.`` prefix), in one kernel.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
 from ..ops.group_norm import group_norm, resolve_act
+
+
+_TORCH_GROUPNORM_HAS_BIAS = "bias" in inspect.signature(nn.GroupNorm.__init__).parameters
 
 
 class GroupNorm(nn.GroupNorm):
@@ -32,10 +37,21 @@ class GroupNorm(nn.GroupNorm):
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, device=None,
                  dtype=None, act: str = "linear", alpha: float | None = None, *, bias: bool = True):
-        super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype, bias=bias)
+        if _TORCH_GROUPNORM_HAS_BIAS:
+            super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype, bias=bias)
+        else:  # torch < 2.12 (e.g. 2.11 on the lent H200) has no `bias` argument: drop the bias as newer torch does
+            super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
+            if affine and not bias:
+                self.bias = None  # nn.Module turns a registered parameter set to None into an absent one
         resolve_act(act, alpha)  # fail at construction on an unknown activation
         self.act = act
         self.alpha = alpha
+
+    def reset_parameters(self) -> None:
+        if self.affine:  # torch < 2.12's version assumes a bias
+            nn.init.ones_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def forward(self, input: torch.Tensor, scale: torch.Tensor | None = None,
                 shift: torch.Tensor | None = None) -> torch.Tensor:
