@@ -141,7 +141,7 @@ case "$stage" in
     s=$(slot 90 70)
     timeout "$s" "$PY" -m fastgan bench --suite sampling --quick --no-compile --no-png \
       --out "$OUT/bench-sampling" >"$OUT/bench-sampling.log" 2>&1 || true
-    say "sampling:"; tr '\r' '\n' <"$OUT/bench-sampling.log" | grep -E 'goal|done in|rror' | tail -4 >>"$sum"
+    say "sampling:"; tr '\r' '\n' <"$OUT/bench-sampling.log" | grep -E 'goal|done in|rror' | tail -4 >>"$sum" || true
     # FID feature extraction, images/s per precision. The weights file (87 MB) cannot travel (64 MiB a call); an
     # fp16 copy can, made here with `python -c "import torch; m = torch.jit.load(P); m.half();
     # torch.jit.save(m, '.whl/inception_fp16.pt')"` (P: fastgan.metrics.inception.weights_path()) and carried
@@ -163,10 +163,11 @@ tp.main(['--device', 'cuda', '--dtypes', 'fp32', 'fp16', 'bf16', '--batch-size',
     say "done"
     ;;
   recheck)
-    # A second, shorter call (DEADLINE_S, default 250 s) after fixes: build, every CUDA-parametrised test with
-    # compute-sanitizer on the CUDA C++ kernel beside them, the op suites that have a CUDA C++ impl (CUDA C++ and
-    # Triton against eager, no compile), then the 1000-step sampling loops with few repetitions. Same files back
-    # as `first`: summary.txt, build.log, pytest.log, failures.txt, sanitizer.log, bench*/report.json.
+    # A second, shorter call (DEADLINE_S, default 250 s; give it 300 if the lease allows) after fixes: build,
+    # every CUDA-parametrised test with compute-sanitizer on the CUDA C++ kernel beside them, the op suites that
+    # have a CUDA C++ impl (CUDA C++ and Triton against eager, no compile), a TF32 check of the critic step, then
+    # the 1000-step sampling loops with few repetitions. Files back: summary.txt, build.log, pytest.log,
+    # failures.txt, sanitizer.log, bench*/report.json.
     t0=$SECONDS
     deadline=${DEADLINE_S:-250}
     sum="$OUT/summary.txt"
@@ -177,7 +178,8 @@ tp.main(['--device', 'cuda', '--dtypes', 'fp32', 'fp16', 'bf16', '--batch-size',
     }
     export FASTGAN_REQUIRE_EXT=1 TRITON_INTERPRET=0 PYTHONPATH="$(pwd)/tools${PYTHONPATH:+:$PYTHONPATH}"
     export FASTGAN_CUDA_ARCHS=${FASTGAN_CUDA_ARCHS:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-    if timeout "$(slot 140 100)" "$PY" -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+    # Measured on the H200 (16 jobs): the build takes ~130 s, the CUDA tests ~90 s under xdist.
+    if timeout "$(slot 150 90)" "$PY" -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
       say "build ok"
     else
       say "BUILD FAILED"; tail -25 "$OUT/build.log" >>"$sum"; FASTGAN_REQUIRE_EXT=0
@@ -193,7 +195,7 @@ tp.main(['--device', 'cuda', '--dtypes', 'fp32', 'fp16', 'bf16', '--batch-size',
       done
     ) &
     san=$!
-    FASTGAN_FAILURES_FILE="$OUT/failures.txt" timeout "$(slot 100 50)" "$PY" -m pytest tests -n 12 -q -rfE \
+    FASTGAN_FAILURES_FILE="$OUT/failures.txt" timeout "$(slot 110 20)" "$PY" -m pytest tests -n 12 -q -rfE \
       --tb=short --timeout 90 --continue-on-collection-errors -p no:cacheprovider -p pytest_failures_now -k cuda \
       --ignore=tests/test_metrics.py --ignore=tests/test_datasets.py --ignore=tests/test_cli_eval.py \
       >"$OUT/pytest.log" 2>&1 && rc=0 || rc=$?
@@ -203,7 +205,7 @@ tp.main(['--device', 'cuda', '--dtypes', 'fp32', 'fp16', 'bf16', '--batch-size',
     s=$(slot 45 20)
     timeout "$s" "$PY" -m fastgan bench --quick --no-png --no-compile --impl cuda,triton --time-limit $((s - 15)) \
       --suite instance_norm --suite adain --out "$OUT/bench" >"$OUT/bench.log" 2>&1 || true
-    say "bench:"; tr '\r' '\n' <"$OUT/bench.log" | grep -E 'goal|done in|rror' | tail -8 >>"$sum"
+    say "bench:"; tr '\r' '\n' <"$OUT/bench.log" | grep -E 'goal|done in|rror' | tail -8 >>"$sum" || true
     # The critic step's parameter gradients differed from the torch.nn twin's by 3e-2 (relative) in `first`:
     # the same comparison with TF32 convolutions off tells whether TF32 (cuDNN's default for convs) is the cause.
     timeout 25 "$PY" - >>"$sum" 2>&1 <<'PY' || say "critic TF32 check cut or failed"
