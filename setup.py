@@ -46,6 +46,11 @@ def _prepare_cuda_env() -> None:
     os.environ.setdefault("MAX_JOBS", _default_max_jobs())
 
 
+def _torch_version(torch) -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
 def _extensions():
     if _env_flag("FASTGAN_NO_EXTENSION"):
         return [], {}
@@ -61,13 +66,17 @@ def _extensions():
     csrc = os.path.join("csrc")
     cpp = sorted(os.path.join(csrc, f) for f in os.listdir(os.path.join(ROOT, csrc)) if f.endswith(".cpp"))
     cu = sorted(os.path.join(csrc, f) for f in os.listdir(os.path.join(ROOT, csrc)) if f.endswith(".cu"))
-    # No -std flag: torch.utils.cpp_extension adds the standard its own headers need (-std=c++20 for torch
-    # 2.13 and 2.14 here); forcing -std=c++17 broke the build against torch 2.14 (std::strong_ordering).
+    # The C++ standard: torch.utils.cpp_extension adds the one its headers need unless we pass one: -std=c++17 up
+    # to torch 2.11 (the lent H200's), -std=c++20 from 2.13 on, and 2.14's headers need C++20
+    # (std::strong_ordering). Below 2.14 we ask for C++17 ourselves, so the CPU build that CI and users run on
+    # 2.13 rejects C++20-only code (std::bit_cast failed the first build on 2.11) before a 2.11 user does.
     # -fno-trapping-math: results stay IEEE-exact (no fast-math, no reassociation); GCC may then if-convert
     # float compares and selects, which it otherwise refuses because a compare could raise an FP exception flag.
     # Without it the relu/lrelu backward and every clamped bias_act path compiled to a branch per element
     # (1.5-3.8 ms instead of ~0.1 ms for 1M floats on the 2-core machine).
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", "-fno-trapping-math"]
+    if _torch_version(torch) < (2, 14):
+        cxx.append("-std=c++17")
     archs = os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else ""
     cxx.append(f'-DFASTGAN_CUDA_ARCHS="{archs}"')
     if with_cuda:

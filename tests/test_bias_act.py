@@ -50,7 +50,7 @@ def eager_bias_act(x, b, act, dim, clamp=None, gain=None):
         x = x + b.view(shape)
     y = {"linear": lambda t: t, "relu": F.relu, "lrelu": lambda t: F.leaky_relu(t, 0.2), "tanh": torch.tanh,
          "sigmoid": torch.sigmoid, "silu": F.silu, "gelu": F.gelu}[act](x)
-    gain = (math.sqrt(2) if act in ("relu", "lrelu") else 1.0) if gain is None else gain
+    gain = 1.0 if gain is None else gain
     y = y * gain if gain != 1.0 else y
     return y.clamp(-clamp, clamp) if clamp is not None else y
 
@@ -232,8 +232,8 @@ def test_infinities_as_the_reference(device, impl, dtype):
 def test_mixed_bias_dtype_and_defaults(device, impl):
     x = torch.randn(2, 4, 3, device=device, dtype=torch.float16)
     b = torch.randn(4, device=device, dtype=torch.float32, requires_grad=True)
-    y = fastgan.ops.bias_act(x, b, impl=impl)  # lrelu, alpha 0.2, gain sqrt(2)
-    expected = F.leaky_relu(x.float() + b.detach().view(1, 4, 1), 0.2) * math.sqrt(2)
+    y = fastgan.ops.bias_act(x, b, impl=impl)  # lrelu, alpha 0.2, gain 1: F.leaky_relu(x + b, 0.2)
+    expected = F.leaky_relu(x.float() + b.detach().view(1, 4, 1), 0.2)
     assert y.dtype == torch.float16
     torch.testing.assert_close(y.float(), expected, rtol=1e-3, atol=1e-3)
     (gb,) = torch.autograd.grad(y.float().sum(), b)
@@ -450,7 +450,7 @@ def test_reference_returns_a_new_tensor_for_the_identity():
 # ---------------------------------------------------------------------------------------------- module
 def test_module_bias_act():
     m = fastgan.nn.BiasAct(5, act="lrelu", clamp=256.0)
-    assert list(m.state_dict()) == ["bias"] and m.bias.shape == (5,) and m.gain == pytest.approx(math.sqrt(2))
+    assert list(m.state_dict()) == ["bias"] and m.bias.shape == (5,) and m.gain == 1.0
     with torch.no_grad():
         m.bias.normal_()
     x = torch.randn(3, 5, 4, 4, requires_grad=True)

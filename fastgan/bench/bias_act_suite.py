@@ -38,7 +38,7 @@ def _eager(x, b):
 def _fastgan(impl: str):
     from .. import ops
 
-    return functools.partial(ops.bias_act, act="lrelu", impl=impl)
+    return functools.partial(ops.bias_act, act="lrelu", gain=GAIN, impl=impl)
 
 
 def _make_inputs(shape, dtype, layout: str, mode: str, device: str):

@@ -42,7 +42,7 @@ class ReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.numel() == 0:  # bias_act refuses these (its bias dim, empty input); no kernel needed
             return F.relu(x)
-        # gain=1: the plain activation (bias_act's default gain for relu is StyleGAN's sqrt(2)).
+        # gain=1: the plain activation (bias_act's default; StyleGAN's layers pass sqrt(2)).
         return bias_act(x, None, "relu", gain=1.0)
 
 

@@ -14,8 +14,8 @@ class BiasAct(nn.Module):
         num_features: size of ``x`` along ``dim`` (C of ``(N, C, H, W)``, F of ``(N, F)``).
         act: ``"linear"``, ``"relu"``, ``"lrelu"``, ``"tanh"``, ``"sigmoid"``, ``"silu"``/``"swish"``, ``"gelu"``.
         alpha: lrelu's negative slope (default 0.2).
-        gain: output scale; default sqrt(2) for relu/lrelu, 1 otherwise (StyleGAN's convention). ``1.0`` gives the
-            plain activation.
+        gain: output scale, default 1 (the plain activation); StyleGAN's layers use ``math.sqrt(2)`` for
+            relu/lrelu.
         clamp: clamp the output to ``[-clamp, clamp]`` (None: no clamp).
         dim: the dim of ``x`` the bias runs along (1 for ``(N, C, ...)``; ``-1`` for channels-last features).
         bias: learn a bias (a zero-initialised ``(num_features,)`` Parameter named ``bias``); False: no bias.
@@ -27,7 +27,7 @@ class BiasAct(nn.Module):
 
     impl: str | None = None  # pin a backend ("ref", "cpp", "cuda", "triton"); None = automatic
 
-    def __init__(self, num_features: int, act: str = "lrelu", alpha: float | None = None, gain: float | None = None,
+    def __init__(self, num_features: int, act: str = "lrelu", alpha: float | None = None, gain: float = 1.0,
                  clamp: float | None = None, dim: int = 1, bias: bool = True, bias_init: float = 0.0,
                  device=None, dtype=None):
         super().__init__()

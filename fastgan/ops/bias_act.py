@@ -29,13 +29,13 @@ _NAMES = {code: name for name, code in ACT_CODES.items()}
 
 
 def resolve_act(act: str, alpha=None, gain=None) -> tuple[str, float, float]:
-    """``(name, alpha, gain)`` with the defaults filled in: alpha 0.2 for lrelu (unused otherwise), gain sqrt(2)
-    for relu and lrelu and 1 otherwise (StyleGAN's convention: it keeps the activations' variance near 1)."""
+    """``(name, alpha, gain)`` with the defaults filled in: alpha 0.2 for lrelu (unused otherwise), gain 1 (the
+    plain activation, as the issue's signature has it; StyleGAN's layers pass ``gain=sqrt(2)`` themselves)."""
     if not isinstance(act, str) or ACT_ALIASES.get(act, act) not in ACT_CODES:
         raise ValueError(f"fastgan: unknown act {act!r}; expected one of {sorted(ACT_CODES) + sorted(ACT_ALIASES)}")
     name = ACT_ALIASES.get(act, act)
     alpha = (0.2 if name == "lrelu" else 0.0) if alpha is None else float(alpha)
-    gain = (math.sqrt(2.0) if name in ("relu", "lrelu") else 1.0) if gain is None else float(gain)
+    gain = 1.0 if gain is None else float(gain)
     check_finite("alpha and gain must be finite", alpha=alpha, gain=gain)  # every impl, as the C++ op checks it
     return name, alpha, gain
 
@@ -147,7 +147,7 @@ def _prefer_eager_math(name: str, x: torch.Tensor, bias) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
 
 
-def bias_act_reference(x, bias=None, act: str = "lrelu", alpha=None, gain=None, clamp=None, dim: int = 1):
+def bias_act_reference(x, bias=None, act: str = "lrelu", alpha=None, gain=1.0, clamp=None, dim: int = 1):
     """:func:`bias_act` in plain PyTorch, differentiable by autograd (``impl="ref"``). Computes in float32
     (float64 for float64 input) and returns x's dtype."""
     name, alpha, gain = resolve_act(act, alpha, gain)
@@ -185,7 +185,7 @@ def _check(x, bias, clamp, dim) -> int:
     return dim
 
 
-def bias_act(x, bias=None, act: str = "lrelu", alpha=None, gain=None, clamp=None, dim: int = 1, *,
+def bias_act(x, bias=None, act: str = "lrelu", alpha=None, gain=1.0, clamp=None, dim: int = 1, *,
              impl: str | None = None) -> torch.Tensor:
     """Fused ``clamp(act(x + bias) * gain, -clamp, clamp)``, bias broadcast along ``dim`` (StyleGAN's bias_act).
 
@@ -202,8 +202,8 @@ def bias_act(x, bias=None, act: str = "lrelu", alpha=None, gain=None, clamp=None
         act: ``"linear"``, ``"relu"``, ``"lrelu"``, ``"tanh"``, ``"sigmoid"``, ``"silu"`` (alias ``"swish"``) or
             ``"gelu"`` (exact erf form, as ``F.gelu``'s default).
         alpha: lrelu's negative slope; default 0.2. Ignored by the other activations.
-        gain: output scale; default ``sqrt(2)`` for relu and lrelu and ``1`` otherwise (StyleGAN's convention).
-            Pass ``gain=1.0`` for the plain activation (``F.leaky_relu(x + b, 0.2)``).
+        gain: output scale, default 1 (``bias_act(x, b)`` is ``F.leaky_relu(x + b, 0.2)``). StyleGAN's layers
+            use ``gain=math.sqrt(2)`` for relu and lrelu (it keeps the activations' variance near 1).
         clamp: if given (>= 0), the output is clamped to ``[-clamp, clamp]`` after the gain; clamped values get zero
             gradient (as ``torch.clamp``: values exactly at the bound pass it). None: no clamp.
         dim: the dim of x that ``bias`` runs along (negative counts from the end).
