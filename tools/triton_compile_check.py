@@ -81,9 +81,10 @@ def _describe(e: BaseException) -> str:
 class Recorder:
     """Turns launches into compilations and keeps one line per launch."""
 
-    def __init__(self):
+    def __init__(self, shard: tuple[int, int] = (0, 1)):
         self.rows: list[tuple[str, str, tuple, str]] = []
         self.tag = ""
+        self.shard, self.launches = shard, 0
 
     def install(self) -> None:
         driver.set_active(_Sm90Driver())
@@ -91,6 +92,9 @@ class Recorder:
 
         def getitem(fn, grid):
             def launch(*args, **kwargs):
+                index, recorder.launches = recorder.launches, recorder.launches + 1
+                if index % recorder.shard[1] != recorder.shard[0]:
+                    return  # another shard's launch (the cases run in the same order in every shard)
                 g = grid(kwargs) if callable(grid) else grid
                 g = tuple(g) + (1,) * (3 - len(g))
                 status = "OK"
@@ -247,8 +251,13 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer dtypes and sizes")
     ap.add_argument("--family", action="append", choices=sorted(FAMILIES), help="only these (repeatable)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every launch, not only failures")
+    ap.add_argument("--shard", default="0/1", metavar="I/N",
+                    help="compile only launches I, I+N, I+2N, ... (run N processes to use N cores)")
     args = ap.parse_args(argv)
-    rec = Recorder()
+    i, n = (int(v) for v in args.shard.split("/"))
+    if not 0 <= i < n:
+        ap.error(f"--shard {args.shard}: expected I/N with 0 <= I < N")
+    rec = Recorder((i, n))
     rec.install()
     for name in args.family or FAMILIES:
         FAMILIES[name](rec, args.quick)
