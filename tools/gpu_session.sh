@@ -37,6 +37,74 @@ names = [s for s in all_suites() if s != 'sampling']
 print(' '.join('--suite ' + s for s in sorted(names, key=lambda s: (first + names).index(s))))")
 }
 
+# The lease stages (`first`, `recheck`) share these: every part is cut to what is left of DEADLINE_S.
+t0=$SECONDS
+sum="$OUT/summary.txt"
+say() { echo "[$((SECONDS - t0)) s] $*" | tee -a "$sum"; }
+slot() {  # slot CAP RESERVE: seconds for the next part, at most CAP, leaving RESERVE for the parts after it
+  local left=$((deadline - (SECONDS - t0) - $2))
+  if ((left < $1)); then echo $((left > 1 ? left : 1)); else echo "$1"; fi  # never 0: timeout 0 = no limit
+}
+
+lease_build() {  # CAP RESERVE: the extension built in place (editable), so that `python -m` from the checkout
+  # and the tests import it; on failure the rest runs the Triton and reference impls only
+  export FASTGAN_REQUIRE_EXT=1 TRITON_INTERPRET=0 PYTHONPATH="$(pwd)/tools${PYTHONPATH:+:$PYTHONPATH}"
+  export FASTGAN_CUDA_ARCHS=${FASTGAN_CUDA_ARCHS:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+  if timeout "$(slot "$1" "$2")" "$PY" -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+    say "build ok"
+  elif say "pip install -e failed: $(tail -3 "$OUT/build.log" | tr '\n' ' ')"; timeout "$(slot "$1" "$2")" \
+      "$PY" setup.py build_ext --inplace >>"$OUT/build.log" 2>&1; then
+    say "build ok (setup.py build_ext --inplace)"
+  else
+    say "BUILD FAILED: the rest runs the Triton and reference impls only"; tail -25 "$OUT/build.log" >>"$sum"
+    FASTGAN_REQUIRE_EXT=0
+  fi
+  "$PY" -m fastgan info >>"$sum" 2>&1 || true
+}
+
+sanitize_cuda_cpp() {  # SECONDS each: memcheck and racecheck (it uses shared memory) on the CUDA C++ instance
+  # norm's forward/backward tests, without torch's caching allocator, so that an access past a tensor's end
+  # leaves its allocation
+  local tool rc
+  for tool in memcheck racecheck; do
+    echo "== $tool instance_norm cuda-cuda" >>"$OUT/sanitizer.log"
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$1" compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" -m pytest \
+      -q -x -p no:cacheprovider tests/test_instance_norm.py -k "cuda-cuda and (forward or backward) and not gradcheck" \
+      >>"$OUT/sanitizer.log" 2>&1 && rc=0 || rc=$?
+    echo "== $tool exit $rc" >>"$OUT/sanitizer.log"
+  done
+}
+
+sanitize_all() {  # the CUDA C++ kernel, then the Triton kernels of the other ops (memcheck), small cases
+  local rc
+  sanitize_cuda_cpp 70
+  echo "== memcheck triton forwards" >>"$OUT/sanitizer.log"
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" -m pytest \
+    -q -p no:cacheprovider tests/test_bias_act.py tests/test_group_norm.py tests/test_grad_penalty_op.py \
+    tests/test_diffusion.py -k "cuda-triton and forward and not gradcheck and not compile" \
+    >>"$OUT/sanitizer.log" 2>&1 && rc=0 || rc=$?
+  echo "== memcheck triton exit $rc" >>"$OUT/sanitizer.log"
+}
+
+tests_and_sanitizer() {  # "SANITIZER COMMAND" SECONDS WORKERS: the sanitizer runs beside the tests (neither is timed)
+  $1 &
+  local pid=$!
+  cuda_tests "$2" "$3"
+  wait "$pid" || true
+  say "sanitizer: $(grep '^== .* exit' "$OUT/sanitizer.log" 2>/dev/null | tr '\n' ' ')"
+}
+
+cuda_tests() {  # SECONDS WORKERS: every CUDA-parametrised test under xdist, failures streamed to failures.txt as
+  # they happen (a cut run keeps them); the metrics and dataset tests need data packages the machine lacks
+  local rc
+  FASTGAN_FAILURES_FILE="$OUT/failures.txt" timeout "$1" "$PY" -m pytest tests -n "$2" -q -rfE --tb=short \
+    --timeout 150 --continue-on-collection-errors -p no:cacheprovider -p pytest_failures_now -k cuda \
+    --ignore=tests/test_metrics.py --ignore=tests/test_datasets.py --ignore=tests/test_cli_eval.py \
+    >"$OUT/pytest.log" 2>&1 && rc=0 || rc=$?
+  say "tests (exit $rc; 124 = cut by the slot): $(grep -E '[0-9]+ (passed|failed|error)|no tests ran' \
+    "$OUT/pytest.log" | tail -1)"
+}
+
 case "$stage" in
   build) build ;;
   test)
@@ -76,57 +144,12 @@ case "$stage" in
     # CUDA tests (compute-sanitizer runs beside them: neither is timed), then the timed parts one at a time (see
     # below). At most 8 files come back from $OUT: summary.txt (all short outputs), build.log, pytest.log,
     # failures.txt, sanitizer.log and the report.json of bench/, bench-sampling/ and bench-compile/.
-    t0=$SECONDS
     deadline=${DEADLINE_S:-570}
-    sum="$OUT/summary.txt"
-    say() { echo "[$((SECONDS - t0)) s] $*" | tee -a "$sum"; }
-    slot() {  # slot CAP RESERVE: seconds for the next part, at most CAP, leaving RESERVE for the parts after it
-      local left=$((deadline - (SECONDS - t0) - $2))
-      if ((left < $1)); then echo $((left > 1 ? left : 1)); else echo "$1"; fi  # never 0: timeout 0 = no limit
-    }
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv >>"$sum" 2>&1 || true
     "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__,
     'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())" >>"$sum" 2>&1 || true
-    # In place (editable), so that both `python -m` from the checkout and the tests import the built _C.
-    export FASTGAN_REQUIRE_EXT=1 TRITON_INTERPRET=0 PYTHONPATH="$(pwd)/tools${PYTHONPATH:+:$PYTHONPATH}"
-    export FASTGAN_CUDA_ARCHS=${FASTGAN_CUDA_ARCHS:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-    if timeout "$(slot 300 240)" "$PY" -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
-      say "build ok"
-    elif say "pip install -e failed: $(tail -3 "$OUT/build.log" | tr '\n' ' ')"; timeout "$(slot 300 240)" \
-        "$PY" setup.py build_ext --inplace >>"$OUT/build.log" 2>&1; then
-      say "build ok (setup.py build_ext --inplace)"
-    else
-      say "BUILD FAILED: the rest runs the Triton and reference impls only"; tail -25 "$OUT/build.log" >>"$sum"
-      FASTGAN_REQUIRE_EXT=0
-    fi
-    "$PY" -m fastgan info >>"$sum" 2>&1 || true
-    (  # compute-sanitizer beside the tests: the CUDA C++ instance norm (memcheck, racecheck: it uses shared
-       # memory) and the Triton kernels of the other ops (memcheck), small cases; without torch's caching
-       # allocator, so that an access past a tensor's end leaves its allocation
-      export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-      for tool in memcheck racecheck; do
-        echo "== $tool instance_norm cuda-cuda" >>"$OUT/sanitizer.log"
-        timeout 70 compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" -m pytest -q -x -p no:cacheprovider \
-          tests/test_instance_norm.py -k "cuda-cuda and (forward or backward) and not gradcheck" \
-          >>"$OUT/sanitizer.log" 2>&1 && rc=0 || rc=$?
-        echo "== $tool exit $rc" >>"$OUT/sanitizer.log"
-      done
-      echo "== memcheck triton forwards" >>"$OUT/sanitizer.log"
-      timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" -m pytest -q -p no:cacheprovider \
-        tests/test_bias_act.py tests/test_group_norm.py tests/test_grad_penalty_op.py tests/test_diffusion.py \
-        -k "cuda-triton and forward and not gradcheck and not compile" \
-        >>"$OUT/sanitizer.log" 2>&1 && rc=0 || rc=$?
-      echo "== memcheck triton exit $rc" >>"$OUT/sanitizer.log"
-    ) &
-    san=$!
-    # Every CUDA-parametrised test; the metrics and dataset tests need data packages that are not on the machine.
-    FASTGAN_FAILURES_FILE="$OUT/failures.txt" timeout "$(slot 170 250)" "$PY" -m pytest tests -n 10 -q -rfE \
-      --tb=short --timeout 150 --continue-on-collection-errors -p no:cacheprovider -p pytest_failures_now -k cuda \
-      --ignore=tests/test_metrics.py --ignore=tests/test_datasets.py --ignore=tests/test_cli_eval.py \
-      >"$OUT/pytest.log" 2>&1 && rc=0 || rc=$?
-    say "tests (exit $rc; 124 = cut by the slot): $(grep -E '[0-9]+ (passed|failed|error)|no tests ran|Timeout|Error' "$OUT/pytest.log" | tail -1)"
-    wait "$san" || true
-    say "sanitizer: $(grep '^== .* exit' "$OUT/sanitizer.log" | tr '\n' ' ')"
+    lease_build 300 240
+    tests_and_sanitizer sanitize_all "$(slot 170 250)" 10
     # Timed parts, one at a time. --time-limit starts no case in a slot's last 30 s, and the report is rewritten
     # after each case anyway, so a cut run keeps what it measured. The markdown is rendered here afterwards from
     # report.json (fastgan.bench.report.render_markdown), which keeps the files that come back to 8.
@@ -168,40 +191,9 @@ tp.main(['--device', 'cuda', '--dtypes', 'fp32', 'fp16', 'bf16', '--batch-size',
     # have a CUDA C++ impl (CUDA C++ and Triton against eager, no compile), a TF32 check of the critic step, then
     # the 1000-step sampling loops with few repetitions. Files back: summary.txt, build.log, pytest.log,
     # failures.txt, sanitizer.log, bench*/report.json.
-    t0=$SECONDS
     deadline=${DEADLINE_S:-250}
-    sum="$OUT/summary.txt"
-    say() { echo "[$((SECONDS - t0)) s] $*" | tee -a "$sum"; }
-    slot() {
-      local left=$((deadline - (SECONDS - t0) - $2))
-      if ((left < $1)); then echo $((left > 1 ? left : 1)); else echo "$1"; fi
-    }
-    export FASTGAN_REQUIRE_EXT=1 TRITON_INTERPRET=0 PYTHONPATH="$(pwd)/tools${PYTHONPATH:+:$PYTHONPATH}"
-    export FASTGAN_CUDA_ARCHS=${FASTGAN_CUDA_ARCHS:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-    # Measured on the H200 (16 jobs): the build takes ~130 s, the CUDA tests ~90 s under xdist.
-    if timeout "$(slot 150 90)" "$PY" -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
-      say "build ok"
-    else
-      say "BUILD FAILED"; tail -25 "$OUT/build.log" >>"$sum"; FASTGAN_REQUIRE_EXT=0
-    fi
-    "$PY" -m fastgan info >>"$sum" 2>&1 || true
-    (
-      export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-      for tool in memcheck racecheck; do
-        timeout 45 compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" -m pytest -q -x -p no:cacheprovider \
-          tests/test_instance_norm.py -k "cuda-cuda and (forward or backward) and not gradcheck" \
-          >>"$OUT/sanitizer.log" 2>&1 && rc=0 || rc=$?
-        echo "== $tool exit $rc" >>"$OUT/sanitizer.log"
-      done
-    ) &
-    san=$!
-    FASTGAN_FAILURES_FILE="$OUT/failures.txt" timeout "$(slot 110 20)" "$PY" -m pytest tests -n 12 -q -rfE \
-      --tb=short --timeout 90 --continue-on-collection-errors -p no:cacheprovider -p pytest_failures_now -k cuda \
-      --ignore=tests/test_metrics.py --ignore=tests/test_datasets.py --ignore=tests/test_cli_eval.py \
-      >"$OUT/pytest.log" 2>&1 && rc=0 || rc=$?
-    say "tests (exit $rc): $(grep -E '[0-9]+ (passed|failed|error)|no tests ran' "$OUT/pytest.log" | tail -1)"
-    wait "$san" || true
-    say "sanitizer: $(grep '^== .* exit' "$OUT/sanitizer.log" | tr '\n' ' ')"
+    lease_build 150 90  # measured on the H200 (16 jobs): the build takes ~130 s, the CUDA tests ~90 s
+    tests_and_sanitizer "sanitize_cuda_cpp 45" "$(slot 110 20)" 12
     s=$(slot 45 20)
     timeout "$s" "$PY" -m fastgan bench --quick --no-png --no-compile --impl cuda,triton --time-limit $((s - 15)) \
       --suite instance_norm --suite adain --out "$OUT/bench" >"$OUT/bench.log" 2>&1 || true
