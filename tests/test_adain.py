@@ -90,8 +90,9 @@ def test_gradcheck_and_gradgradcheck_float64(device, impl, layout):
     def f(*a):
         return fastgan.ops.adain(*a, impl=impl)
 
-    assert torch.autograd.gradcheck(f, (x, s, b))
-    assert torch.autograd.gradgradcheck(f, (x, s, b))
+    fast = impl == "triton"  # the interpreter is slow: random projections instead of full Jacobians
+    assert torch.autograd.gradcheck(f, (x, s, b), fast_mode=fast)
+    assert torch.autograd.gradgradcheck(f, (x, s, b), fast_mode=fast)
 
 
 @pytest.mark.parametrize("device,impl", [p for p in impl_params() if "triton" not in p.id])
