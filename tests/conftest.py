@@ -53,6 +53,17 @@ def to_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x.contiguous()
 
 
+def third_order_grad(fn, x: torch.Tensor) -> torch.Tensor:
+    """A third derivative of ``fn`` at ``x`` that mixes every element: d/dx <d/dx |d/dx |fn(x)|^2|^2, w> with fixed
+    weights ``w`` (a ramp over -1..1 on x's device), built by three nested autograd passes. The third-order tests
+    compare it between an op and its reference."""
+    x = x.clone().requires_grad_()
+    (g1,) = torch.autograd.grad((fn(x) ** 2).sum(), x, create_graph=True)
+    (g2,) = torch.autograd.grad((g1 ** 2).sum(), x, create_graph=True)
+    w = torch.linspace(-1, 1, g2.numel(), dtype=g2.dtype, device=g2.device).view_as(g2)
+    return torch.autograd.grad((g2 * w).sum(), x)[0]
+
+
 @pytest.fixture(autouse=True)
 def _seed_from_test_name(request):
     """Fresh random inputs per test, reproducible: the seed is a hash of the test's id. FASTGAN_TEST_SEED=k draws

@@ -11,7 +11,7 @@ from fastgan import _backend
 from fastgan.ops.grad_penalty import grad_penalty_reference
 from fastgan.ops.grad_penalty_kernels import kernel_ops, sample_major
 
-from conftest import op_impl_params, to_layout
+from conftest import op_impl_params, third_order_grad, to_layout
 from tolerance import assert_rule, grad_floor_ulps
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -143,15 +143,9 @@ def test_gradcheck_and_gradgradcheck_float64(device, impl, kind):
 @pytest.mark.parametrize("device,impl", impl_params(kernels_only=True))
 @pytest.mark.parametrize("kind", KINDS)
 def test_third_order_matches_reference(device, impl, kind):
-    def third(fn, g):
-        g = g.clone().requires_grad_()
-        (g1,) = torch.autograd.grad((fn(g) ** 2).sum(), g, create_graph=True)
-        (g2,) = torch.autograd.grad((g1 ** 2).sum(), g, create_graph=True)
-        return torch.autograd.grad((g2 * torch.linspace(-1, 1, g2.numel(), dtype=g2.dtype, device=g2.device).view_as(g2)).sum(), g)[0]
-
     g = make_grad((3, 2, 5), device, torch.float64)
-    ours = third(lambda t: fastgan.ops.grad_penalty(t, kind, 0.7, impl=impl), g)
-    ref = third(lambda t: grad_penalty_reference(t, kind, 0.7), g)
+    ours = third_order_grad(lambda t: fastgan.ops.grad_penalty(t, kind, 0.7, impl=impl), g)
+    ref = third_order_grad(lambda t: grad_penalty_reference(t, kind, 0.7), g)
     torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
 
 

@@ -11,7 +11,7 @@ from fastgan.ops._layout import is_channels_last, layout_strides
 from fastgan.ops.group_norm import fold_affine, group_norm_reference
 from fastgan.ops.group_norm_kernels import kernel_ops
 
-from conftest import op_impl_params, to_layout
+from conftest import op_impl_params, third_order_grad, to_layout
 from tolerance import assert_rule, grad_floor_ulps
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -130,16 +130,10 @@ def test_gradcheck_and_gradgradcheck_float64(device, impl, shape, g, layout, act
 
 @pytest.mark.parametrize("device,impl", [p for p in impl_params() if "ref" not in p.id])
 def test_third_order_matches_reference(device, impl):
-    def third(fn, x):
-        x = x.clone().requires_grad_()
-        (g1,) = torch.autograd.grad((fn(x) ** 2).sum(), x, create_graph=True)
-        (g2,) = torch.autograd.grad((g1 ** 2).sum(), x, create_graph=True)
-        return torch.autograd.grad((g2 * torch.linspace(-1, 1, g2.numel(), dtype=g2.dtype, device=g2.device).view_as(g2)).sum(), x)[0]
-
     x = torch.randn(2, 4, 3, 3, device=device, dtype=torch.float64)
     w = torch.randn(4, device=device, dtype=torch.float64)
-    ours = third(lambda a: fastgan.ops.group_norm(a, 2, w, act="silu", impl=impl), x)
-    ref = third(lambda a: group_norm_reference(a, 2, w, act="silu"), x)
+    ours = third_order_grad(lambda a: fastgan.ops.group_norm(a, 2, w, act="silu", impl=impl), x)
+    ref = third_order_grad(lambda a: group_norm_reference(a, 2, w, act="silu"), x)
     torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
 
 
