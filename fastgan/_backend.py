@@ -106,13 +106,47 @@ def triton_available() -> bool:
 
 
 def has_kernel(op_name: str, dispatch_key: str) -> bool:
-    """Whether ``fastgan::<op_name>`` has a kernel for ``dispatch_key`` ("CPU" or "CUDA") in ``fastgan._C``."""
+    """Whether ``fastgan::<op_name>`` has a kernel for ``dispatch_key`` ("CPU" or "CUDA") in ``fastgan._C``. A CUDA
+    kernel registered from Python by :func:`route_cuda_to_triton` is not one: that op has no CUDA C++ kernel."""
     if not _load_extension():
+        return False
+    if dispatch_key == "CUDA" and op_name in _triton_routed:
         return False
     try:
         return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan::{op_name}", dispatch_key)
     except RuntimeError:
         return False
+
+
+# Ops of the extension whose CUDA dispatch key runs a Triton launcher registered from Python (route_cuda_to_triton),
+# and the torch.library handle that keeps those registrations alive.
+_triton_routed: set[str] = set()
+_triton_route_lib: list = []
+
+
+def route_cuda_to_triton(launchers: dict) -> bool:
+    """Register each ``{op name: Triton launcher}`` as the CUDA kernel of the extension's op ``fastgan::<op name>``,
+    so a CUDA call of the compiled op runs its autograd formula in C++ (the extension's Autograd kernels) and only
+    the launch in Python. The custom ops ``fastgan::<op name>_triton`` run the same launchers behind Python autograd
+    (``torch.library.register_autograd``), which cost hundreds of µs per forward+backward on a GPU host.
+
+    Returns whether the ops are routed: not when the extension lacks one of them, when one already has a CUDA C++
+    kernel, or when ``FASTGAN_TRITON_ROUTE=custom_op`` asks for the custom ops (a way back, and a way to compare).
+    """
+    names = tuple(launchers)
+    if os.environ.get("FASTGAN_TRITON_ROUTE", "dispatcher") == "custom_op":
+        return False
+    if all(n in _triton_routed for n in names):
+        return True
+    if not all(has_kernel(n, "CPU") for n in names) or any(has_kernel(n, "CUDA") for n in names):
+        return False
+    if not _triton_route_lib:
+        _triton_route_lib.append(torch.library.Library("fastgan", "IMPL"))
+    for name, fn in launchers.items():
+        if name not in _triton_routed:
+            _triton_route_lib[0].impl(name, fn, "CUDA")
+            _triton_routed.add(name)
+    return True
 
 
 _available_cache: dict[tuple[str, str, str, bool], bool] = {}

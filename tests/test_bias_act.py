@@ -248,7 +248,7 @@ def _op_samples(device, small=False):
 
 @pytest.mark.parametrize("device,impl", impl_params(kernels_only=True))
 def test_opcheck_kernel_ops(device, impl):
-    ops = kernel_ops(impl)
+    ops = kernel_ops(impl, torch.device(device).type)
     for x, b, clamp in _op_samples(device, small=impl == "triton"):
         act = ACT_CODES["silu"] if b is not None else ACT_CODES["lrelu"]
         args = (act, 0.2, 1.3, clamp, 1)

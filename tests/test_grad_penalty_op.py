@@ -252,7 +252,7 @@ def _op_samples(device, small=False):
 
 @pytest.mark.parametrize("device,impl", impl_params(kernels_only=True))
 def test_opcheck_kernel_ops(device, impl):
-    ops = kernel_ops(impl)
+    ops = kernel_ops(impl, torch.device(device).type)
     for g, kind in _op_samples(device, small=impl == "triton"):
         torch.library.opcheck(ops.fwd, (g, kind, 0.9))
         _, norm = ops.fwd(g.detach(), kind, 0.9)

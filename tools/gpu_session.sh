@@ -10,7 +10,8 @@
 #                                   # (every suite but sampling, which has its own stage)
 #   tools/gpu_session.sh sampling   # build + CUDA-graph sampler tests + the sampling-loop report ~5 min
 #   tools/gpu_session.sh first      # all of it in brief, for a 15-minute lease: one call    DEADLINE_S (570 s)
-#   tools/gpu_session.sh recheck    # after fixes: build, CUDA tests, sanitizer, CUDA C++ bench DEADLINE_S (250 s)
+#   tools/gpu_session.sh recheck    # a second lease: build, CUDA tests, sanitizer, host profile, CUDA C++ and
+#                                   # routed-Triton bench, StarGAN v2 profile, sampling, FID  DEADLINE_S (560 s)
 #
 # A lease is 15 minutes of device time in all, the machine's start included, so a session that gets one runs
 # `first` (run timeout_s 590, carry [".whl"] for the FID network copy) and gives the machine back.
@@ -105,6 +106,20 @@ cuda_tests() {  # SECONDS WORKERS: every CUDA-parametrised test under xdist, fai
     "$OUT/pytest.log" | tail -1)"
 }
 
+fid_throughput() {  # SECONDS: FID feature extraction, images/s per precision. The weights file (87 MB) cannot travel
+  # (64 MiB a call); an fp16 copy can, made here with `python -c "import torch; m = torch.jit.load(P); m.half();
+  # torch.jit.save(m, '.whl/inception_fp16.pt')"` (P: fastgan.metrics.inception.weights_path()) and carried
+  # (carry [".whl"]): the same network, so the same speed; the FIDs between precisions are then only a proxy.
+  # Its SHA-1 is not the real file's, so the check is skipped in this measurement only.
+  [ -f .whl/inception_fp16.pt ] || { say "no .whl/inception_fp16.pt: FID throughput not measured"; return 0; }
+  say "FID feature extraction:"
+  FASTGAN_INCEPTION_WEIGHTS=.whl/inception_fp16.pt timeout "$1" "$PY" -c "
+import fastgan.metrics.inception as inc, fastgan.metrics.throughput as tp
+inc._verify_sha1 = lambda path: None
+tp.main(['--device', 'cuda', '--dtypes', 'fp32', 'fp16', 'bf16', '--batch-size', '200', '--batches', '10',
+         '--compare', '1000'])" >>"$sum" 2>&1 || say "fid throughput failed or timed out"
+}
+
 case "$stage" in
   build) build ;;
   test)
@@ -165,18 +180,7 @@ case "$stage" in
     timeout "$s" "$PY" -m fastgan bench --suite sampling --quick --no-compile --no-png \
       --out "$OUT/bench-sampling" >"$OUT/bench-sampling.log" 2>&1 || true
     say "sampling:"; tr '\r' '\n' <"$OUT/bench-sampling.log" | grep -E 'goal|done in|rror' | tail -4 >>"$sum" || true
-    # FID feature extraction, images/s per precision. The weights file (87 MB) cannot travel (64 MiB a call); an
-    # fp16 copy can, made here with `python -c "import torch; m = torch.jit.load(P); m.half();
-    # torch.jit.save(m, '.whl/inception_fp16.pt')"` (P: fastgan.metrics.inception.weights_path()) and carried
-    # (carry [".whl"]): the same network, so the same speed; the FIDs between precisions are then only a proxy.
-    # Its SHA-1 is not the real file's, so the check is skipped in this measurement only.
-    if [ -f .whl/inception_fp16.pt ]; then
-      FASTGAN_INCEPTION_WEIGHTS=.whl/inception_fp16.pt timeout "$(slot 30 45)" "$PY" -c "
-import fastgan.metrics.inception as inc, fastgan.metrics.throughput as tp
-inc._verify_sha1 = lambda path: None
-tp.main(['--device', 'cuda', '--dtypes', 'fp32', 'fp16', 'bf16', '--batch-size', '200', '--batches', '10',
-         '--compare', '1000'])" >>"$sum" 2>&1 || say "fid throughput failed or timed out"
-    fi
+    fid_throughput "$(slot 30 45)"
     s=$(slot 400 0)
     # shellcheck disable=SC2046
     timeout "$s" "$PY" -m fastgan bench --quick --no-png --impl cuda,triton --time-limit $((s > 60 ? s - 30 : 1)) \
@@ -186,18 +190,24 @@ tp.main(['--device', 'cuda', '--dtypes', 'fp32', 'fp16', 'bf16', '--batch-size',
     say "done"
     ;;
   recheck)
-    # A second, shorter call (DEADLINE_S, default 250 s; give it 300 if the lease allows) after fixes: build,
-    # every CUDA-parametrised test with compute-sanitizer on the CUDA C++ kernel beside them, the op suites that
-    # have a CUDA C++ impl (CUDA C++ and Triton against eager, no compile), a TF32 check of the critic step, then
-    # the 1000-step sampling loops with few repetitions. Files back: summary.txt, build.log, pytest.log,
-    # failures.txt, sanitizer.log, bench*/report.json.
-    deadline=${DEADLINE_S:-250}
-    lease_build 150 90  # measured on the H200 (16 jobs): the build takes ~130 s, the CUDA tests ~90 s
-    tests_and_sanitizer "sanitize_cuda_cpp 45" "$(slot 110 20)" 12
-    s=$(slot 45 20)
+    # The second lease's one call (DEADLINE_S, default 560 s; run timeout_s 590, carry [".whl"]), after the fixes
+    # of the first: build; every CUDA-parametrised test with compute-sanitizer on the CUDA C++ kernel beside them;
+    # where the host time of a call goes (tools/gpu_profile.py host); the op suites with a CUDA C++ impl or the
+    # routed Triton ops (CUDA C++ and Triton against eager, no compile); a TF32 check of the critic step; a
+    # profile of the StarGAN v2 iteration; the 1000-step sampling loops with few repetitions; FID images/s.
+    # Files back: summary.txt, build.log, pytest.log, failures.txt, sanitizer.log, bench*/report.json.
+    deadline=${DEADLINE_S:-560}
+    "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__,
+    'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())" >>"$sum" 2>&1 || true
+    lease_build 150 400  # measured on the H200 (16 jobs): the build takes ~130 s, the CUDA tests ~90 s
+    tests_and_sanitizer "sanitize_cuda_cpp 50" "$(slot 110 300)" 12
+    say "host overhead:"
+    timeout "$(slot 45 250)" "$PY" tools/gpu_profile.py host --iters 200 >>"$sum" 2>&1 || say "host profile cut or failed"
+    s=$(slot 75 180)
     timeout "$s" "$PY" -m fastgan bench --quick --no-png --no-compile --impl cuda,triton --time-limit $((s - 15)) \
-      --suite instance_norm --suite adain --out "$OUT/bench" >"$OUT/bench.log" 2>&1 || true
-    say "bench:"; tr '\r' '\n' <"$OUT/bench.log" | grep -E 'goal|done in|rror' | tail -8 >>"$sum" || true
+      --suite instance_norm --suite adain --suite bias_act --suite grad_penalty --out "$OUT/bench" \
+      >"$OUT/bench.log" 2>&1 || true
+    say "bench:"; tr '\r' '\n' <"$OUT/bench.log" | grep -E 'goal|done in|rror' | tail -12 >>"$sum" || true
     # The critic step's parameter gradients differed from the torch.nn twin's by 3e-2 (relative) in `first`:
     # the same comparison with TF32 convolutions off tells whether TF32 (cuDNN's default for convs) is the cause.
     timeout 25 "$PY" - >>"$sum" 2>&1 <<'PY' || say "critic TF32 check cut or failed"
@@ -215,7 +225,9 @@ for tf32 in (True, False):
     b = gp._fastgan_step(critic, "wgan-gp", "triton", real, fake)
     print(f"critic wgan-gp step, TF32 {tf32}: relative difference {relative_error(b, a):.2e}")
 PY
-    timeout "$(slot 60 0)" "$PY" - "$OUT/bench-sampling" >>"$sum" 2>&1 <<'PY' || say "sampling cut or failed"
+    say "stargan-v2 profile:"
+    timeout "$(slot 50 95)" "$PY" tools/gpu_profile.py stargan --top 12 >>"$sum" 2>&1 || say "stargan profile cut or failed"
+    timeout "$(slot 60 35)" "$PY" - "$OUT/bench-sampling" >>"$sum" 2>&1 <<'PY' || say "sampling cut or failed"
 import sys, torch
 from fastgan.bench import harness, report
 from fastgan.bench.suites import SuiteOptions, all_suites, build_cases
@@ -229,6 +241,7 @@ report.write_report(rep, sys.argv[1], png=False)
 for c in rep["cases"]:
     print(c["name"], {k: round(v["median_us"] / 1e3, 1) if "median_us" in v else v for k, v in c["results"].items()})
 PY
+    fid_throughput "$(slot 35 0)"
     rm -f "$OUT"/bench*.log "$OUT"/bench*/report.md
     say "done"
     ;;

@@ -82,11 +82,17 @@ class KernelFamily:
             it must leave alone) when there are any.
         triton: the Triton triple (custom ops ``fastgan::<op_name>_triton`` with fakes); its autograd is attached
             here.
+        launchers: the plain Python functions those custom ops run (same signatures as the extension's ops). When
+            given, CUDA calls of the Triton impl go through the extension's ops with these as their CUDA kernels
+            (:func:`fastgan._backend.route_cuda_to_triton`: autograd in C++, not Python), where the extension has
+            the ops and no CUDA C++ kernel for them.
     """
 
     def __init__(self, op_names: Sequence[str], fakes: Sequence[Callable], attach_autograd: Callable,
-                 triton: Sequence[Callable]):
+                 triton: Sequence[Callable], launchers: Sequence[Callable] | None = None):
         self.op_names = tuple(op_names)
+        self.launchers = None if launchers is None else dict(zip(self.op_names, launchers))
+        self._routed: bool | None = None
         self.fakes = tuple(fakes)
         self.attach_autograd = attach_autograd
         attach_autograd(*triton, names=tuple(f"fastgan::{n}_triton" for n in self.op_names))
@@ -110,13 +116,21 @@ class KernelFamily:
             self._compiled = SimpleNamespace(fwd=triple[0], bwd=triple[1], dbwd=triple[2])
         return self._compiled
 
-    def ops(self, impl: str) -> SimpleNamespace:
-        """The triple of ``impl`` ("cpp", "cuda" or "triton")."""
+    def ops(self, impl: str, device_type: str = "cpu") -> SimpleNamespace:
+        """The triple of ``impl`` ("cpp", "cuda" or "triton") for tensors of ``device_type``."""
         if impl == "triton":
-            return self.triton
+            if device_type == "cuda" and self._route_triton():
+                return self.compiled()
+            return self.triton  # and on CPU tensors under TRITON_INTERPRET=1, where the extension's op is C++'s
         if impl in ("cpp", "cuda"):
             return self.compiled()
         raise ValueError(f"fastgan: no {self.op_names[0]} kernel ops for impl {impl!r}")
+
+    def _route_triton(self) -> bool:
+        """Whether CUDA calls of the Triton impl take the extension's ops (decided once)."""
+        if self._routed is None:
+            self._routed = self.launchers is not None and _backend.route_cuda_to_triton(self.launchers)
+        return self._routed
 
     def register_compiled(self) -> None:
         """Attach fakes and autograd to the extension's ops now, when the extension has them."""

@@ -223,4 +223,4 @@ def bias_act(x, bias=None, act: str = "lrelu", alpha=None, gain=1.0, clamp=None,
     if which == "ref":
         return bias_act_reference(x, bias, name, alpha, gain, clamp, dim)
     clamp_arg = -1.0 if clamp is None else float(clamp)
-    return kernel_ops(which).fwd(x, bias, ACT_CODES[name], alpha, gain, clamp_arg, dim)
+    return kernel_ops(which, x.device.type).fwd(x, bias, ACT_CODES[name], alpha, gain, clamp_arg, dim)

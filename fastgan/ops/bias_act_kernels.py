@@ -13,7 +13,10 @@ backward of ``dbwd`` (third order and up) is autograd of :func:`fastgan.ops.bias
 
 Two triples: ``fastgan::bias_act_*`` from the compiled extension (CPU C++; schemas in ``csrc/fastgan.cpp``) and
 ``fastgan::bias_act_*_triton`` defined here around ``fastgan.kernels.bias_act``. There is no CUDA C++ kernel: the op
-is elementwise and memory-bound, and the Triton kernel already moves the fewest bytes.
+is elementwise and memory-bound, and the Triton kernel already moves the fewest bytes. On CUDA tensors the Triton
+impl takes the extension's ops when it is loaded, with the Triton launchers as their CUDA kernels (autograd in
+C++, see :class:`fastgan.ops._family.KernelFamily`); the ``_triton`` custom ops serve the interpreter on CPU and
+builds without the extension.
 """
 from __future__ import annotations
 
@@ -77,23 +80,36 @@ def _triton_module():
     return _backend.import_kernels("bias_act")  # imports triton; only reached when Triton was selected
 
 
+# The launchers: the Triton ops' bodies, and the CUDA kernels of the extension's ops (KernelFamily's routing).
+def _launch_fwd(x, bias, act: int, alpha: float, gain: float, clamp: float, dim: int) -> torch.Tensor:
+    check_finite("alpha and gain must be finite", alpha=alpha, gain=gain)  # the check traced code defers
+    return _triton_module().forward(x, bias, act, alpha, gain, clamp, dim)
+
+
+def _launch_bwd(gy, x, bias, act: int, alpha: float, gain: float, clamp: float, dim: int) -> torch.Tensor:
+    return _triton_module().backward(gy, x, bias, act, alpha, gain, clamp, dim)
+
+
+def _launch_dbwd(ggx, gy, x, bias, act: int, alpha: float, gain: float, clamp: float, dim: int) -> torch.Tensor:
+    return _triton_module().double_backward(ggx, gy, x, bias, act, alpha, gain, clamp, dim)
+
+
 @torch.library.custom_op("fastgan::bias_act_fwd_triton", mutates_args=())
 def _fwd_triton(x: torch.Tensor, bias: Optional[torch.Tensor], act: int, alpha: float, gain: float, clamp: float,
                 dim: int) -> torch.Tensor:
-    check_finite("alpha and gain must be finite", alpha=alpha, gain=gain)  # the check traced code defers
-    return _triton_module().forward(x, bias, act, alpha, gain, clamp, dim)
+    return _launch_fwd(x, bias, act, alpha, gain, clamp, dim)
 
 
 @torch.library.custom_op("fastgan::bias_act_bwd_triton", mutates_args=())
 def _bwd_triton(gy: torch.Tensor, x: torch.Tensor, bias: Optional[torch.Tensor], act: int, alpha: float,
                 gain: float, clamp: float, dim: int) -> torch.Tensor:
-    return _triton_module().backward(gy, x, bias, act, alpha, gain, clamp, dim)
+    return _launch_bwd(gy, x, bias, act, alpha, gain, clamp, dim)
 
 
 @torch.library.custom_op("fastgan::bias_act_dbwd_triton", mutates_args=())
 def _dbwd_triton(ggx: torch.Tensor, gy: torch.Tensor, x: torch.Tensor, bias: Optional[torch.Tensor], act: int,
                  alpha: float, gain: float, clamp: float, dim: int) -> torch.Tensor:
-    return _triton_module().double_backward(ggx, gy, x, bias, act, alpha, gain, clamp, dim)
+    return _launch_dbwd(ggx, gy, x, bias, act, alpha, gain, clamp, dim)
 
 
 _fwd_triton.register_fake(fake_fwd)
@@ -164,7 +180,8 @@ def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str], native: frozens
 
 
 FAMILY = KernelFamily(
-    OP_NAMES, (fake_fwd, fake_bwd, fake_dbwd), attach_autograd, (_fwd_triton, _bwd_triton, _dbwd_triton)
+    OP_NAMES, (fake_fwd, fake_bwd, fake_dbwd), attach_autograd, (_fwd_triton, _bwd_triton, _dbwd_triton),
+    launchers=(_launch_fwd, _launch_bwd, _launch_dbwd),
 )
 kernel_ops = FAMILY.ops
 register_compiled = FAMILY.register_compiled

@@ -99,5 +99,5 @@ def grad_penalty(grad: torch.Tensor, kind: str = "wgan-gp", target: float = 1.0,
     which = _backend.select("grad_penalty_fwd", grad.device, impl)
     if which == "ref":
         return grad_penalty_reference(grad, kind, target)
-    p, _norm = kernel_ops(which).fwd(grad, code, target)
+    p, _norm = kernel_ops(which, grad.device.type).fwd(grad, code, target)
     return p

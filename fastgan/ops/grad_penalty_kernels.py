@@ -77,21 +77,34 @@ def _triton_module():
     return _backend.import_kernels("grad_penalty")  # imports triton; only reached when Triton was selected
 
 
-@torch.library.custom_op("fastgan::grad_penalty_fwd_triton", mutates_args=())
-def _fwd_triton(grad: torch.Tensor, kind: int, target: float) -> tuple[torch.Tensor, torch.Tensor]:
+# The launchers: the Triton ops' bodies, and the CUDA kernels of the extension's ops (KernelFamily's routing).
+def _launch_fwd(grad, kind: int, target: float):
     check_finite("target must be finite", target=target)  # the check traced code defers
     return _triton_module().forward(grad, kind, target)
 
 
+def _launch_bwd(gp, grad, norm, kind: int, target: float):
+    return _triton_module().backward(gp, grad, norm, kind, target)
+
+
+def _launch_dbwd(ggx, gp, grad, norm, kind: int, target: float):
+    return _triton_module().double_backward(ggx, gp, grad, norm, kind, target)
+
+
+@torch.library.custom_op("fastgan::grad_penalty_fwd_triton", mutates_args=())
+def _fwd_triton(grad: torch.Tensor, kind: int, target: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch_fwd(grad, kind, target)
+
+
 @torch.library.custom_op("fastgan::grad_penalty_bwd_triton", mutates_args=())
 def _bwd_triton(gp: torch.Tensor, grad: torch.Tensor, norm: torch.Tensor, kind: int, target: float) -> torch.Tensor:
-    return _triton_module().backward(gp, grad, norm, kind, target)
+    return _launch_bwd(gp, grad, norm, kind, target)
 
 
 @torch.library.custom_op("fastgan::grad_penalty_dbwd_triton", mutates_args=())
 def _dbwd_triton(ggx: torch.Tensor, gp: torch.Tensor, grad: torch.Tensor, norm: torch.Tensor, kind: int,
                  target: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return _triton_module().double_backward(ggx, gp, grad, norm, kind, target)
+    return _launch_dbwd(ggx, gp, grad, norm, kind, target)
 
 
 _fwd_triton.register_fake(fake_fwd)
@@ -147,7 +160,8 @@ def attach_autograd(fwd, bwd, dbwd, names: tuple[str, str, str], native: frozens
 
 
 FAMILY = KernelFamily(
-    OP_NAMES, (fake_fwd, fake_bwd, fake_dbwd), attach_autograd, (_fwd_triton, _bwd_triton, _dbwd_triton)
+    OP_NAMES, (fake_fwd, fake_bwd, fake_dbwd), attach_autograd, (_fwd_triton, _bwd_triton, _dbwd_triton),
+    launchers=(_launch_fwd, _launch_bwd, _launch_dbwd),
 )
 kernel_ops = FAMILY.ops
 register_compiled = FAMILY.register_compiled
