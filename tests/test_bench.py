@@ -5,6 +5,7 @@ failures and wrong outputs are recorded rather than hidden, and that the bytes f
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -125,6 +126,28 @@ def test_wrong_output_is_flagged(tmp_path):
     r = rep["cases"][0]["results"]["fastgan-ref"]
     assert r["check_ok"] is False and r["rel_err"] > 0.1
     assert "MISMATCH" in (tmp_path / "report.md").read_text()
+
+
+def test_check_context_makes_the_outputs_that_are_checked(tmp_path):
+    exact = {"on": False}
+
+    @contextlib.contextmanager
+    def exact_mode():
+        exact["on"] = True
+        try:
+            yield
+        finally:
+            exact["on"] = False
+
+    def fast(x, w, b):  # off by 2x unless exact mode is on, as TF32 steps differ until TF32 is off
+        return _eager(x, w, b) * (1.0 if exact["on"] else 2.0)
+
+    case = _tiny_case(**{"fastgan-ref": fast})
+    case.check_context = exact_mode
+    rep, _ = _run(tmp_path, case, png=False)
+    assert rep["cases"][0]["results"]["fastgan-ref"]["check_ok"] is True
+    rep, _ = _run(tmp_path, _tiny_case(**{"fastgan-ref": fast}), png=False)  # no context: flagged
+    assert rep["cases"][0]["results"]["fastgan-ref"]["check_ok"] is False
 
 
 def test_hopper_goals_apply_on_the_h100_and_the_h200():

@@ -92,6 +92,9 @@ class Case:
         targets: performance goals for this case.
         check: compare each impl's output with eager's. False where they must differ, e.g. sampling loops that
             draw their noise differently (say why in the suite's notes).
+        check_context: a context-manager factory; when given, the check runs each callable once more on the first
+            input set inside it instead of comparing the timed outputs (the critic steps check with TF32 off: its
+            rounding makes two correct float32 steps differ by ~3e-2, and their float32 agreement is the check).
     """
 
     suite: str
@@ -106,6 +109,7 @@ class Case:
     bytes_detail: str = ""
     targets: tuple[Target, ...] = ()
     check: bool = True
+    check_context: Callable[[], Any] | None = None
 
     @property
     def name(self) -> str:
