@@ -1,9 +1,12 @@
-"""Two measurements for a lent GPU that the benchmark report does not make (tools/gpu_session.sh runs both).
+"""Measurements for a lent GPU that the benchmark report does not make (tools/gpu_session.sh runs both).
 
 ``host``: where the host time of one call goes. Small tensors (GPU time a few µs), so back-to-back calls are
 bound by the host: the median µs per call over rounds of ``--iters`` calls (one synchronisation per round), layer by
 layer, from an empty Triton launch up to the public op with autograd, for bias_act, grad_penalty, instance norm
 and the DDPM step; then cProfile's top functions of a few public calls.
+
+``sampling``: the sampling suite's DDPM loops (eager diffusers-style, fastgan, fastgan in a CUDA graph), one timed
+loop each, and a host-sync check of the fastgan loop.
 
 ``stargan``: one StarGAN v2 training iteration (the benchmark's official configuration, 8x3x256x256) of the torch.nn
 build and the fastgan build, each under torch.profiler: wall time, peak memory, and the CUDA kernels that take the
@@ -11,6 +14,7 @@ most device time, so a slow kernel on the fastgan path can be named.
 
     python tools/gpu_profile.py host [--iters 200]
     python tools/gpu_profile.py stargan [--dtype bf16] [--top 15]
+    python tools/gpu_profile.py sampling [--steps 1000]
 """
 from __future__ import annotations
 
@@ -19,10 +23,20 @@ import cProfile
 import io
 import pstats
 import statistics
+import os
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout's fastgan
+
+try:  # module globals: @triton.jit resolves `tl` in the kernel function's globals
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = tl = None
 
 
 def _sync() -> None:
@@ -45,9 +59,6 @@ def per_call_us(fn, iters: int, rounds: int = 5) -> float:
 
 
 def _empty_kernels():
-    import triton
-    import triton.language as tl
-
     @triton.jit
     def noop(X, N, BLOCK: tl.constexpr):
         pass
@@ -183,20 +194,58 @@ def stargan(args) -> None:
             print(f"  {_device_us(e) / 1e3:8.2f} ms {e.count:6d}x  {e.key[:100]}")
 
 
+def sampling(args) -> None:
+    """The sampling suite's loops (fastgan's UNet, 32x32, batch 64) timed directly: per variant one short warm-up
+    loop (Triton compiles, cuDNN's choices), then one timed loop of ``--steps`` DDPM steps. The benchmark harness
+    would run each 1000-step loop five times or more (first call, warm-up, repetitions): minutes per variant when
+    the eager loop is host-bound. The ratio is the goal's; ``--steps 1000`` is the goal's loop itself."""
+    from fastgan.bench import sampling_suite as ss
+
+    dev = args.device
+    model = ss._Model(dict(ss.GPU_MODEL), dev)
+    x_T = ss._make_inputs((ss.GPU_BATCH, 3, ss.GPU_MODEL["img_size"], ss.GPU_MODEL["img_size"]), dev)(0)[0]
+    variants = {"eager": lambda n: ss._eager_loop(model, "ddpm", n),
+                "fastgan-auto": lambda n: ss._fastgan_loop(model, "ddpm", n, graph=False),
+                "fastgan-graph": lambda n: ss._fastgan_loop(model, "ddpm", n, graph=True)}
+    if dev != "cuda":
+        del variants["fastgan-graph"]
+    times = {}
+    for name, loop in variants.items():
+        loop(min(10, args.steps))(x_T)
+        _sync()
+        t0 = time.perf_counter()
+        loop(args.steps)(x_T)
+        _sync()
+        times[name] = time.perf_counter() - t0
+        print(f"ddpm {args.steps} steps, UNet 32x32 batch {ss.GPU_BATCH}, {name}: {times[name] * 1e3:.0f} ms "
+              f"({times[name] / args.steps * 1e3:.2f} ms/step), {times['eager'] / times[name]:.2f}x eager", flush=True)
+    if dev != "cuda":
+        return
+    torch.cuda.set_sync_debug_mode("error")  # a host sync inside the loop raises
+    try:
+        variants["fastgan-auto"](20)(x_T)
+        print("fastgan-auto 20-step loop under set_sync_debug_mode('error'): no host sync")
+    except RuntimeError as exc:
+        print(f"fastgan-auto loop synchronised with the host: {str(exc).splitlines()[0][:150]}")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
 def _device_us(e) -> float:
     return getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("host", "stargan"))
+    ap.add_argument("what", choices=("host", "stargan", "sampling"))
+    ap.add_argument("--steps", type=int, default=1000, help="sampling: DDPM steps of the timed loop")
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    ap.add_argument("--device", default="cuda", help="host: cpu for a dry run of the script")
+    ap.add_argument("--device", default="cuda", help="host, sampling: cpu for a dry run of the script")
     args = ap.parse_args(argv)
     torch.backends.cudnn.benchmark = False
-    (host if args.what == "host" else stargan)(args)
+    {"host": host, "stargan": stargan, "sampling": sampling}[args.what](args)
 
 
 if __name__ == "__main__":
