@@ -139,7 +139,7 @@ def test_third_order_matches_reference(device, impl):
 
 @pytest.mark.parametrize("device,impl", [p for p in impl_params() if "ref" not in p.id])
 def test_opcheck_kernel_ops(device, impl):
-    ops = kernel_ops(impl)
+    ops = kernel_ops(impl, torch.device(device).type)
     for layout in ("contiguous", "channels_last"):
         x = to_layout(torch.randn(2, 4, 3, 3, device=device), layout)
         a, b = fold_affine(x, torch.randn(4, device=device), torch.randn(4, device=device), None, None)

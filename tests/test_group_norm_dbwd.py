@@ -56,7 +56,7 @@ def _op_inputs(shape, groups, dtype, layout, gen, device="cpu"):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 def test_op_matches_reference_float64(device, impl, act, layout):
     """Float64 at 1e-10 of the magnitude (Triton gets lrelu's alpha as a float32 argument: 1e-7 there)."""
-    ops = kernel_ops(impl)
+    ops = kernel_ops(impl, torch.device(device).type)
     gen = torch.Generator().manual_seed(3)
     for shape, g in _shapes(impl):
         ggx, ggscale, ggshift, gy, x, scale, shift = _op_inputs(shape, g, torch.float64, layout, gen, device)
@@ -148,7 +148,7 @@ def test_penalty_runs_the_fused_kernel(device, impl, monkeypatch):
 
 @pytest.mark.parametrize("device,impl", IMPLS)
 def test_opcheck(device, impl):
-    ops = kernel_ops(impl)
+    ops = kernel_ops(impl, torch.device(device).type)
     gen = torch.Generator().manual_seed(9)
     for layout in ("contiguous", "channels_last"):
         for act in (0, 5):

@@ -1,19 +1,25 @@
 """The Triton impl's route on CUDA tensors: through the extension's ops, with the Triton launchers registered as their
 CUDA kernels (autograd in C++), instead of the ``fastgan::*_triton`` custom ops (autograd in Python).
 
-On CPU only the registration itself is checked (the dispatcher has the CUDA kernels; fastgan does not report them
-as CUDA C++ kernels). On a GPU the routed ops must give the custom ops' results bit for bit, to second order, since
-both run the same Triton kernels; the per-op tests (test_bias_act, test_grad_penalty_op) run the routed ops against
-the reference with opcheck."""
+On CPU: the registration itself (the dispatcher has the CUDA kernels; fastgan does not report them as CUDA C++
+kernels), and the route as a whole with the launchers registered as the ops' *CPU* kernels for the test (Triton's
+interpreter): the extension's C++ autograd driving the Triton launchers must give the custom ops' results bit for
+bit, to second order, since both run the same Triton kernels. On a GPU the same comparison runs on the real CUDA
+route; the per-op tests (test_bias_act, test_grad_penalty_op, test_group_norm*) run the routed ops against the
+reference with opcheck."""
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
 
 from fastgan import _backend
-from fastgan.ops import bias_act_kernels, grad_penalty_kernels
+from fastgan.ops import bias_act_kernels, grad_penalty_kernels, group_norm_kernels
 
 FAMILIES = {"bias_act": bias_act_kernels.FAMILY, "grad_penalty": grad_penalty_kernels.FAMILY}
+LAUNCHERS = {"bias_act": bias_act_kernels.FAMILY.launchers, "grad_penalty": grad_penalty_kernels.FAMILY.launchers,
+             "group_norm": group_norm_kernels.LAUNCHERS}
 
 needs_ext = pytest.mark.skipif(_backend.extension_error() is not None, reason="the compiled extension is not loaded")
 needs_cuda_triton = pytest.mark.skipif(not (torch.cuda.is_available() and _backend.triton_available()),
@@ -44,6 +50,18 @@ def test_families_with_a_cuda_cpp_kernel_are_not_routed():
     assert not _backend.route_cuda_to_triton({"instance_norm_fwd": lambda *a: None})
 
 
+def test_group_norm_is_routed_and_keeps_its_composite_maps_double_backward():
+    if _backend.extension_error() is not None:
+        pytest.skip("the compiled extension is not loaded")
+    group_norm_kernels.kernel_ops("triton", "cuda")  # routes on first use
+    for name in group_norm_kernels.LAUNCHERS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan::{name}", "CUDA"), name
+        assert not _backend.has_kernel(name, "CUDA"), name
+    assert group_norm_kernels.kernel_ops("triton", "cuda") is group_norm_kernels._compiled_ops()
+    assert group_norm_kernels.kernel_ops("triton", "cpu") is group_norm_kernels._TRITON
+    assert not group_norm_kernels._has_dbwd_maps_kernel("cuda")  # no Triton kernel: the composite runs
+
+
 def _bias_act_chain(ops, x, b):
     y = ops.fwd(x, b, bias_act_kernels.ACT_CODES["silu"], 0.2, 1.3, -1.0, 1)
     gx, gb = torch.autograd.grad((y * y).sum(), (x, b), create_graph=True)
@@ -56,19 +74,80 @@ def _grad_penalty_chain(ops, g, _unused):
     return [p, gg, *torch.autograd.grad((gg * gg).sum(), g)]
 
 
+def _group_norm_chain(ops, x, _unused, maps: bool):
+    n, c = x.shape[:2]
+    f64 = torch.float64  # the group-norm kernels take the folded (N, C) affine in float64 (fold_affine)
+    scale = (1 + 0.1 * torch.randn(n, c, dtype=f64, device=x.device)).requires_grad_()
+    shift = (0.1 * torch.randn(n, c, dtype=f64, device=x.device)).requires_grad_()
+    gamma = beta = None
+    ins = [x, scale, shift]
+    if maps:
+        gamma = (0.1 * torch.randn_like(x)).requires_grad_()
+        beta = (0.1 * torch.randn_like(x)).requires_grad_()
+        ins += [gamma, beta]
+    y = ops.fwd(x, scale, shift, gamma, beta, 1, 1e-5, 5, 0.2)[0]
+    grads = torch.autograd.grad((y * y).sum(), ins, create_graph=True)
+    return [y, *grads, *torch.autograd.grad(sum((g * g).sum() for g in grads), ins)]
+
+
+ROUTE_CASES = ["bias_act", "grad_penalty", "group_norm", "group_norm-maps"]
+
+
+def _assert_routes_agree(family: str, routed, custom, device: str) -> None:
+    """The same second-order chain through ``routed`` (the extension's ops) and ``custom`` (the Triton custom
+    ops), from the same random inputs: bit-equal results, and the routed forward recorded by C++ autograd."""
+    if family.startswith("group_norm"):
+        chain = lambda ops, xs, bs: _group_norm_chain(ops, xs, bs, family.endswith("maps"))  # noqa: E731
+    else:
+        chain = _bias_act_chain if family == "bias_act" else _grad_penalty_chain
+    x = torch.randn(2, 3, 5, 7, device=device).to(memory_format=torch.channels_last)
+    b = torch.randn(3, device=device)
+    seed = torch.randint(0, 2**31, ()).item()
+    outs = {}
+    for route, ops in (("routed", routed), ("custom_op", custom)):
+        torch.manual_seed(seed)  # the chain's own random maps, the same for both routes
+        outs[route] = chain(ops, x.clone().requires_grad_(), b.clone().requires_grad_())
+    assert "CppNode" in outs["routed"][0].grad_fn.name()  # the extension's C++ autograd, not Python's
+    assert len(outs["routed"]) == len(outs["custom_op"])
+    for a, c in zip(outs["routed"], outs["custom_op"]):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+
+
+def _route_pair(family: str, device_type: str):
+    if family.startswith("group_norm"):
+        return group_norm_kernels.kernel_ops("triton", device_type), group_norm_kernels._TRITON
+    fam = FAMILIES[family]
+    return fam.ops("triton", device_type), fam.triton
+
+
 @needs_ext
 @needs_cuda_triton
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", ROUTE_CASES)
 def test_routed_ops_equal_custom_ops_on_cuda(family):
-    fam = FAMILIES[family]
-    x = torch.randn(3, 5, 7, 9, device="cuda").to(memory_format=torch.channels_last)
-    b = torch.randn(5, device="cuda")
-    chain = _bias_act_chain if family == "bias_act" else _grad_penalty_chain
-    outs = {}
-    for route, ops in (("dispatcher", fam.ops("triton", "cuda")), ("custom_op", fam.triton)):
-        xs, bs = x.clone().requires_grad_(), b.clone().requires_grad_()
-        outs[route] = chain(ops, xs, bs)
-        if route == "dispatcher":
-            assert "CppNode" in outs[route][0].grad_fn.name()  # the extension's C++ autograd, not Python's
-    for a, c in zip(outs["dispatcher"], outs["custom_op"]):
-        torch.testing.assert_close(a, c, rtol=0, atol=0)
+    routed, custom = _route_pair(family, "cuda")
+    assert routed is not custom
+    _assert_routes_agree(family, routed, custom, "cuda")
+
+
+@pytest.fixture
+def launchers_as_cpu_kernels(monkeypatch):
+    """The route on CPU: each family's launchers registered as its extension ops' CPU kernels (the Triton
+    interpreter runs them), for the test only; destroying the library restores the C++ kernels. As on CUDA,
+    group_norm_dbwd_maps (no Triton kernel) is left to the composite."""
+    if _backend.extension_error() is not None or not (_backend.triton_available() and _backend.triton_interpret()):
+        pytest.skip("needs the compiled extension and Triton's interpreter (TRITON_INTERPRET=1)")
+    monkeypatch.setitem(group_norm_kernels._dbwd_maps_kernel, "cpu", False)
+    lib = torch.library.Library("fastgan", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
+        for launchers in LAUNCHERS.values():
+            for name, fn in launchers.items():
+                lib.impl(name, fn, "CPU")
+    yield
+    lib._destroy()
+
+
+@pytest.mark.parametrize("family", ROUTE_CASES)
+def test_cpp_autograd_over_triton_launchers_equals_custom_ops(launchers_as_cpu_kernels, family):
+    compiled = group_norm_kernels._compiled_ops() if family.startswith("group_norm") else FAMILIES[family].compiled()
+    _assert_routes_agree(family, compiled, _route_pair(family, "cpu")[1], "cpu")

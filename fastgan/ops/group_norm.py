@@ -190,7 +190,7 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *,
     if which == "ref":
         return group_norm_reference(x, groups, weight, bias, eps, scale=scale, shift=shift, gamma=gamma, beta=beta,
                                     act=act, alpha=alpha)
-    ops = kernel_ops(which)
+    ops = kernel_ops(which, x.device.type)
     if ops.wb is not None and scale is None and shift is None and gamma is None and beta is None:
         return ops.wb(x, weight, bias, groups, eps, code, alpha)[0]  # fold and its gradient in C++
     if is_per_channel(gamma, x) and is_per_channel(beta, x):

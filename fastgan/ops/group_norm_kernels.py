@@ -215,6 +215,25 @@ def _triton_module():
     return _backend.import_kernels("group_norm")  # imports triton; only reached when Triton was selected
 
 
+# The launchers: the Triton ops' bodies, and the CUDA kernels of the extension's ops when routed (kernel_ops).
+def _launch_fwd(x, scale, shift, gamma, beta, groups: int, eps: float, act: int, alpha: float):
+    return _triton_module().forward(x, scale, shift, gamma, beta, groups, eps, act, alpha)
+
+
+def _launch_bwd(gy, x, mean, rstd, scale, shift, gamma, beta, groups: int, eps: float, act: int, alpha: float):
+    return _triton_module().backward(gy, x, mean, rstd, scale, shift, gamma, beta, act, alpha)
+
+
+def _launch_dbwd(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, groups: int, eps: float, act: int,
+                 alpha: float):
+    return _triton_module().double_backward(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, eps, act, alpha)
+
+
+# group_norm_dbwd_maps has no Triton kernel: routed CUDA calls take the composite (reference_dbwd_maps), as the
+# Triton custom ops do.
+LAUNCHERS = {"group_norm_fwd": _launch_fwd, "group_norm_bwd": _launch_bwd, "group_norm_dbwd": _launch_dbwd}
+
+
 @torch.library.custom_op("fastgan::group_norm_fwd_triton", mutates_args=())
 def _fwd_triton(
     x: torch.Tensor,
@@ -227,7 +246,7 @@ def _fwd_triton(
     act: int,
     alpha: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _triton_module().forward(x, scale, shift, gamma, beta, groups, eps, act, alpha)
+    return _launch_fwd(x, scale, shift, gamma, beta, groups, eps, act, alpha)
 
 
 @torch.library.custom_op("fastgan::group_norm_bwd_triton", mutates_args=())
@@ -245,7 +264,7 @@ def _bwd_triton(
     act: int,
     alpha: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _triton_module().backward(gy, x, mean, rstd, scale, shift, gamma, beta, act, alpha)
+    return _launch_bwd(gy, x, mean, rstd, scale, shift, gamma, beta, groups, eps, act, alpha)
 
 
 @torch.library.custom_op("fastgan::group_norm_dbwd_triton", mutates_args=())
@@ -264,8 +283,7 @@ def _dbwd_triton(
     act: int,
     alpha: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _triton_module().double_backward(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, eps, act,
-                                            alpha)
+    return _launch_dbwd(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, shift, groups, eps, act, alpha)
 
 
 _fwd_triton.register_fake(fake_fwd)
@@ -312,7 +330,7 @@ def _attach_autograd(fwd, bwd, names: tuple[str, str], native: bool = False, dbw
             return g_gy, g_x, None, None, g_scale, g_shift, None, None, None, None, None, None
         # With maps; the op's gbeta is empty for linear act (it is gy itself): nothing flows through it.
         cgb = ggbeta if ctx.act != 0 else None
-        if dbwd_maps is not None:
+        if dbwd_maps is not None and _has_dbwd_maps_kernel(x.device.type):
             g_gy, g_x, g_scale, g_shift, g_gamma, g_beta = dbwd_maps(
                 ggx, ggscale.to(f64).contiguous(), ggshift.to(f64).contiguous(), gggamma, cgb, gy, x, mean, rstd,
                 scale, shift, gamma, beta, *args)
@@ -371,6 +389,18 @@ def _attach_third_order_maps(name: str) -> None:
     torch.library.register_autograd(name, backward, setup_context=setup)
 
 
+_dbwd_maps_kernel: dict[str, bool] = {}
+
+
+def _has_dbwd_maps_kernel(device_type: str) -> bool:
+    """Whether the extension's group_norm_dbwd_maps has a kernel for ``device_type`` (not on CUDA: a routed CUDA
+    call of the Triton impl reaches the compiled backward without one)."""
+    if device_type not in _dbwd_maps_kernel:
+        key = "CUDA" if device_type == "cuda" else "CPU"
+        _dbwd_maps_kernel[device_type] = _backend.has_kernel("group_norm_dbwd_maps", key)
+    return _dbwd_maps_kernel[device_type]
+
+
 class _Ops:
     def __init__(self, fwd, bwd, dbwd=None, dbwd_maps=None):
         self.fwd, self.bwd, self.dbwd = fwd, bwd, dbwd  # dbwd: fused double backward without maps, if any
@@ -411,9 +441,20 @@ def _compiled_ops() -> _Ops:
     return _compiled
 
 
-def kernel_ops(impl: str) -> _Ops:
-    """``fwd``/``bwd`` of ``impl`` ("cpp" or "triton"; "cuda" has no group-norm kernel yet)."""
+_routed: list[bool] = []
+
+
+def kernel_ops(impl: str, device_type: str = "cpu") -> _Ops:
+    """``fwd``/``bwd`` of ``impl`` ("cpp" or "triton"; "cuda" has no group-norm kernel yet) for tensors of
+    ``device_type``. On CUDA the Triton impl takes the extension's ops with the Triton launchers as their CUDA
+    kernels when the extension is loaded (:func:`fastgan._backend.route_cuda_to_triton`: autograd of the forward
+    and of the weight/bias form in C++), else the ``_triton`` custom ops."""
     if impl == "triton":
+        if device_type == "cuda":
+            if not _routed:
+                _routed.append(_backend.route_cuda_to_triton(LAUNCHERS))
+            if _routed[0]:
+                return _compiled_ops()
         return _TRITON
     if impl in ("cpp", "cuda"):
         return _compiled_ops()
