@@ -17,22 +17,26 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import math
 
 import torch
 
-from .suites import Case, HOPPER, SuiteOptions, Target, fastgan_impls, register_suite, standard_cases, tensor_bytes
+from .suites import (Case, HOPPER, SuiteOptions, Target, fastgan_impls, floor_share_target, register_suite,
+                     standard_cases, tensor_bytes)
 
-SHAPES = ((64, 3, 64, 64), (8, 3, 256, 256), (256, 3, 32, 32))
+# (64, 3, 256, 256): 12.6M elements, 50 MB in fp32, where the 80% goal is about bandwidth; the H200 ran only the
+# first (0.8M elements: 6.3 µs of GPU time against a 0.7 µs floor, launch latency).
+SHAPES = ((64, 3, 64, 64), (64, 3, 256, 256), (8, 3, 256, 256), (256, 3, 32, 32))
 CPU_SHAPES = ((8, 3, 64, 64), (2, 3, 256, 256), (32, 3, 32, 32))
 DTYPES = (torch.float32, torch.bfloat16)
 MODES = ("fwd", "fwd+bwd")
-H100_COPY_GBPS = 3000.0  # an H100 SXM's device-to-device copy ceiling, about; the 80% goals below are set from it
 STEP_GOALS_US = {"wgan-gp": 7700.0, "r1": 7000.0}  # H100, 64x3x64x64 DCGAN critic step
 
 NOTES = """
 Op cases: eager is `(grad.flatten(1).norm(2, dim=1) - 1) ** 2`. Bytes floor with E = N·C·H·W·itemsize and
 P = N·itemsize: **fwd** = read grad, write p = E + P; **fwd+bwd** = the forward plus read grad again, read gp and
-write the grad-shaped gradient = 3E + 2P. H100 goal: at least 80% of the floor at a 3.0 TB/s copy ceiling.
+write the grad-shaped gradient = 3E + 2P. H100 goal: at least 80% of the floor at a 3.0 TB/s copy ceiling; only
+the large shapes can reach it (64x3x64x64 is 0.8M elements: the floor is below a launch's latency).
 CPU default preset: smaller batches (8x3x64x64, 2x3x256x256, 32x3x32x32), fp32.
 Critic-step cases (layout "critic-wgan-gp", "critic-r1"): the gradients of one DCGAN discriminator loss with its
 penalty, all fastgan kernels vs torch.nn modules and the textbook penalty with identical weights; the bytes
@@ -78,8 +82,9 @@ def matrix(device: str, preset: str) -> list[tuple]:
     """``(mode, shape, dtype, layout)`` for a device and preset."""
     shapes = CPU_SHAPES if device == "cpu" and preset != "full" else SHAPES
     combos = [(m, s, d) for m in MODES for s in shapes for d in DTYPES]
-    if preset == "quick":
-        combos = [("fwd", shapes[0], torch.float32), ("fwd+bwd", shapes[0], torch.float32)]
+    if preset == "quick":  # on CUDA also the large shape, where the floor is about bandwidth
+        quick = shapes[:1] if device == "cpu" else shapes[:2]
+        combos = [(m, s, torch.float32) for s in quick for m in MODES]
     if device == "cpu" and preset != "full":
         combos = [c for c in combos if c[2] == torch.float32]
     layouts = ("contiguous",) if preset == "quick" or device == "cpu" else ("contiguous", "channels_last")
@@ -88,8 +93,7 @@ def matrix(device: str, preset: str) -> list[tuple]:
 
 def _targets(shape, dtype, layout, mode, device) -> tuple[Target, ...]:
     if device == "cuda":
-        us = bytes_floor(shape, dtype, mode) / (0.8 * H100_COPY_GBPS * 1e3)
-        return (Target("max_us", round(us, 2), "fastgan", HOPPER, "issue goal: >= 80% of the bytes floor"),)
+        return floor_share_target(bytes_floor(shape, dtype, mode), math.prod(shape))
     return ()
 
 
