@@ -205,7 +205,7 @@ case "$stage" in
     timeout "$(slot 45 250)" "$PY" tools/gpu_profile.py host --iters 200 >>"$sum" 2>&1 || say "host profile cut or failed"
     s=$(slot 75 180)
     timeout "$s" "$PY" -m fastgan bench --quick --no-png --no-compile --impl cuda,triton --time-limit $((s - 15)) \
-      --suite instance_norm --suite adain --suite bias_act --suite grad_penalty --out "$OUT/bench" \
+      --suite instance_norm --suite adain --suite bias_act --suite grad_penalty --suite spade --out "$OUT/bench" \
       >"$OUT/bench.log" 2>&1 || true
     say "bench:"; tr '\r' '\n' <"$OUT/bench.log" | grep -E 'goal|done in|rror' | tail -12 >>"$sum" || true
     # The critic step's parameter gradients differed from the torch.nn twin's by 3e-2 (relative) in `first`:
