@@ -20,6 +20,9 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "instance_norm_dbwd(Tensor ggx, Tensor ggscale, Tensor ggshift, Tensor grad_y, Tensor x, Tensor mean, "
       "Tensor rstd, Tensor scale, float eps) -> (Tensor, Tensor, Tensor)");
+  // torch.nn's form: per-channel weight/bias (C,), folded into the per-(n, c) affine in C++ with its gradient
+  // (instance_norm_wb.cpp); returns instance_norm_fwd's (y, mean, rstd).
+  m.def("instance_norm_wb(Tensor x, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)");
   // Group norm with a per-(n, c) affine and a fused activation (math: fastgan/ops/group_norm_kernels.py).
   // mean/rstd are (N, G); act as bias_act's codes (0 linear, 1 relu, 2 lrelu with slope alpha, 5 silu).
   // gamma/beta: optional per-element modulation maps (SPADE), both or neither: y = f(z + z * gamma + beta).

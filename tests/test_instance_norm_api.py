@@ -6,6 +6,7 @@ from torch import nn
 
 import fastgan
 from fastgan import _backend
+from fastgan.ops import norm_kernels
 from fastgan.ops.norm_kernels import kernel_ops
 
 from conftest import devices
@@ -231,3 +232,77 @@ def test_eval_with_running_stats_rejects_non_float_input_as_training_does(dtype)
         m(x)
     with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64"):
         m.eval()(x)
+
+
+# ----------------------------------------------------------------------------- torch.nn's weight/bias form
+WB_IMPLS = [pytest.param(d, i, id=f"{d}-{i}") for d in devices() for i in _backend.live_impls("instance_norm_fwd", d)
+            if i in ("cpp", "cuda")]
+needs_wb = pytest.mark.skipif(norm_kernels.compiled_wb() is None, reason="the extension has no instance_norm_wb")
+
+
+def _wb_inputs(device, dtype, with_w=True, with_b=True, layout="contiguous"):
+    x = torch.randn(3, 4, 6, 5, device=device, dtype=dtype)
+    x = x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
+    w = (torch.rand(4, device=device, dtype=dtype) + 0.5).requires_grad_() if with_w else None
+    b = torch.randn(4, device=device, dtype=dtype).requires_grad_() if with_b else None
+    return x.requires_grad_(), w, b
+
+
+@needs_wb
+@pytest.mark.parametrize("device,impl", WB_IMPLS)
+def test_wb_op_opcheck(device, impl):
+    for dtype in (torch.float32, torch.float64):
+        for with_w, with_b in ((True, True), (True, False), (False, True), (False, False)):
+            for layout in ("contiguous", "channels_last"):
+                torch.library.opcheck(norm_kernels.compiled_wb(), (*_wb_inputs(device, dtype, with_w, with_b, layout),
+                                                                   1e-5))
+
+
+@needs_wb
+@pytest.mark.parametrize("device,impl", WB_IMPLS)
+@pytest.mark.parametrize("with_w,with_b", [(True, True), (True, False), (False, True)])
+def test_wb_op_equals_the_python_fold_to_second_order(device, impl, with_w, with_b):
+    """instance_norm_wb gives what per_plane_affine + instance_norm_fwd gave (the same fold, the same float64 N-sum
+    of the weight/bias gradients): outputs and first- and second-order gradients, bit for bit."""
+    from fastgan.ops.instance_norm import per_plane_affine
+
+    def python_fold(x, w, b):
+        scale, shift = per_plane_affine(x, w, b)
+        return kernel_ops(impl).fwd(x, scale, shift, 1e-5)[0]
+
+    def wb(x, w, b):
+        return norm_kernels.compiled_wb()(x, w, b, 1e-5)[0]
+
+    x, w, b = _wb_inputs(device, torch.float32, with_w, with_b)
+    results = []
+    for f in (python_fold, wb):
+        ins = [t.detach().clone().requires_grad_() for t in (x, w, b) if t is not None]
+        args = iter(ins)
+        y = f(next(args), next(args) if with_w else None, next(args) if with_b else None)
+        g1 = torch.autograd.grad((y * y).sum(), ins, create_graph=True)
+        g2 = torch.autograd.grad(sum((g * g).sum() for g in g1), ins)
+        results.append([y, *g1, *g2])
+    for a, c in zip(*results):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+
+
+@needs_wb
+@pytest.mark.parametrize("device,impl", WB_IMPLS)
+def test_wb_op_gradcheck_and_gradgradcheck(device, impl):
+    x, w, b = _wb_inputs(device, torch.float64)
+    x = x.detach()[:2, :, :3, :4].contiguous().requires_grad_()
+    op = norm_kernels.compiled_wb()
+    f = lambda x, w, b: op(x, w, b, 1e-5)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+@needs_wb
+def test_wb_op_checks_its_arguments():
+    op, x = norm_kernels.compiled_wb(), torch.randn(2, 3, 4, 4)
+    with pytest.raises(RuntimeError, match=r"instance_norm_wb: weight must have shape \(3,\)"):
+        op(x, torch.ones(4), None, 1e-5)
+    with pytest.raises(RuntimeError, match="instance_norm_wb: bias must be floating"):
+        op(x, None, torch.ones(3, dtype=torch.int64), 1e-5)
+    with pytest.raises(RuntimeError, match="instance_norm_wb: x must have at least 2 dims"):
+        op(torch.randn(5), None, None, 1e-5)

@@ -145,3 +145,18 @@ FAMILY = KernelFamily(
 )
 kernel_ops = FAMILY.ops
 register_compiled = FAMILY.register_compiled
+_wb: list = []
+
+
+def compiled_wb():
+    """The extension's ``instance_norm_wb`` (torch.nn's weight/bias form, fold and its gradient in C++) with its fake
+    attached, or None when the extension lacks it (an older build, or none)."""
+    if not _wb:
+        op = None
+        if _backend.has_kernel("instance_norm_wb", "CompositeExplicitAutograd"):
+            FAMILY.compiled()  # the fakes and formulas of the ops it calls
+            torch.library.register_fake("fastgan::instance_norm_wb")(
+                lambda x, weight, bias, eps: fake_fwd(x, None, None, eps))
+            op = torch.ops.fastgan.instance_norm_wb.default
+        _wb.append(op)
+    return _wb[0]
