@@ -29,6 +29,7 @@ so there it is ``-expm1(-2|z|) / (2 + expm1(-2|z|))`` with Kahan's accurate ``ex
 from __future__ import annotations
 
 import math
+import struct
 
 import torch
 import triton
@@ -184,9 +185,28 @@ def _bias_act_kernel(X, B, G, H, OUT, numel, C, inner, alpha_hi, alpha_mid, alph
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
     """x when dense in some dimension order (read as it is), else a contiguous copy."""
+    if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        return x  # the usual layouts, without the general stride walk
     from fastgan.ops.bias_act_kernels import dense
 
     return dense(x)
+
+
+_SCALARS: dict[bytes, tuple] = {}
+_GELU_CONSTANTS = (math.sqrt(0.5), 1.0 / math.sqrt(2 * math.pi))
+
+
+def _scalars(alpha: float, gain: float, clamp: float) -> tuple:
+    """The kernel's 15 scalar arguments: alpha, gain, clamp and the gelu constants as split64 triples. Memoised by
+    the bits of (alpha, gain, clamp), so -0.0 and NaN keep their own entries: the same few values recur every call
+    and splitting them cost several µs of a launch's host time."""
+    key = struct.pack("ddd", alpha, gain, clamp)
+    found = _SCALARS.get(key)
+    if found is None:
+        if len(_SCALARS) >= 1024:
+            _SCALARS.clear()
+        found = _SCALARS[key] = tuple(v for s in (alpha, gain, clamp) + _GELU_CONSTANTS for v in split64(s))
+    return found
 
 
 def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -199,7 +219,7 @@ def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _launch(mode: int, x, bias, g, h, act: int, alpha: float, gain: float, clamp: float, dim: int):
     x = _dense(x)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    scalars = [v for s in (alpha, gain, clamp, math.sqrt(0.5), 1.0 / math.sqrt(2 * math.pi)) for v in split64(s)]
+    scalars = _scalars(alpha, gain, clamp)
     C = x.shape[dim]
     inner = x.numel() if C == 1 else x.stride(dim)
     out = torch.empty_like(x)

@@ -43,3 +43,15 @@ def test_split64_passes_non_finite_and_out_of_range_values():
     assert split64(math.inf) == (math.inf, 0.0, 0.0) and split64(-math.inf) == (-math.inf, 0.0, 0.0)
     assert math.isnan(split64(math.nan)[0]) and split64(math.nan)[1:] == (0.0, 0.0)
     assert split64(1e300) == (1e300, 0.0, 0.0)  # beyond float32: arrives as inf, documented
+
+
+def test_bias_act_scalars_memo_is_split64_by_bits():
+    """bias_act's launcher memoises its 15 scalar arguments by the bits of (alpha, gain, clamp): equal floats with
+    different bits (0.0 and -0.0) get their own entries, and every entry is what split64 gives."""
+    from fastgan.kernels import bias_act
+
+    consts = (math.sqrt(0.5), 1.0 / math.sqrt(2 * math.pi))
+    for args in ((0.2, 1.0, -1.0), (0.0, 1.0, -1.0), (-0.0, 1.0, -1.0), (0.2, math.sqrt(2), 256.0), (0.2, 1.0, -1.0)):
+        want = tuple(v for s in args + consts for v in split64(s))
+        got = bias_act._scalars(*args)
+        assert struct.pack("15d", *got) == struct.pack("15d", *want), args
