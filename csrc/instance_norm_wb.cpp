@@ -7,15 +7,17 @@
 // autograd when the weight needs a gradient), four to six Python-dispatched ops per call and as many autograd
 // nodes. On the H200's host the public forward+backward of an 8x512x16x16 instance norm cost 281 us against the
 // raw op's 11.5 us forward; on the 2-core CPU, InstanceNorm2d(affine) forward+backward at 2x16x32x32 cost 171 us
-// against 85 us through the raw ops. The values are the same: the fold rounds once (p -> float64 is exact), and
-// the weight/bias gradients sum over N in float64 and round once to the parameter's dtype.
+// against 85 us through the raw ops. The values are the same bits: the fold rounds once (p -> float64 is exact),
+// and the weight/bias gradients sum over N in float64 and round once to the parameter's dtype. (Recording the
+// fold's ATen ops from C++ instead measured hardly faster than from Python: the autograd nodes are the cost.)
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
-#include <initializer_list>
 #include <optional>
 #include <tuple>
 
@@ -67,9 +69,15 @@ Tensor3 instance_norm_wb_impl(const at::Tensor& x, const OptTensor& weight, cons
                        fold(bias.value_or(at::Tensor()), x, 0.0, false), eps);
 }
 
-// Backward: instance_norm_bwd with the folded scale, its (N, C) gradients summed over N in float64 into weight's and
-// bias's dtypes. Under create_graph the fold is redone with grad recording, so the graph reaches weight through it
-// and through instance_norm_bwd's own autograd (the double backward kernels).
+// Autograd. Backward: instance_norm_bwd with the folded scale, its (N, C) gradients summed over N in float64 into
+// weight's and bias's dtypes; under create_graph, through instance_norm_bwd's own autograd (the double backward
+// kernels) with a scale recorded from the weight.
+//
+// Neither weight nor bias is a saved variable, so updating one in place between forward and backward passes
+// autograd's version check, as with F.instance_norm (whose weight.repeat saves none): an EMA of a frozen affine,
+// or a GAN's discriminator step before a generator loss's backward through the same network. The backward reads
+// the scale folded at forward time (the old values, as eager's saved repeat); create_graph reaches the weight
+// through a reference kept outside the saved variables, with the old values when it was updated since.
 struct InstanceNormWbFn : public torch::autograd::Function<InstanceNormWbFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptTensor& weight_in,
                                const OptTensor& bias_in, double eps) {
@@ -85,28 +93,33 @@ struct InstanceNormWbFn : public torch::autograd::Function<InstanceNormWbFn> {
     }
     auto& [y, mean, rstd] = out;
     ctx->mark_non_differentiable({mean, rstd});
-    // The weight itself only when the graph must reach it (create_graph redoes the fold from it); a frozen weight
-    // or the bias is not saved, so updating one in place before backward (an EMA) passes, as with the Python fold.
-    ctx->save_for_backward({x, weight.defined() && weight.requires_grad() ? weight : at::Tensor(), mean, rstd, scale});
+    ctx->save_for_backward({x, mean, rstd, scale});
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["w_dtype"] = weight.defined() ? static_cast<int64_t>(weight.scalar_type()) : int64_t{-1};
     ctx->saved_data["b_dtype"] = bias.defined() ? static_cast<int64_t>(bias.scalar_type()) : int64_t{-1};
+    if (weight.defined() && weight.requires_grad()) {
+      ctx->saved_data["w"] = weight;  // for create_graph only; not a saved variable (see above)
+      ctx->saved_data["w_version"] = static_cast<int64_t>(weight._version());
+    }
     return {y, mean, rstd};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto s = ctx->get_saved_variables();  // x, weight (if it requires grad), mean, rstd, scale
-    const at::Tensor &x = s[0], &weight = s[1];
+    const auto s = ctx->get_saved_variables();  // x, mean, rstd, scale
+    const at::Tensor &x = s[0], &scale = s[3];
     const double eps = ctx->saved_data["eps"].toDouble();
     const int64_t w_dtype = ctx->saved_data["w_dtype"].toInt(), b_dtype = ctx->saved_data["b_dtype"].toInt();
     Tensor3 g;
-    if (at::GradMode::is_enabled() && weight.defined()) {
-      g = bwd_op().call(grads[0], x, s[2], s[3], fold(weight, x, 1.0, true), eps);  // recorded, for create_graph
+    if (at::GradMode::is_enabled() && ctx->saved_data.count("w")) {
+      const at::Tensor w = ctx->saved_data["w"].toTensor();
+      at::Tensor a = fold(w, x, 1.0, true);  // recorded: the graph reaches the weight
+      if (w._version() != ctx->saved_data["w_version"].toInt()) a = scale.add(a.sub(a.detach()));  // old values
+      g = bwd_op().call(grads[0], x, s[1], s[2], a, eps);
     } else if (at::GradMode::is_enabled()) {
-      g = bwd_op().call(grads[0], x, s[2], s[3], s[4], eps);
+      g = bwd_op().call(grads[0], x, s[1], s[2], scale, eps);
     } else {
       at::AutoDispatchBelowADInplaceOrView guard;
-      g = bwd_op().call(grads[0], x, s[2], s[3], s[4], eps);
+      g = bwd_op().call(grads[0], x, s[1], s[2], scale, eps);
     }
     // needs_input_grad counts tensor inputs only: an absent weight shifts bias's index.
     const at::Tensor none;
@@ -120,16 +133,10 @@ struct InstanceNormWbFn : public torch::autograd::Function<InstanceNormWbFn> {
   }
 };
 
-bool recording(std::initializer_list<const at::Tensor*> ts) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const at::Tensor* t : ts)
-    if (t->defined() && t->requires_grad()) return true;
-  return false;
-}
+bool requires_grad(const OptTensor& t) { return t && t->requires_grad(); }
 
 Tensor3 instance_norm_wb_autograd(const at::Tensor& x, const OptTensor& weight, const OptTensor& bias, double eps) {
-  const at::Tensor none;
-  if (!recording({&x, weight ? &*weight : &none, bias ? &*bias : &none})) {
+  if (!at::GradMode::is_enabled() || !(x.requires_grad() || requires_grad(weight) || requires_grad(bias))) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return wb_op().call(x, weight, bias, eps);
   }

@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import threading
 import warnings
 
 import torch
@@ -122,6 +123,7 @@ def has_kernel(op_name: str, dispatch_key: str) -> bool:
 # and the torch.library handle that keeps those registrations alive.
 _triton_routed: set[str] = set()
 _triton_route_lib: list = []
+_triton_route_lock = threading.Lock()
 
 
 def route_cuda_to_triton(launchers: dict) -> bool:
@@ -130,23 +132,30 @@ def route_cuda_to_triton(launchers: dict) -> bool:
     the launch in Python. The custom ops ``fastgan::<op name>_triton`` run the same launchers behind Python autograd
     (``torch.library.register_autograd``), which cost hundreds of µs per forward+backward on a GPU host.
 
-    Returns whether the ops are routed: not when the extension lacks one of them, when one already has a CUDA C++
-    kernel, or when ``FASTGAN_TRITON_ROUTE=custom_op`` asks for the custom ops (a way back, and a way to compare).
+    Called at import (the op families' ``register_compiled``), never from inside a torch.compile trace; a lock
+    keeps two threads from registering one op twice. Returns whether the ops are routed: not when the extension
+    lacks one of them, when one already has a CUDA C++ kernel, or when ``FASTGAN_TRITON_ROUTE=custom_op`` (read at
+    import) asks for the custom ops (a way back, and a way to compare).
     """
     names = tuple(launchers)
-    if os.environ.get("FASTGAN_TRITON_ROUTE", "dispatcher") == "custom_op":
+    route = os.environ.get("FASTGAN_TRITON_ROUTE", "dispatcher")
+    if route not in ("dispatcher", "custom_op"):
+        warn_once("triton-route", f"FASTGAN_TRITON_ROUTE={route!r} is neither 'dispatcher' nor 'custom_op'; "
+                  "using 'dispatcher'")
+    if route == "custom_op":
         return False
-    if all(n in _triton_routed for n in names):
+    with _triton_route_lock:
+        if all(n in _triton_routed for n in names):
+            return True
+        if not all(has_kernel(n, "CPU") for n in names) or any(has_kernel(n, "CUDA") for n in names):
+            return False
+        if not _triton_route_lib:
+            _triton_route_lib.append(torch.library.Library("fastgan", "IMPL"))
+        for name, fn in launchers.items():
+            if name not in _triton_routed:
+                _triton_route_lib[0].impl(name, fn, "CUDA")
+                _triton_routed.add(name)
         return True
-    if not all(has_kernel(n, "CPU") for n in names) or any(has_kernel(n, "CUDA") for n in names):
-        return False
-    if not _triton_route_lib:
-        _triton_route_lib.append(torch.library.Library("fastgan", "IMPL"))
-    for name, fn in launchers.items():
-        if name not in _triton_routed:
-            _triton_route_lib[0].impl(name, fn, "CUDA")
-            _triton_routed.add(name)
-    return True
 
 
 _available_cache: dict[tuple[str, str, str, bool], bool] = {}

@@ -150,6 +150,32 @@ def test_check_context_makes_the_outputs_that_are_checked(tmp_path):
     assert rep["cases"][0]["results"]["fastgan-ref"]["check_ok"] is False
 
 
+def test_a_failing_check_rerun_is_recorded_not_fatal(tmp_path):
+    calls = {"n": 0}
+
+    def fails_on_rerun(x, w, b):  # fine while timed, raises when the check runs it again
+        calls["n"] += 1
+        if exact_mode_on["on"]:
+            raise RuntimeError("capture failed\nsecond line")
+        return _eager(x, w, b)
+
+    exact_mode_on = {"on": False}
+
+    @contextlib.contextmanager
+    def ctx():
+        exact_mode_on["on"] = True
+        try:
+            yield
+        finally:
+            exact_mode_on["on"] = False
+
+    case = _tiny_case(**{"fastgan-ref": fails_on_rerun})
+    case.check_context = ctx
+    rep, _ = _run(tmp_path, case, png=False)
+    r = rep["cases"][0]["results"]["fastgan-ref"]
+    assert r["check_ok"] is False and r["check_error"] == "RuntimeError: capture failed" and "median_us" in r
+
+
 def test_hopper_goals_apply_on_the_h100_and_the_h200():
     from fastgan.bench.suites import HOPPER
 

@@ -158,17 +158,21 @@ def test_a_stale_extension_is_refused_with_a_rebuild_message(monkeypatch):
 
 
 @pytest.mark.parametrize("impl", [i for i in ("cpp", "ref") if i in _backend.live_impls("instance_norm_fwd", "cpu")])
-def test_frozen_weight_updated_in_place_before_backward(impl):
-    """A weight that does not require grad is read into a fresh (N, C) tensor, not a view: updating it in place
-    between forward and backward (an EMA, a frozen affine) is not caught by autograd's version check, as before."""
+@pytest.mark.parametrize("trainable", [False, True])
+def test_weight_updated_in_place_before_backward(impl, trainable):
+    """Neither weight nor bias is saved for backward (a frozen one is read into a fresh (N, C) tensor, a trainable
+    one goes through the recorded fold, whose nodes save none), so updating them in place between forward and
+    backward passes autograd's version check, as with F.instance_norm: an EMA of a frozen affine, or a GAN's
+    discriminator step before a generator loss's backward through the same network."""
     x = torch.randn(1, 3, 4, 4, requires_grad=True)
-    w, b = torch.rand(3) + 0.5, torch.randn(3)
+    w, b = (torch.rand(3) + 0.5).requires_grad_(trainable), torch.randn(3).requires_grad_(trainable)
     y = fastgan.ops.instance_norm(x, w, b, impl=impl)
     with torch.no_grad():
         w.add_(1.0)
         b.add_(1.0)
     y.square().sum().backward()
     assert x.grad is not None and x.grad.isfinite().all()
+    assert (w.grad is not None and b.grad is not None) == trainable
 
 
 # ---------------------------------------------------------------------------------------------- modules
@@ -306,3 +310,21 @@ def test_wb_op_checks_its_arguments():
         op(x, None, torch.ones(3, dtype=torch.int64), 1e-5)
     with pytest.raises(RuntimeError, match="instance_norm_wb: x must have at least 2 dims"):
         op(torch.randn(5), None, None, 1e-5)
+
+
+@needs_wb
+def test_wb_create_graph_after_an_in_place_update_matches_eager():
+    """A trainable weight updated in place between forward and a create_graph backward: the gradients and the
+    double backward use the forward's values, as F.instance_norm's (it saves its repeated weight)."""
+    x, w, b = _wb_inputs("cpu", torch.float64)
+    outs = []
+    for f in (lambda x, w, b: fastgan.ops.instance_norm(x, w, b, impl="cpp"),
+              lambda x, w, b: F.instance_norm(x, weight=w, bias=b)):
+        xs, ws, bs = (t.detach().clone().requires_grad_() for t in (x, w, b))
+        y = f(xs, ws, bs)
+        with torch.no_grad():
+            ws.mul_(1.5)
+        gx, gw = torch.autograd.grad((y * y).sum(), (xs, ws), create_graph=True)
+        outs.append([gx, gw, *torch.autograd.grad((gx * gx).sum() + (gw * gw).sum(), (xs, ws))])
+    for a, c in zip(*outs):
+        torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-9)

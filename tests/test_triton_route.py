@@ -40,8 +40,19 @@ def test_routing_registers_cuda_kernels_not_reported_as_cuda_cpp(family):
 
 
 def test_route_env_switch_keeps_custom_ops(monkeypatch):
+    # diffusion_step: an extension op that no family routes, so a regression here cannot replace a routed kernel
     monkeypatch.setenv("FASTGAN_TRITON_ROUTE", "custom_op")
-    assert not _backend.route_cuda_to_triton({"bias_act_fwd": lambda *a: None})
+    assert not _backend.route_cuda_to_triton({"diffusion_step": lambda *a: None})
+    assert "diffusion_step" not in _backend._triton_routed
+
+
+def test_routing_is_decided_at_import():
+    """The route is registered by the families' register_compiled at import, so a first CUDA call inside a
+    torch.compile(fullgraph=True) trace does not meet the registration (Dynamo cannot trace it)."""
+    if _backend.extension_error() is not None:
+        pytest.skip("the compiled extension is not loaded")
+    assert {"bias_act_fwd", "grad_penalty_fwd", "group_norm_fwd"} <= _backend._triton_routed
+    assert all(fam._routed for fam in FAMILIES.values()) and group_norm_kernels._routed == [True]
 
 
 def test_families_with_a_cuda_cpp_kernel_are_not_routed():

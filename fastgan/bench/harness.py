@@ -246,7 +246,12 @@ def run_case(case: Case, device: torch.device, cfg: TimingConfig, check: bool = 
         with case.check_context():  # outputs for the check made in that context, not the timed ones
             for label, r in results.items():
                 if "output" in r:
-                    r["output"] = case.fns[label](*first)
+                    try:
+                        r["output"] = case.fns[label](*first)
+                    except Exception as exc:  # recorded, as a failed timing is: the check then cannot pass
+                        r.pop("output")
+                        r["rel_err"], r["check_ok"] = float("inf"), False
+                        r["check_error"] = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0][:300]
     ref = results.get("eager", {}).get("output")
     for label, r in results.items():
         if "output" not in r:

@@ -133,6 +133,9 @@ class KernelFamily:
         return self._routed
 
     def register_compiled(self) -> None:
-        """Attach fakes and autograd to the extension's ops now, when the extension has them."""
+        """Attach fakes and autograd to the extension's ops now, when the extension has them, and decide the Triton
+        route (at import: deciding it on the first CUDA call could happen inside a torch.compile trace, which cannot
+        trace the registration)."""
         if _backend.has_kernel(self.op_names[0], "CPU") or _backend.has_kernel(self.op_names[0], "CUDA"):
             self.compiled()
+            self._route_triton()

@@ -450,18 +450,24 @@ def kernel_ops(impl: str, device_type: str = "cpu") -> _Ops:
     kernels when the extension is loaded (:func:`fastgan._backend.route_cuda_to_triton`: autograd of the forward
     and of the weight/bias form in C++), else the ``_triton`` custom ops."""
     if impl == "triton":
-        if device_type == "cuda":
-            if not _routed:
-                _routed.append(_backend.route_cuda_to_triton(LAUNCHERS))
-            if _routed[0]:
-                return _compiled_ops()
+        if device_type == "cuda" and _route_triton():
+            return _compiled_ops()
         return _TRITON
     if impl in ("cpp", "cuda"):
         return _compiled_ops()
     raise ValueError(f"fastgan: no group_norm kernel ops for impl {impl!r}")
 
 
+def _route_triton() -> bool:
+    """Whether CUDA calls of the Triton impl take the extension's ops (decided once, at import)."""
+    if not _routed:
+        _routed.append(_backend.route_cuda_to_triton(LAUNCHERS))
+    return _routed[0]
+
+
 def register_compiled() -> None:
-    """Attach fakes and autograd to the extension's ops now, when the extension has them."""
+    """Attach fakes and autograd to the extension's ops now, when the extension has them, and decide the Triton
+    route (at import, not inside a torch.compile trace)."""
     if _backend.has_kernel(OP_NAMES[0], "CPU") or _backend.has_kernel(OP_NAMES[0], "CUDA"):
         _compiled_ops()
+        _route_triton()
