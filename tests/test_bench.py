@@ -128,16 +128,23 @@ def test_wrong_output_is_flagged(tmp_path):
     assert "MISMATCH" in (tmp_path / "report.md").read_text()
 
 
-def test_check_context_makes_the_outputs_that_are_checked(tmp_path):
-    exact = {"on": False}
+def _switch():
+    """``(state, context)``: ``state["on"]`` is True inside ``context()`` (a stand-in for check_context's TF32-off)."""
+    state = {"on": False}
 
     @contextlib.contextmanager
-    def exact_mode():
-        exact["on"] = True
+    def context():
+        state["on"] = True
         try:
             yield
         finally:
-            exact["on"] = False
+            state["on"] = False
+
+    return state, context
+
+
+def test_check_context_makes_the_outputs_that_are_checked(tmp_path):
+    exact, exact_mode = _switch()
 
     def fast(x, w, b):  # off by 2x unless exact mode is on, as TF32 steps differ until TF32 is off
         return _eager(x, w, b) * (1.0 if exact["on"] else 2.0)
@@ -151,26 +158,15 @@ def test_check_context_makes_the_outputs_that_are_checked(tmp_path):
 
 
 def test_a_failing_check_rerun_is_recorded_not_fatal(tmp_path):
-    calls = {"n": 0}
+    rerun, context = _switch()
 
     def fails_on_rerun(x, w, b):  # fine while timed, raises when the check runs it again
-        calls["n"] += 1
-        if exact_mode_on["on"]:
+        if rerun["on"]:
             raise RuntimeError("capture failed\nsecond line")
         return _eager(x, w, b)
 
-    exact_mode_on = {"on": False}
-
-    @contextlib.contextmanager
-    def ctx():
-        exact_mode_on["on"] = True
-        try:
-            yield
-        finally:
-            exact_mode_on["on"] = False
-
     case = _tiny_case(**{"fastgan-ref": fails_on_rerun})
-    case.check_context = ctx
+    case.check_context = context
     rep, _ = _run(tmp_path, case, png=False)
     r = rep["cases"][0]["results"]["fastgan-ref"]
     assert r["check_ok"] is False and r["check_error"] == "RuntimeError: capture failed" and "median_us" in r
