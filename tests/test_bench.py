@@ -326,3 +326,17 @@ def test_every_suite_has_a_pytest_benchmark_file():
     text = "\n".join(p.read_text() for p in bench_dir.glob("bench_*.py"))
     missing = [name for name in suites.all_suites() if f'"{name}"' not in text]
     assert not missing, f"suites without a benchmarks/bench_*.py: {missing}"
+
+
+def test_gpu_tables_show_peak_memory_and_training_cases_it_per_s(tmp_path):
+    rep, _ = _run(tmp_path, _tiny_case(**{"fastgan-ref": _eager}), png=False)
+    assert rep["cases"][0]["results"]["eager"]["peak_mem_mib"] is None  # measured on CUDA only
+    rep["env"]["device"]["type"] = "cuda"  # the same data rendered as a GPU report of a training case
+    rep["cases"][0]["mode"] = "train"
+    for r in rep["cases"][0]["results"].values():
+        r.update(gpu_us=1.0, peak_mem_mib=1536.0, median_us=500_000.0)
+    lines, _ = report.suite_table(rep, "tiny")
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    row = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert row[header.index("it/s")] == "2.00" and row[header.index("peak MiB")] == "1,536"
+    assert len(row) == len(header)

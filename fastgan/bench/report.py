@@ -100,8 +100,9 @@ def _check_cell(r: dict[str, Any]) -> str:
 def suite_table(rep: dict[str, Any], suite: str) -> tuple[list[str], list[str]]:
     """Markdown table lines of one suite, and the error lines under it."""
     gpu = rep["env"]["device"]["type"] == "cuda"
-    cols = ["case", "impl", "µs/call", "min µs"] + (["GPU µs"] if gpu else []) + [
-        "GB/s", "% ceiling", "vs eager", "floor µs", "check"]
+    train = any(c["suite"] == suite and c.get("mode") == "train" for c in rep["cases"])
+    cols = ["case", "impl", "µs/call", "min µs"] + (["GPU µs"] if gpu else []) + (["it/s"] if train else []) + [
+        "GB/s", "% ceiling", "vs eager", "floor µs", "check"] + (["peak MiB"] if gpu else [])
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" if i < 2 else "--:" for i in range(len(cols))) + "|"]
     errors = []
     for c in rep["cases"]:
@@ -112,13 +113,17 @@ def suite_table(rep: dict[str, Any], suite: str) -> tuple[list[str], list[str]]:
             floor = _us(c.get("floor_us")) if i == 0 else ""
             if "error" in r:
                 errors.append(f"- {c['name']} · {label}: `{r['error']}`")
-                cells = [case, label, "error", "—"] + (["—"] if gpu else []) + ["—", "—", "—", floor, ""]
+                cells = [case, label, "error", "—"] + (["—"] if gpu else []) + (["—"] if train else []) + [
+                    "—", "—", "—", floor, ""] + (["—"] if gpu else [])
             else:
                 sp = r.get("speedup_vs_eager")
                 gpu_cell = [_us(r.get("gpu_us"))] if gpu else []
-                cells = [case, label, _us(r["median_us"]), _us(r["min_us"])] + gpu_cell + [
+                # a training iteration per call: iterations per second, as training logs print them
+                its = [f"{1e6 / r['median_us']:.2f}" if r["median_us"] else "—"] if train else []
+                cells = [case, label, _us(r["median_us"]), _us(r["min_us"])] + gpu_cell + its + [
                     _gbps(r.get("gbps")), _num(r.get("pct_ceiling"), ".1f"),
-                    "—" if sp is None else f"{sp:.2f}x", floor, _check_cell(r)]
+                    "—" if sp is None else f"{sp:.2f}x", floor, _check_cell(r)] + (
+                    [_num(r.get("peak_mem_mib"), ",.0f")] if gpu else [])
             lines.append("| " + " | ".join(cells) + " |")
     return lines, errors
 

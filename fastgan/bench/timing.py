@@ -212,8 +212,11 @@ def _summary(samples: list[float]) -> dict[str, Any]:
 
 
 def _prepare(fn: Callable, sets: Sequence[tuple], device: torch.device, cfg: TimingConfig) -> dict[str, Any]:
-    """First call (timed alone; includes torch.compile's compilation), then warm-up that sizes the batches."""
+    """First call (timed alone; includes torch.compile's compilation), then warm-up that sizes the batches. On
+    CUDA also the peak of allocated memory over those calls (what was resident before them included)."""
     synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     output = fn(*sets[0])
     synchronize(device)
@@ -227,7 +230,8 @@ def _prepare(fn: Callable, sets: Sequence[tuple], device: torch.device, cfg: Tim
     batch_s = cfg.batch_s if cfg.batch_s is not None else (0.002 if device.type == "cuda" else 0.0005)
     k = max(1, min(1000, round(batch_s / est)))
     reps = int(max(cfg.min_reps, min(cfg.max_reps, cfg.budget_s / (k * est))))
-    return {"output": output, "first_call_s": first, "batch": k, "reps": reps}
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"output": output, "first_call_s": first, "batch": k, "reps": reps, "peak_mem_mib": peak}
 
 
 def _error(exc: BaseException) -> dict[str, str]:
@@ -251,8 +255,9 @@ def time_impls(fns: dict[str, Callable], sets: Sequence[tuple], device: torch.de
 
     Returns:
         Label -> ``{"median_us", "min_us", "p25_us", "p75_us", "reps", "batch", "first_call_s", "gpu_us",
-        "output"}`` (``output``: the first call's result, for a correctness check; ``gpu_us`` None on CPU or
-        without the device-time pass), or ``{"error": "Type: message"}`` when the callable raised.
+        "peak_mem_mib", "output"}`` (``output``: the first call's result, for a correctness check; ``gpu_us`` None
+        on CPU or without the device-time pass; ``peak_mem_mib`` the CUDA allocator's peak over the first call and
+        warm-up, None on CPU), or ``{"error": "Type: message"}`` when the callable raised.
     """
     cuda = device.type == "cuda"
     state: dict[str, dict[str, Any]] = {}
@@ -289,7 +294,8 @@ def time_impls(fns: dict[str, Callable], sets: Sequence[tuple], device: torch.de
             results[label] = st
             continue
         res = _summary(samples[label])
-        res.update(batch=st["batch"], first_call_s=st["first_call_s"], gpu_us=None, output=st["output"])
+        res.update(batch=st["batch"], first_call_s=st["first_call_s"], gpu_us=None, output=st["output"],
+                   peak_mem_mib=st["peak_mem_mib"])
         if cuda and cfg.device_time:
             try:
                 res["gpu_us"] = _device_time(fns[label], sets, res["median_us"] * 1e-6, st["batch"], res["reps"])
