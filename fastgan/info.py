@@ -38,6 +38,12 @@ def report() -> str:
         cpu = ", ".join(_backend.live_impls(kernel_op, "cpu"))
         cuda = ", ".join(_backend.live_impls(kernel_op, "cuda")) if torch.cuda.is_available() else "no CUDA device"
         lines.append(f"  {name:<16} cpu: {cpu:<22} cuda: {cuda}")
+    routed = [name for kernel_op, name in OPS.items() if kernel_op in _backend._triton_routed]
+    if routed:
+        lines.append("Triton on CUDA through the extension's ops (autograd in C++): " + ", ".join(routed))
+    elif err is None:
+        lines.append("Triton on CUDA through the fastgan::*_triton custom ops (FASTGAN_TRITON_ROUTE="
+                     f"{os.environ.get('FASTGAN_TRITON_ROUTE', 'dispatcher')})")
     return "\n".join(lines)
 
 
