@@ -193,8 +193,8 @@ case "$stage" in
     # The second lease's one call (DEADLINE_S, default 560 s; run timeout_s 590, carry [".whl"]), after the fixes
     # of the first: build; every CUDA-parametrised test with compute-sanitizer on the CUDA C++ kernel beside them;
     # where the host time of a call goes (tools/gpu_profile.py host); the op suites with a CUDA C++ impl or the
-    # routed Triton ops (CUDA C++ and Triton against eager, no compile); a TF32 check of the critic step; a
-    # profile of the StarGAN v2 iteration; the 1000-step sampling loops with few repetitions; FID images/s.
+    # routed Triton ops (CUDA C++ and Triton against eager, no compile; the critic step's check runs with TF32
+    # off, which the second lease found to be its 3e-2 difference); a profile of the StarGAN v2 iteration; the 1000-step sampling loops with few repetitions; FID images/s.
     # Files back: summary.txt, build.log, pytest.log, failures.txt, sanitizer.log, bench/report.json.
     deadline=${DEADLINE_S:-560}
     "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__,
@@ -208,23 +208,6 @@ case "$stage" in
       --suite instance_norm --suite adain --suite bias_act --suite grad_penalty --suite spade --out "$OUT/bench" \
       >"$OUT/bench.log" 2>&1 || true
     say "bench:"; tr '\r' '\n' <"$OUT/bench.log" | grep -E 'goal|done in|rror' | tail -12 >>"$sum" || true
-    # The critic step's parameter gradients differed from the torch.nn twin's by 3e-2 (relative) in `first`:
-    # the same comparison with TF32 convolutions off tells whether TF32 (cuDNN's default for convs) is the cause.
-    timeout 25 "$PY" - >>"$sum" 2>&1 <<'PY' || say "critic TF32 check cut or failed"
-import torch
-from fastgan.bench import grad_penalty_suite as gp
-from fastgan.bench.harness import relative_error
-from fastgan.models import DCGANCritic
-for tf32 in (True, False):
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.manual_seed(0)
-    critic = DCGANCritic(img_channels=3, base=64, image_size=64).cuda()
-    twin = gp._torch_twin(critic)
-    real, fake = torch.randn(2, 64, 3, 64, 64, device="cuda")
-    a = gp._textbook_step(twin, "wgan-gp", real, fake)
-    b = gp._fastgan_step(critic, "wgan-gp", "triton", real, fake)
-    print(f"critic wgan-gp step, TF32 {tf32}: relative difference {relative_error(b, a):.2e}")
-PY
     say "stargan-v2 profile:"
     timeout "$(slot 50 95)" "$PY" tools/gpu_profile.py stargan --top 12 >>"$sum" 2>&1 || say "stargan profile cut or failed"
     # The 1000-step goal's loops, one timed loop per variant (the harness would run each five times or more, which

@@ -67,10 +67,10 @@ def _forward(x, weight, bias, eps, impl):
     which = _backend.select("instance_norm_fwd", x.device, impl)
     if which == "ref":
         return instance_norm_reference(x, weight, bias, eps), None, None
-    if which != "triton" and compiled_wb() is not None:
+    if which != "triton" and (wb := compiled_wb()) is not None:
         # The fold of weight/bias and its gradient in C++ (csrc/instance_norm_wb.cpp): same values, a fraction of
         # the host time of per_plane_affine's Python-dispatched ops and autograd nodes.
-        return compiled_wb()(x, weight, bias, eps)
+        return wb(x, weight, bias, eps)
     scale, shift = per_plane_affine(x, weight, bias)
     return kernel_ops(which).fwd(x, scale, shift, eps)
 
