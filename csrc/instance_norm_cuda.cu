@@ -25,7 +25,8 @@
 //
 // Vector access: 16-byte vectors when every base pointer is 16-byte aligned and the plane length (contiguous) or C
 // (channels-last) is a multiple of the vector width, so every plane/row offset is aligned too; else scalar access.
-// All offsets are int64. dtypes: float16/bfloat16/float32 accumulate in float, float64 in double.
+// All offsets are int64. dtypes: float16/bfloat16/float32 compute in float, float64 in double; the backward's and
+// double backward's per-plane sums are double for every dtype, as on the CPU.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -105,16 +106,19 @@ template <class Op, int V>
 void launch_channels_last(const Op& op, const PlaneShape& s, const DeviceLimits& d, cudaStream_t stream,
                           const at::Tensor& x) {
   using A = typename Op::A;
+  using Part = typename Op::Part;
   using Coef = typename Op::Coef;
   static_assert(sizeof(Coef) % sizeof(A) == 0, "Coef must be an array of A");
   const ClGrid g = cl_grid<Op, V>(s.N, s.L, s.C, d);
   const int64_t blocks = g.N * g.chunks * g.tiles, fin_blocks = ceil_div(g.N * g.C, 256);
   TORCH_CHECK(blocks <= INT_MAX && fin_blocks <= INT_MAX, "fastgan: channels-last input too large: ", x.sizes());
-  // Workspace: per-chunk statistics, then per-plane coefficients (both in the accumulation dtype).
+  // Workspace: per-chunk records (the op's Part type: double for the gradients' sums), then per-plane
+  // coefficients in the accumulation dtype.
   const auto acc_opts = x.options().dtype(acc_type_of(x.scalar_type()));
-  at::Tensor part = at::empty({g.N * g.chunks * Op::K * g.C}, acc_opts);
+  const auto part_opts = x.options().dtype(c10::CppTypeToScalarType<Part>::value);
+  at::Tensor part = at::empty({g.N * g.chunks * Op::K * g.C}, part_opts);
   at::Tensor coefs = at::empty({g.N * g.C * static_cast<int64_t>(sizeof(Coef) / sizeof(A))}, acc_opts);
-  A* part_p = part.data_ptr<A>();
+  Part* part_p = part.data_ptr<Part>();
   Coef* coef_p = reinterpret_cast<Coef*>(coefs.data_ptr<A>());
   constexpr int64_t smem = cl_partial_smem<Op, V>();
   static_assert(smem <= 48 * 1024, "cl_partial_kernel needs the opt-in for this much shared memory");

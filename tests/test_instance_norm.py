@@ -136,6 +136,11 @@ GPU_SHAPES = [((2, 3, 32, 32), "contiguous"), ((2, 3, 1, 1025), "contiguous"), (
 @pytest.mark.parametrize("device,impl", [p for p in impl_params() if p.id.startswith("cuda")])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gpu_plane_strategies_follow_the_rule(device, impl, dtype):
+    check_plane_strategies(device, impl, dtype)
+
+
+def check_plane_strategies(device, impl, dtype, grad_floor_ulps: float = 1.0):
+    """GPU_SHAPES forward, backward and penalty gradients under the rule (also run by the emulated CUDA kernels)."""
     for shape, layout in GPU_SHAPES:
         x = to_layout(torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5, layout)
         w, b = (torch.randn(shape[1], device=device, dtype=dtype) for _ in range(2))
@@ -145,11 +150,11 @@ def test_gpu_plane_strategies_follow_the_rule(device, impl, dtype):
                     f"{name} forward")
         ours, eager, ref = backward_three_ways(lambda *a: fastgan.ops.instance_norm(*a, impl=impl),
                                                eager_instance_norm, instance_norm_reference, (x, w, b), gy)
-        assert_rule(ours[0], eager[0], ref[0], f"{name} grad x")
+        assert_rule(ours[0], eager[0], ref[0], f"{name} grad x", grad_floor_ulps)
         ours = penalty_grads(lambda a, c: fastgan.ops.instance_norm(a, c, impl=impl), gy, x, w)
         eager = penalty_grads(lambda a, c: eager_instance_norm(a, c), gy, x, w)
         ref = penalty_grads(lambda a, c: instance_norm_reference(a, c), gy.double(), x.double(), w.double())
-        assert_rule(ours[0], eager[0], ref[0], f"{name} penalty grad x")
+        assert_rule(ours[0], eager[0], ref[0], f"{name} penalty grad x", grad_floor_ulps)
 
 
 @pytest.mark.parametrize("device,impl", impl_params())
