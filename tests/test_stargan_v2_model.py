@@ -238,6 +238,38 @@ def test_builds_agree_float32_tolerance_rule():
         assert_rule(flat[0].float(), flat[1].float(), flat[2], f"{net} parameter gradients (each / its scale)")
 
 
+@pytest.mark.parametrize("impl", ["fastgan", "torch"])
+@pytest.mark.parametrize("w_hpf", [0.0, 1.0])
+def test_channels_last_build_matches_and_runs_nhwc(impl, w_hpf):
+    """``channels_last=True`` changes the memory format only: the same losses and parameter gradients (float64, to
+    rounding) as the default build with the same weights, with the convolution weights and the activations (here the
+    generator's output and every norm's input) channels-last."""
+    kw = dict(SMALL, w_hpf=w_hpf)
+    cfg = StarGANv2Config(**kw, impl=impl)
+    nets, _ = build_model(cfg)
+    nets_cl, ema_cl = build_model(StarGANv2Config(**kw, impl=impl, channels_last=True))
+    nets_cl.load_state_dict(nets.state_dict())
+    nets, nets_cl = nets.double(), nets_cl.double()
+    cl = torch.channels_last
+    assert nets_cl["generator"].from_rgb.weight.is_contiguous(memory_format=cl)
+    assert ema_cl["style_encoder"].shared[0].weight.is_contiguous(memory_format=cl)
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda _m, a: seen.append(a[0].is_contiguous(memory_format=cl)))
+             for name, m in nets_cl["generator"].named_modules() if name.endswith(("norm1", "norm2"))]
+    b = batch(cfg, dtype=F64)
+    masks = heatmaps(2, cfg.img_size, F64) if w_hpf > 0 else None
+    s = nets_cl["mapping_network"](b["z"], b["y_trg"])
+    assert nets_cl["generator"](b["x"], s, masks=masks).is_contiguous(memory_format=cl)
+    for h in hooks:
+        h.remove()
+    assert seen and all(seen), "a norm layer saw a contiguous (NCHW) activation"
+    got, want = loss_grads(nets_cl, cfg, b, masks), loss_grads(nets, cfg, b, masks)
+    for w in want:
+        assert_close64(got[w][0], want[w][0], f"{w} loss")
+        for k in want[w][1]:
+            assert_close64(got[w][1][k], want[w][1][k], f"{w} grad {k}", rtol=1e-8)
+
+
 # --- official checkpoints and the reference implementation -------------------------------------------------------
 
 @pytest.mark.parametrize("impl", ["fastgan", "torch"])
@@ -440,6 +472,7 @@ def test_bf16_autocast_losses_run(impl):
 
 
 def test_benchmark_suite_runs_one_iteration_per_build():
+    from fastgan.bench import stargan_v2_suite as ss
     from fastgan.bench.suites import SuiteOptions, all_suites, build_cases
 
     assert "stargan_v2" in all_suites()
@@ -449,10 +482,16 @@ def test_benchmark_suite_runs_one_iteration_per_build():
     assert [c.shape for c in cuda] == [(8, 3, 256, 256)] * 2 and {c.dtype for c in cuda} == {torch.float32,
                                                                                               torch.bfloat16}
     assert all(t.kind == "min_speedup" and t.value == 1.5 for c in cuda for t in c.targets)
+    assert all(set(c.fns) == {"eager", "fastgan-auto", "fastgan-cl"} for c in cuda)
     inputs = case.make_inputs(0)
     eager, ours = case.fns["eager"](*inputs), case.fns["fastgan-auto"](*inputs)
     assert eager.shape == (4,) and torch.isfinite(eager).all()
     assert torch.allclose(ours, eager, rtol=1e-4, atol=1e-5)  # same weights, same inputs: same four losses
+    # The channels-last trainer the CUDA cases add, built here from the same pair's initial weights.
+    pair = ss._Pair(dict(ss.CPU_SMALL[0]), "cpu")
+    losses = [pair.get(impl).iteration(torch.float32, *inputs) for impl in ("fastgan", "fastgan-cl")]
+    assert pair.get("fastgan-cl").nets["discriminator"].main[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(losses[1], losses[0], rtol=1e-4, atol=1e-5)
 
 
 def test_mapping_network_and_style_encoder_compile_with_fullgraph():

@@ -263,6 +263,26 @@ def test_resume_matches_uninterrupted_run(run_a, tmp_path, capsys):
     assert _train(b, "--steps", "6", "--resume", data=None) == 0
 
 
+def test_channels_last_resume_matches_and_is_recorded(run_a, tmp_path):
+    """--channels-last on a resumed run: the checkpoint records it, the weights are NHWC, and the logged losses of
+    steps 4-6 match the uninterrupted NCHW run's up to rounding (Adam then moves both alike)."""
+    b = tmp_path / "b"
+    os.makedirs(ck.checkpoint_dir(str(b)))
+    shutil.copy(ck.checkpoint_path(str(run_a), 3), ck.checkpoint_dir(str(b)))
+    assert main(["train", "stargan-v2", "--out", str(b), "--resume", "--steps", "6", "--save-every", "3",
+                 "--sample-every", "0", "--log-every", "1", "--device", "cpu", "--quiet", "--channels-last"]) == 0
+    b6 = ck.load_checkpoint(ck.checkpoint_path(str(b), 6))
+    assert b6["config"]["channels_last"] is True
+    assert b6["nets"]["generator"]["from_rgb.weight"].is_contiguous(memory_format=torch.channels_last)
+    want = {r["step"]: r for r in map(json.loads, open(run_a / "log.jsonl"))}
+    got = [json.loads(line) for line in open(b / "log.jsonl")]
+    assert [r["step"] for r in got] == [4, 5, 6]
+    for r in got:
+        for k, v in r.items():
+            if k not in ("step", "it_per_s"):
+                assert v == pytest.approx(want[r["step"]][k], rel=1e-3, abs=1e-5), (r["step"], k)
+
+
 def test_sample_command(run_a, tmp_path, capsys):
     src = tmp_path / "src"
     ds = tdata.open_domains("digits", 32)

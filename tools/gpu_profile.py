@@ -186,7 +186,7 @@ def stargan(args) -> None:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     pair = _Pair(dict(OFFICIAL), "cuda")
     inputs = _make_inputs(OFFICIAL, GPU_BATCH, "cuda")(0)
-    for impl in ("torch", "fastgan"):
+    for impl in ("torch", "fastgan", "fastgan-cl"):  # fastgan-cl: the fastgan build with channels_last=True
         trainer = pair.get(impl)
         trainer.iteration(dtype, *inputs)  # warm-up: autotuning, cuDNN's algorithm choice, Triton compiles
         torch.cuda.synchronize()

@@ -5,7 +5,8 @@ reference-guided fake (each with R1 on the real batch: a double backward through
 step with latent codes (generator, mapping network and style encoder updated) and one with references (generator
 updated), Adam with the official hyper-parameters, and the EMA update of the three networks. ``"eager"`` is
 ``build_model(impl="torch")``, ``"fastgan-auto"`` is ``build_model(impl="fastgan")`` (every fastgan op on its
-automatic backend: the C++ kernels on CPU, CUDA C++ or Triton on a GPU), loaded with the same weights.
+automatic backend: the C++ kernels on CPU, CUDA C++ or Triton on a GPU), loaded with the same weights; on CUDA
+``"fastgan-cl"`` is that build with ``channels_last=True``.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ One full training iteration per call (mode `train`): two discriminator steps (la
 on the real batch, i.e. a double backward through the discriminator), two generator steps (latent: generator,
 mapping network and style encoder; reference: generator), Adam (official lr/betas/weight decay) and the EMA update.
 `eager` = `build_model(impl="torch")` (the official `torch.nn` formulation), `fastgan-auto` =
-`build_model(impl="fastgan")` with the same weights; `bf16` cases run under `torch.autocast(dtype=bfloat16)` with
+`build_model(impl="fastgan")` with the same weights, and on CUDA `fastgan-cl` the same fastgan build with
+`channels_last=True` (NHWC activations end to end); `bf16` cases run under `torch.autocast(dtype=bfloat16)` with
 float32 weights. **The bytes floor does not apply** to a whole iteration (dominated by convolutions, which both builds
 run on the same library kernels), so it is set to 0 and the GB/s, % ceiling and floor columns carry no information:
 read µs per iteration and *vs eager* (the speedup). No `torch.compile` baseline (R1's double backward does not
@@ -107,15 +109,20 @@ class _Pair:
     def __init__(self, cfg_kwargs: dict, device: str):
         self.cfg_kwargs, self.device = cfg_kwargs, device
         self.trainers: dict[str, _Trainer] = {}
+        self.state: dict | None = None
 
     def get(self, impl: str) -> _Trainer:
-        if not self.trainers:
-            from ..models.stargan_v2 import StarGANv2Config
+        """``"torch"``, ``"fastgan"`` or ``"fastgan-cl"`` (the fastgan build in channels-last memory format)."""
+        from ..models.stargan_v2 import StarGANv2Config
 
+        if not self.trainers:
             ref = _Trainer(StarGANv2Config(impl="torch", **self.cfg_kwargs), self.device, None)
-            state = ref.initial_state()
-            fast = _Trainer(StarGANv2Config(impl="fastgan", **self.cfg_kwargs), self.device, state)
+            self.state = ref.initial_state()
+            fast = _Trainer(StarGANv2Config(impl="fastgan", **self.cfg_kwargs), self.device, self.state)
             self.trainers = {"torch": ref, "fastgan": fast}
+        if impl not in self.trainers and impl == "fastgan-cl":
+            cfg = StarGANv2Config(impl="fastgan", channels_last=True, **self.cfg_kwargs)
+            self.trainers[impl] = _Trainer(cfg, self.device, self.state)
         return self.trainers[impl]
 
 
@@ -155,6 +162,8 @@ def stargan_v2_cases(opts: SuiteOptions):
         fns = {"eager": (lambda p, d: lambda *a: p.get("torch").iteration(d, *a))(pair, dtype)}
         if want_fastgan:
             fns["fastgan-auto"] = (lambda p, d: lambda *a: p.get("fastgan").iteration(d, *a))(pair, dtype)
+            if opts.device == "cuda":  # NHWC end to end: cuDNN's NHWC convolutions, no layout conversions
+                fns["fastgan-cl"] = (lambda p, d: lambda *a: p.get("fastgan-cl").iteration(d, *a))(pair, dtype)
         targets = ()
         if opts.device == "cuda" and kw is OFFICIAL:
             targets = (Target("min_speedup", H100_MIN_SPEEDUP, "fastgan", HOPPER,

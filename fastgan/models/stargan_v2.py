@@ -108,7 +108,10 @@ class StarGANv2Config:
 
     ``dim_in`` None means ``2**14 // img_size`` (64 at 256x256), as in the official model; smaller values give
     toy models. ``hidden_dim`` is the mapping network's width (512 officially). ``impl``: ``"fastgan"`` (fastgan's
-    fused ops) or ``"torch"`` (the official ``torch.nn`` formulation), same weights either way.
+    fused ops) or ``"torch"`` (the official ``torch.nn`` formulation), same weights either way. ``channels_last``:
+    the networks' convolution weights in channels-last memory format, so every activation is NHWC: on a GPU cuDNN
+    then runs its NHWC convolutions without converting layouts around each one, and fastgan's norms read
+    channels-last as it is (torch.nn's InstanceNorm is slow on it). Same numbers up to rounding.
     """
 
     img_size: int = 256
@@ -132,6 +135,7 @@ class StarGANv2Config:
     weight_decay: float = 1e-4
     ema_beta: float = 0.999
     impl: str = "fastgan"
+    channels_last: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -150,6 +154,8 @@ class StarGANv2Config:
             raise ValueError(f"{who}: impl must be one of {IMPLS}, got {self.impl!r}")
         if not 0.0 <= self.ema_beta <= 1.0:
             raise ValueError(f"{who}: ema_beta must be in [0, 1], got {self.ema_beta!r}")
+        if not isinstance(self.channels_last, bool):
+            raise ValueError(f"{who}: channels_last must be True or False, got {self.channels_last!r}")
 
     def to_dict(self) -> dict:
         """The fields as a plain dict (JSON-able)."""
@@ -375,6 +381,8 @@ def build_model(cfg: StarGANv2Config) -> tuple[nn.ModuleDict, nn.ModuleDict]:
     nets = nn.ModuleDict(dict(zip(NET_NAMES, (generator, mapping, style_encoder, discriminator))))
     for net in nets.values():
         net.apply(he_init)
+    if cfg.channels_last:
+        nets.to(memory_format=torch.channels_last)  # 4-D weights only; the EMA copies below inherit it
     nets_ema = nn.ModuleDict({name: copy.deepcopy(nets[name]) for name in EMA_NET_NAMES})
     return nets, nets_ema
 

@@ -100,6 +100,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--impl", choices=["fastgan", "torch"], default=None,
                    help="layers: fastgan's fused kernels (default) or plain torch.nn")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers per loader (use 4+ for folders)")
+    p.add_argument("--channels-last", action="store_const", const=True, default=None,
+                   help="run the networks in channels-last (NHWC) memory format: cuDNN's NHWC convolutions without "
+                        "layout conversions; the same numbers up to rounding (also allowed on --resume)")
     for name, (typ, help_text) in MODEL_OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_text)
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",

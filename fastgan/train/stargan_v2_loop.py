@@ -63,10 +63,14 @@ def _build_config(args, classes: list[str], img_size: int, ckpt: dict | None, lo
                 f"{', '.join('--' + k.replace('_', '-') for k in given)}")
         if cfg.num_domains != len(classes):
             raise DataError(f"fastgan: the checkpoint has {cfg.num_domains} domains, the data {len(classes)}")
+        if getattr(args, "channels_last", None):  # a memory format, not a model option: a resumed run may switch
+            cfg.channels_last = True
         return cfg
     over = {k: getattr(args, k) for k in _model_keys() if getattr(args, k, None) is not None}
     if args.impl is not None:
         over["impl"] = args.impl
+    if getattr(args, "channels_last", None):
+        over["channels_last"] = True
     if over.get("w_hpf", 0.0) > 0:
         raise DataError("fastgan: --w-hpf > 0 needs the FAN face-landmark network (CelebA-HQ masks), which fastgan "
                         "does not ship; train with --w-hpf 0")
