@@ -1,4 +1,4 @@
-"""The CUDA C++ instance-norm kernels on the CPU, through the host emulation in tests/cuda_emu: CI has no GPU, so
+"""The CUDA C++ instance-norm kernels (instance norm and AdaIN on CUDA) on the CPU, through the host emulation in tests/cuda_emu: CI has no GPU, so
 this is where their indexing, reductions, launch geometry and numerics are checked on every commit. The emulated
 kernels stand in for the extension's CPU kernels, and the ordinary instance-norm tests run over them (public API,
 autograd to second order, the tolerance rule against eager PyTorch). The GPU itself still decides timing, races
@@ -6,6 +6,7 @@ and the host wrappers in csrc/instance_norm_cuda.cu (tests/test_instance_norm.py
 import pytest
 import torch
 
+import test_adain as tadain
 import test_instance_norm as tin
 from fastgan import _backend
 from tolerance import grad_floor_ulps
@@ -29,7 +30,8 @@ def _emulate(dll, monkeypatch, device: str):
     """The emulated kernels as the extension's CPU kernels on an emulated device. Gradients get the floor
     tolerance.py documents for float32-computing GPU kernels checked against CPU eager (which sums in float64);
     forwards keep the plain rule."""
-    monkeypatch.setattr(tin, "grad_floor_ulps", lambda dev, impl: grad_floor_ulps(dev, "cuda-emu"))
+    for module in (tin, tadain):
+        monkeypatch.setattr(module, "grad_floor_ulps", lambda dev, impl: grad_floor_ulps(dev, "cuda-emu"))
     return cuda_emu.cpu_kernels(cuda_emu.Kernels(dll, device))
 
 
@@ -67,6 +69,15 @@ def test_double_backward(emulated, dtype):
 def test_plane_strategies(emulated_both, dtype):
     """Warp- and block-per-plane, partly cached planes, scalar and vector paths, channels-last chunking."""
     tin.check_plane_strategies("cpu", "cpp", dtype, grad_floor_ulps("cpu", "cuda-emu"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adain(emulated, dtype):
+    """AdaIN's CUDA path is these kernels with per-sample scale and shift."""
+    tadain.test_forward_matches_reference("cpu", "cpp", dtype)
+    tadain.test_backward_matches_reference("cpu", "cpp", dtype)
+    if dtype != torch.float16:
+        tadain.test_double_backward_matches_reference("cpu", "cpp", dtype)
 
 
 def test_scalar_path_equals_vector_path(dll):

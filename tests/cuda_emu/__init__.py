@@ -65,17 +65,31 @@ class Kernels:
         self.sms, self.smem = DEVICES[device]
 
     def _run(self, op: int, x: torch.Tensor, ins, outs, planes, eps: float) -> None:
+        """Launch the emulated op on guarded copies of every tensor (see :func:`_guarded`), then check the guards,
+        check that no input changed, and copy the outputs back. ``planes``: (tensor, written) pairs."""
         cl = is_channels_last(x)
         n, c = x.shape[:2]
         length = math.prod(x.shape[2:])
-        ptrs = lambda ts: (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])  # noqa: E731
+        g_ins = [_guarded(t) for t in ins]
+        g_outs = [_guarded(t) for t in outs]
+        g_planes = [_guarded(t) for t, _ in planes]
+        ptrs = lambda gs: (ctypes.c_void_p * len(gs))(*[v.data_ptr() for _, v in gs])  # noqa: E731
         err = ctypes.create_string_buffer(512)
         rc = self.dll.fastgan_emu_instance_norm(
             op, DTYPE_CODES[x.dtype], int(cl), ctypes.c_int64(n), ctypes.c_int64(c), ctypes.c_int64(length),
-            ptrs(ins), ptrs(outs), ptrs(planes), ctypes.c_double(eps), self.sms, self.smem, int(self.force_scalar),
-            err, len(err))
+            ptrs(g_ins), ptrs(g_outs), ptrs(g_planes), ctypes.c_double(eps), self.sms, self.smem,
+            int(self.force_scalar), err, len(err))
         if rc != 0:
             raise RuntimeError(f"emulated CUDA instance norm: {err.value.decode()}")
+        written = [(t, g) for t, g in zip(outs, g_outs)] + [(t, g) for (t, w), g in zip(planes, g_planes) if w]
+        read = [(t, g) for t, g in zip(ins, g_ins)] + [(t, g) for (t, w), g in zip(planes, g_planes) if not w]
+        for k, (buf, _) in enumerate(g_ins + g_outs + g_planes):
+            _check_guards(buf, f"op {op}, tensor {k}")
+        for k, (t, (_, v)) in enumerate(read):
+            if not torch.equal(_bits(v), _bits(t)):
+                raise RuntimeError(f"emulated CUDA instance norm op {op} wrote into input {k}")
+        for t, (_, v) in written:
+            t.copy_(v)
 
     @staticmethod
     def _canonical(x):
@@ -101,7 +115,8 @@ class Kernels:
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         mean = torch.empty(x.shape[:2], dtype=acc)
         rstd = torch.empty_like(mean)
-        self._run(0, x, [x], [y], [scale.contiguous(), shift.contiguous(), mean, rstd], eps)
+        self._run(0, x, [x], [y], [(scale.contiguous(), False), (shift.contiguous(), False), (mean, True),
+                                   (rstd, True)], eps)
         return y, mean, rstd
 
     def bwd(self, gy_in, x_in, mean, rstd, scale, eps):
@@ -109,8 +124,8 @@ class Kernels:
         gy = self._like_x(gy_in, x)
         gx = self._empty(x)
         gscale, gshift = torch.empty_like(mean), torch.empty_like(mean)
-        self._run(1, x, [x, gy], [gx], [mean.contiguous(), rstd.contiguous(), scale.contiguous(), gscale, gshift],
-                  eps)
+        self._run(1, x, [x, gy], [gx], [(mean.contiguous(), False), (rstd.contiguous(), False),
+                                        (scale.contiguous(), False), (gscale, True), (gshift, True)], eps)
         return gx, gscale, gshift
 
     def dbwd(self, ggx_in, ggscale, ggshift, gy_in, x_in, mean, rstd, scale, eps):
@@ -118,9 +133,36 @@ class Kernels:
         gy, ggx = self._like_x(gy_in, x), self._like_x(ggx_in, x)
         gx2, ggy = self._empty(x), self._empty(x)
         gscale2 = torch.empty_like(mean)
-        planes = [t.contiguous() for t in (mean, rstd, scale, ggscale, ggshift)] + [gscale2]
+        planes = [(t.contiguous(), False) for t in (mean, rstd, scale, ggscale, ggshift)] + [(gscale2, True)]
         self._run(2, x, [x, gy, ggx], [gx2, ggy], planes, eps)
         return gx2, (ggy if gy_in.dtype == x.dtype else ggy.to(gy_in.dtype)), gscale2
+
+
+GUARD_BYTES = 1024  # on each side of every tensor the emulated kernels see; a multiple of their 16-byte vectors
+
+
+def _guarded(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(buffer, view)``: a copy of the dense tensor ``t`` with ``t``'s strides in the middle of a buffer whose
+    GUARD_BYTES on each side are all-ones bytes (NaN in every float dtype). A kernel reading past a tensor reads NaN
+    (the tests then fail on the result); one writing past it changes a guard, which :func:`_check_guards` reports.
+    A "memcheck" for global memory, as compute-sanitizer's is on the GPU."""
+    pad = GUARD_BYTES // t.element_size()
+    buf = torch.empty(t.numel() + 2 * pad, dtype=t.dtype)
+    buf.view(torch.uint8).fill_(0xFF)
+    view = buf.as_strided(t.shape, t.stride(), pad)
+    view.copy_(t)
+    return buf, view
+
+
+def _check_guards(buf: torch.Tensor, what: str) -> None:
+    raw = buf.view(torch.uint8)
+    if not (bool((raw[:GUARD_BYTES] == 0xFF).all()) and bool((raw[-GUARD_BYTES:] == 0xFF).all())):
+        raise RuntimeError(f"emulated CUDA kernel wrote outside its tensor ({what})")
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s bits as integers (NaN == NaN), for an exact comparison."""
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
 
 
 @contextlib.contextmanager
