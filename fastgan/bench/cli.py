@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="device to benchmark (default: cuda when available, else cpu)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
-                      help="only the few cases with performance goals, shorter timing (about a minute)")
+                      help="cases with performance goals only, shorter timing: on CUDA every issue goal (a few "
+                           "minutes), on CPU a few (about a minute)")
     size.add_argument("--full", action="store_true",
                       help="the full matrix at full size on any device (slow on CPU: large inputs, bf16, compile)")
     parser.add_argument("--impl", metavar="LIST",
