@@ -7,6 +7,6 @@ __version__ = "0.1.0"
 
 from ._backend import use_impl
 from . import ops, nn
-from . import diffusion, losses, models
+from . import diffusion, graphs, losses, models
 
-__all__ = ["ops", "nn", "diffusion", "losses", "models", "use_impl", "__version__"]
+__all__ = ["ops", "nn", "diffusion", "graphs", "losses", "models", "use_impl", "__version__"]

@@ -211,8 +211,6 @@ def test_sampling_suite_cases():
 
 def test_critic_steps_get_a_cuda_graph_variant_on_cuda(monkeypatch):
     from fastgan.bench import grad_penalty_suite
-    from fastgan.bench.graphed import Graphed
-
     monkeypatch.setattr(grad_penalty_suite, "fastgan_impls", lambda op, device, wanted=None: ["triton", "ref"])
     cases = [c for c in build_cases(["grad_penalty"], SuiteOptions(device="cuda", compile=False))
              if c.layout.startswith("critic")]
@@ -221,31 +219,6 @@ def test_critic_steps_get_a_cuda_graph_variant_on_cuda(monkeypatch):
     cpu = [c for c in build_cases(["grad_penalty"], SuiteOptions(device="cpu", compile=False))
            if c.layout.startswith("critic")]
     assert not any(k.endswith("-graph") for c in cpu for k in c.fns)
-    with pytest.raises(ValueError, match="needs CUDA tensors"):
-        Graphed(lambda x: x * 2, (torch.ones(3),))
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_graphed_step_replays_the_eager_step_on_cuda():
-    from fastgan.bench.graphed import Graphed
-
-    gen = torch.Generator("cuda").manual_seed(3)
-    w = torch.randn(5, 5, device="cuda", requires_grad=True)
-
-    def step(x):
-        noise = torch.rand(x.shape, generator=gen, device="cuda")
-        (g,) = torch.autograd.grad(((x + noise) @ w).square().sum(), w)
-        return g, noise
-
-    x1, x2 = torch.randn(4, 5, device="cuda"), torch.randn(4, 5, device="cuda")
-    graphed = Graphed(step, (x1,), generators=(gen,))
-    gen.manual_seed(5)
-    got = [graphed(x1), graphed(x2)]
-    gen.manual_seed(5)
-    want = [step(x1), step(x2)]
-    for a, b in zip(got, want):
-        assert all(torch.equal(u, v) for u, v in zip(a, b))
-    assert not torch.equal(got[0][1], got[1][1])  # each replay draws afresh
 
 
 def test_png_skipped_without_matplotlib(tmp_path, monkeypatch):

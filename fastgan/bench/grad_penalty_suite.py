@@ -154,7 +154,7 @@ def _graphed_step(critic_fn, kind: str, impl: str):
     interpolation weights from a generator registered with the graph and reseeded before each replay, so every
     call draws what the eager step's fresh seed-0 generator draws. A graph fixes the kernels it captured, so one
     is captured per TF32 setting (the benchmark's check runs under :func:`full_fp32`)."""
-    from .graphed import Graphed
+    from ..graphs import GraphedStep
 
     graphs = {}
 
@@ -163,7 +163,7 @@ def _graphed_step(critic_fn, kind: str, impl: str):
         if key not in graphs:
             gen = torch.Generator(device=real.device).manual_seed(0)
             step = lambda r, f: _fastgan_step(critic_fn(), kind, impl, r, f, generator=gen)  # noqa: E731
-            graphs[key] = gen, Graphed(step, (real, fake), (gen,) if kind == "wgan-gp" else ())
+            graphs[key] = gen, GraphedStep(step, (real, fake), (gen,) if kind == "wgan-gp" else (), enabled=True)
         gen, graph = graphs[key]
         gen.manual_seed(0)
         return graph(real, fake)
