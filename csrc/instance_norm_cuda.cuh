@@ -1,13 +1,15 @@
 // Device code of the CUDA instance-norm kernels: the three op policies, the kernels, and their launch geometry.
 // Design notes and the host side (checks, launches, registration): instance_norm_cuda.cu. Math:
-// fastgan/ops/instance_norm_ref.py; CPU twin: instance_norm_cpu.cpp. Nothing here needs ATen, so these kernels can
-// also be built against a host-side emulation of threadIdx, __syncthreads and __shfl_xor_sync for testing.
+// fastgan/ops/instance_norm_ref.py; CPU twin: instance_norm_cpu.cpp. Nothing here needs ATen: the tests build these
+// kernels on the CPU against a host emulation of CUDA threads, barriers and shuffles (tests/cuda_emu/).
 //
 // An op policy is both the kernel's params struct (pointers, L, eps) and the description of its math:
 //   kIn / kOut   streams read / written per element (fwd: x -> y; bwd: x, gy -> gx; dbwd: x, gy, v -> gx2, ggy)
 //   Pre          per-plane values the statistics pass needs (a pivot, or mean and rstd)
-//   Acc          one thread's running sums (K values of the accumulation type A)
+//   Acc          one thread's running sums (K values: A for the forward, double for the gradients' sums)
 //   Vals         merged statistics of one or more threads; merge(a, b) combines two of them into a
+//   ClAcc, Part  channels-last: one thread's sums, and the field type of the chunk records cl_record() makes from
+//                them (double for every op: a chunk's records are merged in double by cl_finalize)
 //   Coef         per-plane coefficients of the elementwise pass; coef() also writes the per-plane outputs
 #pragma once
 

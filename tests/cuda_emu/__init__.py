@@ -1,8 +1,9 @@
 """The CUDA C++ instance-norm kernels run on the CPU through a host emulation (emu.h), for CI machines without a
 GPU: :func:`build` compiles ``instance_norm_emu.cpp`` (the real device code of csrc/instance_norm_cuda.cuh, with
-std::threads for CUDA threads) into a shared library once per source version, and :func:`cpu_kernels` registers
-Python twins of csrc/instance_norm_cuda.cu's host wrappers as the extension ops' CPU kernels, so the ordinary
-instance-norm tests drive the CUDA kernels through the public API, autograd and the tolerance rule.
+fibers for CUDA threads) into a shared library once per source and compiler version, and :func:`cpu_kernels`
+registers Python twins of csrc/instance_norm_cuda.cu's host wrappers (layouts, outputs; not its argument checks) as
+the extension ops' CPU kernels, so the ordinary instance-norm tests drive the CUDA kernels through the public API,
+autograd and the tolerance rule. Every tensor the kernels see is guarded (:func:`_guarded`).
 """
 from __future__ import annotations
 
@@ -30,24 +31,34 @@ DEVICES = {"small": (2, 8 * 1024), "h100": (132, 227 * 1024)}
 
 
 class BuildError(RuntimeError):
-    pass
+    """The emulation did not compile: a test failure (a header change broke the device code's host build)."""
+
+
+class NoCompiler(BuildError):
+    """No C++ compiler: the only reason the emulation tests skip."""
 
 
 def build() -> ctypes.CDLL:
-    """The emulation library, compiled with g++ into a cache directory keyed by the sources' hash."""
+    """The emulation library, compiled with g++ into a per-user cache directory keyed by the hash of the sources,
+    the compiler's version, torch's version and the command (a stale build is never reused)."""
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
-        raise BuildError("no C++ compiler (g++) on PATH")
-    digest = hashlib.sha256(b"".join(open(p, "rb").read() for p in SOURCES)).hexdigest()[:16]
-    out_dir = os.path.join(tempfile.gettempdir(), f"fastgan-cuda-emu-{digest}")
+        raise NoCompiler("no C++ compiler (g++, or $CXX) on PATH")
+    from torch.utils.cpp_extension import include_paths
+
+    flags = ["-O1", "-std=c++20", "-shared", "-fPIC", "-pthread", "-ffp-contract=off",
+             *[f"-I{p}" for p in include_paths()]]
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = b"".join(open(p, "rb").read() for p in SOURCES) + "\0".join(
+        [compiler, version, torch.__version__, *flags]).encode()
+    root = os.path.join(tempfile.gettempdir(), f"fastgan-cuda-emu-{os.getuid()}")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    out_dir = os.path.join(root, hashlib.sha256(key).hexdigest()[:16])
     lib = os.path.join(out_dir, "libinstance_norm_emu.so")
     if not os.path.exists(lib):
-        from torch.utils.cpp_extension import include_paths
-
         os.makedirs(out_dir, exist_ok=True)
         tmp = f"{lib}.{os.getpid()}.tmp"
-        cmd = [compiler, "-O1", "-std=c++20", "-shared", "-fPIC", "-pthread", "-ffp-contract=off",
-               *[f"-I{p}" for p in include_paths()], SOURCES[1], "-o", tmp]
+        cmd = [compiler, *flags, SOURCES[1], "-o", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise BuildError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
@@ -60,8 +71,10 @@ def build() -> ctypes.CDLL:
 class Kernels:
     """Python twins of the CUDA host wrappers (canonical layout, outputs, like_x), calling the emulated kernels."""
 
-    def __init__(self, dll: ctypes.CDLL, device: str = "small", force_scalar: bool = False):
-        self.dll, self.force_scalar = dll, force_scalar
+    def __init__(self, dll: ctypes.CDLL, device: str = "small", force_scalar: bool = False, misalign: bool = False):
+        """``force_scalar`` takes the unvectorised path by fiat; ``misalign`` by offsetting every tensor one
+        element from its 16-byte alignment, as a sliced input would be (run()'s own alignment test decides)."""
+        self.dll, self.force_scalar, self.misalign = dll, force_scalar, misalign
         self.sms, self.smem = DEVICES[device]
 
     def _run(self, op: int, x: torch.Tensor, ins, outs, planes, eps: float) -> None:
@@ -70,9 +83,10 @@ class Kernels:
         cl = is_channels_last(x)
         n, c = x.shape[:2]
         length = math.prod(x.shape[2:])
-        g_ins = [_guarded(t) for t in ins]
-        g_outs = [_guarded(t) for t in outs]
-        g_planes = [_guarded(t) for t, _ in planes]
+        shift = 1 if self.misalign else 0
+        g_ins = [_guarded(t, shift) for t in ins]
+        g_outs = [_guarded(t, shift, nan=True) for t in outs]
+        g_planes = [_guarded(t, shift, nan=w) for t, w in planes]
         ptrs = lambda gs: (ctypes.c_void_p * len(gs))(*[v.data_ptr() for _, v in gs])  # noqa: E731
         err = ctypes.create_string_buffer(512)
         rc = self.dll.fastgan_emu_instance_norm(
@@ -141,21 +155,24 @@ class Kernels:
 GUARD_BYTES = 1024  # on each side of every tensor the emulated kernels see; a multiple of their 16-byte vectors
 
 
-def _guarded(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _guarded(t: torch.Tensor, shift: int = 0, nan: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(buffer, view)``: a copy of the dense tensor ``t`` with ``t``'s strides in the middle of a buffer whose
     GUARD_BYTES on each side are all-ones bytes (NaN in every float dtype). A kernel reading past a tensor reads NaN
     (the tests then fail on the result); one writing past it changes a guard, which :func:`_check_guards` reports.
-    A "memcheck" for global memory, as compute-sanitizer's is on the GPU."""
+    A "memcheck" for global memory, as compute-sanitizer's is on the GPU. ``shift`` elements more on the left
+    misalign the view; ``nan`` (outputs) fills the view with NaN instead of ``t``, so an element the kernel never
+    writes shows as NaN."""
     pad = GUARD_BYTES // t.element_size()
-    buf = torch.empty(t.numel() + 2 * pad, dtype=t.dtype)
+    buf = torch.empty(t.numel() + 2 * pad + shift, dtype=t.dtype)
     buf.view(torch.uint8).fill_(0xFF)
-    view = buf.as_strided(t.shape, t.stride(), pad)
-    view.copy_(t)
+    view = buf.as_strided(t.shape, t.stride(), pad + shift)
+    if not nan:
+        view.copy_(t)
     return buf, view
 
 
 def _check_guards(buf: torch.Tensor, what: str) -> None:
-    raw = buf.view(torch.uint8)
+    raw = buf.view(torch.uint8)  # the left guard is GUARD_BYTES long (a misaligning shift only lengthens it)
     if not (bool((raw[:GUARD_BYTES] == 0xFF).all()) and bool((raw[-GUARD_BYTES:] == 0xFF).all())):
         raise RuntimeError(f"emulated CUDA kernel wrote outside its tensor ({what})")
 

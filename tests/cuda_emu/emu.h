@@ -2,8 +2,9 @@
 // (csrc/*.cuh) runs on a CPU in the tests. The threads of a block are fibers (ucontext) on the calling thread, run
 // round-robin: a thread runs until it waits at a barrier, so a launch costs context switches, not OS threads.
 // __syncthreads is a barrier of the block; __shfl_xor_sync exchanges through one slot per thread between two
-// barriers of the warp; dynamic shared memory is one buffer (blocks run one after another) filled with all-ones
-// bytes (NaN) per block, so a read of shared memory nobody wrote shows.
+// barriers of the warp; dynamic shared memory is one buffer (blocks run one after another): the bytes the launch
+// asked for are filled with all-ones (NaN) per block, so a read of shared memory nobody wrote shows, and the rest
+// with a canary checked after each block, so a write past the launch's size is reported.
 //
 // What it checks: indexing, the reductions' structure, the launch geometry's coverage, barrier placement (a
 // barrier some threads of a block never reach deadlocks and is reported), and the numerics of the device code in
@@ -17,6 +18,7 @@
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #define __device__
@@ -30,12 +32,13 @@
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
 };
-// One fiber runs at a time: the scheduler sets threadIdx before it resumes one.
-inline dim3 threadIdx, blockIdx, blockDim, gridDim;
+// One fiber runs at a time: the scheduler sets threadIdx before it resumes one. Indices start at 0, sizes at 1.
+inline dim3 threadIdx{0, 0, 0}, blockIdx{0, 0, 0}, blockDim, gridDim;
 
 namespace emu {
 
 constexpr size_t kSmemBytes = 256 * 1024;  // above any device's opt-in limit
+constexpr unsigned char kCanary = 0xA5;
 constexpr size_t kStackBytes = 256 * 1024;
 
 struct Barrier {
@@ -121,7 +124,8 @@ void launch(void (*kernel)(KP...), int64_t grid, int threads, int64_t smem_bytes
     blockIdx.x = static_cast<unsigned>(b);
     sched.block = Barrier{threads, 0, 0};
     sched.warps.assign(threads / 32, Barrier{32, 0, 0});
-    std::memset(smem, 0xff, kSmemBytes);
+    std::memset(smem, 0xff, static_cast<size_t>(smem_bytes));
+    std::memset(smem + smem_bytes, kCanary, kSmemBytes - static_cast<size_t>(smem_bytes));
     for (int t = 0; t < threads; ++t) {
       ucontext_t& c = sched.ctx[t];
       getcontext(&c);
@@ -148,6 +152,12 @@ void launch(void (*kernel)(KP...), int64_t grid, int threads, int64_t smem_bytes
         throw std::runtime_error("emu::launch: deadlock (threads wait at a barrier others never reach)");
     }
     sched.current = -1;
+    for (size_t i = static_cast<size_t>(smem_bytes); i < kSmemBytes; ++i) {
+      if (smem[i] != kCanary)
+        throw std::runtime_error("emu::launch: a kernel wrote shared memory past the " +
+                                 std::to_string(smem_bytes) + " bytes it was launched with (at byte " +
+                                 std::to_string(i) + ")");
+    }
   }
 }
 
