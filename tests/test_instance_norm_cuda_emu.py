@@ -4,7 +4,7 @@ numerics are checked on every commit. The emulated kernels stand in for the exte
 ordinary instance-norm tests run over them (public API, autograd to second order, the tolerance rule against eager
 PyTorch); a kernel-level test compares them with the CPU C++ kernels to 1 ulp. The GPU itself still decides
 timing, races, FMA rounding and the host wrappers in csrc/instance_norm_cuda.cu (tests/test_instance_norm.py with
-device=cuda). Not covered here: plane_block_kernel's grid-stride loop (its grid is one block per plane)."""
+device=cuda)."""
 import pytest
 import torch
 
@@ -83,6 +83,26 @@ def test_adain(emulated, dtype):
     tadain.test_backward_matches_reference("cpu", "cpp", dtype)
     if dtype != torch.float16:
         tadain.test_double_backward_matches_reference("cpu", "cpp", dtype)
+
+
+@pytest.mark.parametrize("grid_cap", [1, 3])
+def test_grid_stride_over_planes(dll, grid_cap):
+    """The contiguous kernels loop over planes when the grid is smaller than the plane count (a tensor with more
+    planes than the grid has blocks): one and three blocks give the uncapped launch's outputs bit for bit, for the
+    warp-per-plane and the block-per-plane (partly cached, on the small device) kernels."""
+    torch.manual_seed(2)
+    for shape in [(3, 7, 9, 11), (2, 3, 48, 40)]:
+        x = torch.randn(shape) * 2 + 0.5
+        gy, ggx = torch.randn(shape), torch.randn(shape)
+        scale, shift, ggscale, ggshift = (torch.randn(shape[:2]) for _ in range(4))
+        runs = []
+        for cap in (0, grid_cap):
+            k = cuda_emu.Kernels(dll, "small", grid_cap=cap)
+            y, mean, rstd = k.fwd(x, scale, shift, 1e-5)
+            runs.append((y, mean, rstd) + k.bwd(gy, x, mean, rstd, scale, 1e-5)
+                        + k.dbwd(ggx, ggscale, ggshift, gy, x, mean, rstd, scale, 1e-5))
+        for a, b in zip(*runs):
+            assert torch.equal(a, b), shape
 
 
 @pytest.mark.parametrize("how", ["force_scalar", "misalign"])

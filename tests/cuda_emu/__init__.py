@@ -71,10 +71,13 @@ def build() -> ctypes.CDLL:
 class Kernels:
     """Python twins of the CUDA host wrappers (canonical layout, outputs, like_x), calling the emulated kernels."""
 
-    def __init__(self, dll: ctypes.CDLL, device: str = "small", force_scalar: bool = False, misalign: bool = False):
+    def __init__(self, dll: ctypes.CDLL, device: str = "small", force_scalar: bool = False, misalign: bool = False,
+                 grid_cap: int = 0):
         """``force_scalar`` takes the unvectorised path by fiat; ``misalign`` by offsetting every tensor one
-        element from its 16-byte alignment, as a sliced input would be (run()'s own alignment test decides)."""
-        self.dll, self.force_scalar, self.misalign = dll, force_scalar, misalign
+        element from its 16-byte alignment, as a sliced input would be (run()'s own alignment test decides);
+        ``grid_cap`` > 0 launches the contiguous kernels with at most that many blocks, so each grid-strides over
+        several planes (with shared memory reused from plane to plane)."""
+        self.dll, self.force_scalar, self.misalign, self.grid_cap = dll, force_scalar, misalign, grid_cap
         self.sms, self.smem = DEVICES[device]
 
     def _run(self, op: int, x: torch.Tensor, ins, outs, planes, eps: float) -> None:
@@ -92,7 +95,7 @@ class Kernels:
         rc = self.dll.fastgan_emu_instance_norm(
             op, DTYPE_CODES[x.dtype], int(cl), ctypes.c_int64(n), ctypes.c_int64(c), ctypes.c_int64(length),
             ptrs(g_ins), ptrs(g_outs), ptrs(g_planes), ctypes.c_double(eps), self.sms, self.smem,
-            int(self.force_scalar), err, len(err))
+            int(self.force_scalar), ctypes.c_int64(self.grid_cap), err, len(err))
         if rc != 0:
             raise RuntimeError(f"emulated CUDA instance norm: {err.value.decode()}")
         written = [(t, g) for t, g in zip(outs, g_outs)] + [(t, g) for (t, w), g in zip(planes, g_planes) if w]

@@ -23,12 +23,14 @@ namespace {
 struct Shape {
   int64_t N, C, L;
   bool channels_last;
+  int64_t grid_cap;  // > 0: at most this many blocks for the contiguous kernels, whose loops grid-stride over planes
 };
 
 template <class Op, int V>
 void launch_contiguous(const Op& op, const Shape& s, const DeviceLimits& d) {
   const int64_t planes = s.N * s.C;
-  const ContigConfig c = contig_config<Op, V>(planes, s.L, d);
+  ContigConfig c = contig_config<Op, V>(planes, s.L, d);
+  if (s.grid_cap > 0) c.blocks = std::min(c.blocks, s.grid_cap);
   if (c.warp) {
     emu::launch(plane_warp_kernel<Op, V>, c.blocks, c.threads, 0, fastgan_in_smem, op, planes, c.nvec);
   } else {
@@ -109,13 +111,14 @@ void dispatch_op(int op, const Shape& s, void* const* in, void* const* out, void
 }  // namespace fastgan
 
 // op: 0 forward, 1 backward, 2 double backward. dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16.
-// Returns 0, or 1 with a message in err.
+// grid_cap > 0 caps the contiguous kernels' grids (their grid-stride loops). Returns 0, or 1 with a message in err.
 extern "C" int fastgan_emu_instance_norm(int op, int dtype, int channels_last, int64_t N, int64_t C, int64_t L,
                                          void* const* in, void* const* out, void* const* planes, double eps,
-                                         int sms, int smem_optin, int force_scalar, char* err, int err_len) {
+                                         int sms, int smem_optin, int force_scalar, int64_t grid_cap, char* err,
+                                         int err_len) {
   using namespace fastgan::in_cuda;
   try {
-    const Shape s{N, C, L, channels_last != 0};
+    const Shape s{N, C, L, channels_last != 0, grid_cap};
     DeviceLimits d;
     d.sms = sms;
     d.smem_optin = smem_optin;
