@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from ._device import on_input_device
+from ._device import cdiv, on_input_device
 from ._math import COMPILED, LAUNCH, div_, exp_
 from ._params import join64, split64
 
@@ -199,10 +199,14 @@ _GELU_CONSTANTS = (math.sqrt(0.5), 1.0 / math.sqrt(2 * math.pi))
 def _scalars(alpha: float, gain: float, clamp: float) -> tuple:
     """The kernel's 15 scalar arguments: alpha, gain, clamp and the gelu constants as split64 triples. Memoised by
     the bits of (alpha, gain, clamp), so -0.0 and NaN keep their own entries: the same few values recur every call
-    and splitting them cost several µs of a launch's host time."""
+    and splitting them cost several µs of a launch's host time. A new entry is checked first: alpha and gain must
+    be finite (the run-time half of the front end's check, which traced code defers to here)."""
     key = struct.pack("ddd", alpha, gain, clamp)
     found = _SCALARS.get(key)
     if found is None:
+        from fastgan.ops._family import check_finite
+
+        check_finite("alpha and gain must be finite", alpha=alpha, gain=gain)
         if len(_SCALARS) >= 1024:
             _SCALARS.clear()
         found = _SCALARS[key] = tuple(v for s in (alpha, gain, clamp) + _GELU_CONSTANTS for v in split64(s))
@@ -226,7 +230,7 @@ def _launch(mode: int, x, bias, g, h, act: int, alpha: float, gain: float, clamp
     b = bias.to(acc).contiguous() if bias is not None else x  # no bias: never read
     g = _like(g, x) if g is not None else x
     h = _like(h, x) if h is not None else x
-    grid = (triton.cdiv(x.numel(), BLOCK),)
+    grid = (cdiv(x.numel(), BLOCK),)
     _bias_act_kernel[grid](x, b, g, h, out, x.numel(), C, inner, *scalars, MODE=mode, ACT=act,
                            HAS_BIAS=bias is not None, CLAMP=clamp >= 0,
                            ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=BLOCK, num_warps=4, **LAUNCH)

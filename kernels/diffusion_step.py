@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._device import on_input_device
+from ._device import cdiv, on_input_device
 from ._math import LAUNCH
 from ._params import join64, split64
 
@@ -113,7 +113,7 @@ def step(x: torch.Tensor, m: torch.Tensor, u, z, coef: torch.Tensor, guidance: f
     chans = x.shape[1] if x.dim() > 1 else 1
     spatial = sample_size // chans
     noise = 1 if z is not None else (2 if seed is not None else 0)
-    grid = (triton.cdiv(numel, BLOCK),)
+    grid = (cdiv(numel, BLOCK),)
     _step_kernel[grid](x, m, u if u is not None else x, z if z is not None else x,
                        seed if seed is not None else coef, coef, out, numel, per_sample, sample_size, chans,
                        spatial, *split64(guidance), *split64(clip), HAS_U=u is not None, NOISE=noise,

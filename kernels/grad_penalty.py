@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._device import on_input_device
+from ._device import cdiv, on_input_device
 from ._math import LAUNCH
 from ._params import join64, split64
 
@@ -171,19 +171,19 @@ def _plan(N: int, M: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_M, chunk, S): the reduction tile, elements per chunk (a multiple of BLOCK_M), chunks."""
     block_m = min(TILE, triton.next_power_of_2(M))
     block_n = max(1, min(triton.next_power_of_2(N), TILE // block_m))
-    groups = triton.cdiv(N, block_n)
-    chunk = triton.cdiv(M, block_m) * block_m  # one chunk: the whole sample
+    groups = cdiv(N, block_n)
+    chunk = cdiv(M, block_m) * block_m  # one chunk: the whole sample
     if groups < PROGRAMS and M > block_m:
-        want = triton.cdiv(PROGRAMS, groups)
-        chunk = max(block_m, triton.cdiv(triton.cdiv(M, want), block_m) * block_m)
-    return block_n, block_m, chunk, triton.cdiv(M, chunk)
+        want = cdiv(PROGRAMS, groups)
+        chunk = max(block_m, cdiv(cdiv(M, want), block_m) * block_m)
+    return block_n, block_m, chunk, cdiv(M, chunk)
 
 
 def _reduce(mode: int, g, v, kind: int, target: float, p=None, norm=None, dot=None, ggp=None):
     N = g.shape[0]
     M = g.numel() // N
     block_n, block_m, chunk, S = _plan(N, M)
-    groups = triton.cdiv(N, block_n)
+    groups = cdiv(N, block_n)
     v = g if v is None else v
     part = torch.empty(N * S if S > 1 else 1, dtype=_acc(g), device=g.device)
     p, norm, dot, ggp = (part if t is None else t for t in (p, norm, dot, ggp))  # unused outputs: any pointer
@@ -193,7 +193,7 @@ def _reduce(mode: int, g, v, kind: int, target: float, p=None, norm=None, dot=No
     if S > 1:
         block_s = min(64, triton.next_power_of_2(S))
         fin_n = max(1, min(triton.next_power_of_2(N), 1024 // block_s))
-        _finalize_kernel[(triton.cdiv(N, fin_n),)](part, p, norm, dot, ggp, *split64(target), N, S, MODE=mode,
+        _finalize_kernel[(cdiv(N, fin_n),)](part, p, norm, dot, ggp, *split64(target), N, S, MODE=mode,
                                                    KIND=kind, ACC=_tl_acc(g), BLOCK_N=fin_n, BLOCK_S=block_s,
                                                    num_warps=4, **LAUNCH)
 
@@ -225,7 +225,7 @@ def backward(gp: torch.Tensor, grad: torch.Tensor, norm: torch.Tensor, kind: int
     """``gx = gp_n c_n g`` in grad's dtype and (sample-major) layout."""
     g = _sample_major(grad)
     out = torch.empty_like(g)
-    _apply_kernel[(triton.cdiv(g.numel(), BLOCK),)](
+    _apply_kernel[(cdiv(g.numel(), BLOCK),)](
         g, g, gp.contiguous(), norm.contiguous(), norm, out, *split64(target), g.numel(), g.numel() // g.shape[0],
         MODE=0, KIND=kind, ACC=_tl_acc(g), BLOCK=BLOCK, num_warps=4, **LAUNCH)
     return out
@@ -243,7 +243,7 @@ def double_backward(ggx: torch.Tensor, gp: torch.Tensor, grad: torch.Tensor, nor
     g_gp = torch.empty(N, dtype=gp.dtype, device=g.device)
     _reduce(DOTS, g, v, kind, target, norm=norm, dot=dot, ggp=g_gp)
     out = torch.empty_like(g)
-    _apply_kernel[(triton.cdiv(g.numel(), BLOCK),)](g, v, gp, norm, dot, out, *split64(target), g.numel(),
+    _apply_kernel[(cdiv(g.numel(), BLOCK),)](g, v, gp, norm, dot, out, *split64(target), g.numel(),
                                                     g.numel() // N,
                                                     MODE=1, KIND=kind, ACC=_tl_acc(g), BLOCK=BLOCK, num_warps=4,
                                                     **LAUNCH)

@@ -35,7 +35,7 @@ import triton.language as tl
 from fastgan.ops._layout import canonical, empty_like_layout, is_channels_last, match_layout
 from fastgan.ops.instance_norm_ref import acc_dtype
 
-from ._device import on_input_device
+from ._device import cdiv, on_input_device
 from ._math import LAUNCH
 from ._params import join64, split64
 
@@ -497,17 +497,17 @@ def _plan(x: torch.Tensor, n_in: int) -> _Plan:
         if single:  # pack planes up to PACK_TARGET elements, but keep enough programs to fill the GPU
             block_l = p2l
             block_c = min(triton.next_power_of_2(c), max(1, _pow2_floor(PACK_TARGET // p2l)))
-            while block_c > 1 and triton.cdiv(c, block_c) < min_groups:
+            while block_c > 1 and cdiv(c, block_c) < min_groups:
                 block_c //= 2
         else:
             block_l, block_c = loop_tile, 1
     splits, l_split = 1, L
-    groups = n * triton.cdiv(c, block_c)
+    groups = n * cdiv(c, block_c)
     if not single and groups < min_groups:
         # Aim at ~2x min_groups programs, each range at least two chunks long.
-        splits = min(triton.cdiv(2 * min_groups, groups), triton.cdiv(L, 2 * block_l))
-        l_split = triton.cdiv(triton.cdiv(L, max(splits, 1)), block_l) * block_l
-        splits = triton.cdiv(L, l_split)
+        splits = min(cdiv(2 * min_groups, groups), cdiv(L, 2 * block_l))
+        l_split = cdiv(cdiv(L, max(splits, 1)), block_l) * block_l
+        splits = cdiv(L, l_split)
         if splits == 1:
             l_split = L
     num_warps = min(16, _pow2_floor(block_l * block_c * n_in // 512))
@@ -518,7 +518,7 @@ def _launch(kernel, plan: _Plan, tensors: tuple, n_part: int, acc: torch.dtype, 
     """Run ``kernel`` under ``plan``: one FUSED launch, or PARTIAL then APPLY through a (n_part, S, N*C) buffer."""
     x = tensors[0]
     nc = x.shape[0] * x.shape[1]
-    cb = triton.cdiv(plan.c, plan.block_c)
+    cb = cdiv(plan.c, plan.block_c)
     grid = (plan.n * cb, plan.splits)
     meta = dict(CHANNELS_LAST=plan.channels_last, BLOCK_L=plan.block_l, BLOCK_C=plan.block_c, IDX64=plan.idx64,
                 num_warps=plan.num_warps, **LAUNCH, **constexprs)
