@@ -40,7 +40,7 @@ def report() -> str:
         lines.append(f"  {name:<16} cpu: {cpu:<22} cuda: {cuda}")
     routed = [name for kernel_op, name in OPS.items() if kernel_op in _backend._triton_routed]
     if routed:
-        lines.append("Triton on CUDA through the extension's ops (autograd in C++): " + ", ".join(routed))
+        lines.append("Triton on CUDA through the extension's ops (no custom-op wrapper): " + ", ".join(routed))
     elif err is None:
         lines.append("Triton on CUDA through the fastgan::*_triton custom ops (FASTGAN_TRITON_ROUTE="
                      f"{os.environ.get('FASTGAN_TRITON_ROUTE', 'dispatcher')})")

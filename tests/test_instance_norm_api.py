@@ -135,7 +135,8 @@ def test_info_command_lists_backends(capsys):
     assert "instance_norm" in out and "torch" in out and "cpu:" in out
     if _backend.extension_error() is None:
         assert f"CPU kernels: {_backend.cpu_kernel_isa()} code" in out
-        assert "Triton on CUDA through the extension's ops (autograd in C++): bias_act, grad_penalty, group_norm" in out
+        assert ("Triton on CUDA through the extension's ops (no custom-op wrapper): bias_act, grad_penalty, group_norm, "
+                "diffusion step") in out
 
 
 def test_a_stale_extension_is_refused_with_a_rebuild_message(monkeypatch):

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from fastgan import _backend
+from fastgan.diffusion import step_kernels
 from fastgan.ops import bias_act_kernels, grad_penalty_kernels, group_norm_kernels
 
 FAMILIES = {"bias_act": bias_act_kernels.FAMILY, "grad_penalty": grad_penalty_kernels.FAMILY}
 LAUNCHERS = {"bias_act": bias_act_kernels.FAMILY.launchers, "grad_penalty": grad_penalty_kernels.FAMILY.launchers,
-             "group_norm": group_norm_kernels.LAUNCHERS}
+             "group_norm": group_norm_kernels.LAUNCHERS, "diffusion_step": step_kernels.LAUNCHERS}
 
 needs_ext = pytest.mark.skipif(_backend.extension_error() is not None, reason="the compiled extension is not loaded")
 needs_cuda_triton = pytest.mark.skipif(not (torch.cuda.is_available() and _backend.triton_available()),
@@ -40,10 +41,10 @@ def test_routing_registers_cuda_kernels_not_reported_as_cuda_cpp(family):
 
 
 def test_route_env_switch_keeps_custom_ops(monkeypatch):
-    # diffusion_step: an extension op that no family routes, so a regression here cannot replace a routed kernel
+    # instance_norm_wb: an extension op that nothing routes, so a regression here cannot replace a routed kernel
     monkeypatch.setenv("FASTGAN_TRITON_ROUTE", "custom_op")
-    assert not _backend.route_cuda_to_triton({"diffusion_step": lambda *a: None})
-    assert "diffusion_step" not in _backend._triton_routed
+    assert not _backend.route_cuda_to_triton({"instance_norm_wb": lambda *a: None})
+    assert "instance_norm_wb" not in _backend._triton_routed
 
 
 def test_routing_is_decided_at_import():
@@ -51,7 +52,8 @@ def test_routing_is_decided_at_import():
     torch.compile(fullgraph=True) trace does not meet the registration (Dynamo cannot trace it)."""
     if _backend.extension_error() is not None:
         pytest.skip("the compiled extension is not loaded")
-    assert {"bias_act_fwd", "grad_penalty_fwd", "group_norm_fwd"} <= _backend._triton_routed
+    assert {"bias_act_fwd", "grad_penalty_fwd", "group_norm_fwd", "diffusion_step", "diffusion_step_philox"} \
+        <= _backend._triton_routed
     assert all(fam._routed for fam in FAMILIES.values()) and group_norm_kernels._routed == [True]
 
 
@@ -162,3 +164,29 @@ def launchers_as_cpu_kernels(monkeypatch):
 def test_cpp_autograd_over_triton_launchers_equals_custom_ops(launchers_as_cpu_kernels, family):
     compiled = group_norm_kernels._compiled_ops() if family.startswith("group_norm") else FAMILIES[family].compiled()
     _assert_routes_agree(family, compiled, _route_pair(family, "cpu")[1], "cpu")
+
+
+@needs_ext
+def test_diffusion_step_is_routed_without_autograd_changes():
+    """The diffusion step's two ops take the route too (the custom-op wrapper was most of a step's host time on
+    the H200); their autograd stays the Python formula both paths share."""
+    assert step_kernels._ROUTED[0]
+    for name in step_kernels.LAUNCHERS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan::{name}", "CUDA"), name
+        assert not _backend.has_kernel(name, "CUDA"), name
+    assert "triton" in _backend.live_impls("diffusion_step", "cuda") or not _backend.triton_available()
+
+
+def test_routed_diffusion_step_equals_custom_op(launchers_as_cpu_kernels):
+    """The extension's ops running the launchers (as CPU kernels here) give the custom ops' results bit for bit:
+    given noise, and in-kernel Philox noise from the same seed; with guidance and clipping."""
+    g = torch.Generator().manual_seed(4)
+    x, m, u, z = (torch.randn(3, 2, 5, 7, generator=g) for _ in range(4))
+    coef = torch.randn(3, step_kernels.NUM_COEF, generator=g)
+    seed = torch.tensor([1234], dtype=torch.int64)
+    routed = torch.ops.fastgan.diffusion_step(x, m, u, z, coef, 1.5, 1.0)
+    custom = step_kernels._step_triton(x, m, u, z, coef, 1.5, 1.0)
+    torch.testing.assert_close(routed, custom, rtol=0, atol=0)
+    routed = torch.ops.fastgan.diffusion_step_philox(x, m, None, seed, coef, 1.0, 0.0)
+    custom = step_kernels._step_philox_triton(x, m, None, seed, coef, 1.0, 0.0)
+    torch.testing.assert_close(routed, custom, rtol=0, atol=0)

@@ -30,9 +30,10 @@ def _check_coef(x: torch.Tensor, coef: torch.Tensor) -> None:
                            f"(1, {NUM_COEF}), got {list(coef.shape)}")
 
 
-@torch.library.custom_op("fastgan::diffusion_step_triton", mutates_args=())
-def _step_triton(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.Tensor], z: Optional[torch.Tensor],
-                 coef: torch.Tensor, guidance: float, clip: float) -> torch.Tensor:
+# The launchers: the Triton custom ops' bodies, and on CUDA the kernels of the extension's ops diffusion_step and
+# diffusion_step_philox (registered at import by _backend.route_cuda_to_triton: a call then skips the custom-op
+# wrapper, which cost ~100 us of host time per step on the H200, more than the step's GPU time ~8 us).
+def _launch_step(x, m, u, z, coef, guidance: float, clip: float) -> torch.Tensor:
     _check_coef(x, coef)
     # Flat memory in x's layout: contiguous or channels-last, the batch dimension outermost either way.
     x = canonical(x)
@@ -44,9 +45,7 @@ def _step_triton(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.Tensor], z:
     return kernel.step(x, m, u, z, coef.to(acc).contiguous(), guidance, clip)
 
 
-@torch.library.custom_op("fastgan::diffusion_step_philox_triton", mutates_args=())
-def _step_philox_triton(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.Tensor], seed: torch.Tensor,
-                        coef: torch.Tensor, guidance: float, clip: float) -> torch.Tensor:
+def _launch_step_philox(x, m, u, seed, coef, guidance: float, clip: float) -> torch.Tensor:
     _check_coef(x, coef)
     x = canonical(x)
     m = match_layout(m, x)
@@ -58,6 +57,21 @@ def _step_philox_triton(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.Tens
                        seed=seed.reshape(1).to(torch.int64), channels_last=is_channels_last(x))
 
 
+LAUNCHERS = {"diffusion_step": _launch_step, "diffusion_step_philox": _launch_step_philox}
+
+
+@torch.library.custom_op("fastgan::diffusion_step_triton", mutates_args=())
+def _step_triton(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.Tensor], z: Optional[torch.Tensor],
+                 coef: torch.Tensor, guidance: float, clip: float) -> torch.Tensor:
+    return _launch_step(x, m, u, z, coef, guidance, clip)
+
+
+@torch.library.custom_op("fastgan::diffusion_step_philox_triton", mutates_args=())
+def _step_philox_triton(x: torch.Tensor, m: torch.Tensor, u: Optional[torch.Tensor], seed: torch.Tensor,
+                        coef: torch.Tensor, guidance: float, clip: float) -> torch.Tensor:
+    return _launch_step_philox(x, m, u, seed, coef, guidance, clip)
+
+
 def _fake_step(x, m, u, z, coef, guidance, clip):
     return empty_like_layout(canonical(x))
 
@@ -67,10 +81,14 @@ _step_philox_triton.register_fake(_fake_step)
 
 
 def triton_step(x, m, u, z, coef, guidance: float, clip: float) -> torch.Tensor:
+    if _ROUTED[0] and x.is_cuda:  # the extension's op with the launcher as its CUDA kernel
+        return torch.ops.fastgan.diffusion_step(x, m, u, z, coef, guidance, clip)
     return _step_triton(x, m, u, z, coef, guidance, clip)
 
 
 def triton_step_philox(x, m, u, seed, coef, guidance: float, clip: float) -> torch.Tensor:
+    if _ROUTED[0] and x.is_cuda:
+        return torch.ops.fastgan.diffusion_step_philox(x, m, u, seed, coef, guidance, clip)
     return _step_philox_triton(x, m, u, seed, coef, guidance, clip)
 
 
@@ -112,17 +130,20 @@ _attach_autograd("fastgan::diffusion_step_triton")
 _attach_autograd("fastgan::diffusion_step_philox_triton")
 
 
-# Looked up once at import (a plain dict, so torch.compile reads it without tracing the dispatcher query).
+# Looked up once at import (plain containers, so torch.compile reads them without tracing the dispatcher query).
 _HAS_PHILOX: dict[str, bool] = {}
+_ROUTED = [False]  # whether CUDA calls of the Triton impl take the extension's ops (decided at import)
 
 
 def register_compiled() -> None:
-    """Attach the fake implementations to the extension's ops (called at import when the ops exist)."""
+    """Attach the fake implementations to the extension's ops (called at import when the ops exist), and route
+    the Triton impl's CUDA calls through them (:func:`fastgan._backend.route_cuda_to_triton`)."""
     for name in ("diffusion_step", "diffusion_step_philox"):
         if _backend.has_kernel(name, "CPU") or _backend.has_kernel(name, "CUDA"):
             torch.library.register_fake(f"fastgan::{name}")(_fake_step)
             _attach_autograd(f"fastgan::{name}")
     _HAS_PHILOX.update({key: _backend.has_kernel("diffusion_step_philox", key) for key in ("CPU", "CUDA")})
+    _ROUTED[0] = _backend.route_cuda_to_triton(LAUNCHERS)
 
 
 def has_compiled_philox(device: torch.device) -> bool:
